@@ -1,0 +1,84 @@
+"""flmi: federated learning for medical imaging.
+
+The public API is what this module re-exports; everything else may change.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from flmi.config import Config, load_config
+from flmi.core.errors import (
+    ConfigError,
+    DataError,
+    FlmiError,
+    LabelError,
+    NonFiniteError,
+    PartitionError,
+    RunDirError,
+    SchemaError,
+)
+from flmi.core.federation import FederationPlan, RoundRecord, run_federation
+from flmi.core.messages import (
+    ClientError,
+    ClientUpdate,
+    ErrorCode,
+    EvaluateInstruction,
+    EvaluateResult,
+    TrainInstruction,
+    UpdateKind,
+)
+from flmi.core.params import Params
+from flmi.core.strategy import StateRecord, Strategy
+from flmi.strategies.fedavg import FedAvg
+
+# Names that need torch load on first use, so `import flmi.core` stays numpy-only and fast.
+_LAZY = {
+    "RunResult": "flmi.simulation",
+    "run_experiment": "flmi.simulation",
+    "Site": "flmi.site.site",
+    "SitePolicy": "flmi.site.site",
+    "SiteState": "flmi.site.state",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'flmi' has no attribute {name!r}")
+
+
+__all__ = [
+    "ClientError",
+    "ClientUpdate",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "ErrorCode",
+    "EvaluateInstruction",
+    "EvaluateResult",
+    "FedAvg",
+    "FederationPlan",
+    "FlmiError",
+    "LabelError",
+    "NonFiniteError",
+    "Params",
+    "PartitionError",
+    "RoundRecord",
+    "RunDirError",
+    "RunResult",
+    "SchemaError",
+    "Site",
+    "SitePolicy",
+    "SiteState",
+    "StateRecord",
+    "Strategy",
+    "TrainInstruction",
+    "UpdateKind",
+    "__version__",
+    "load_config",
+    "run_experiment",
+    "run_federation",
+]

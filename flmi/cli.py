@@ -1,0 +1,150 @@
+"""Command line: ``flmi run | demo | strategies``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from flmi.config import Config, load_config
+from flmi.core.errors import FlmiError
+from flmi.core.federation import RoundRecord
+from flmi.core.keys import Metric
+from flmi.strategies.registry import STRATEGIES
+
+console = Console()
+TABLE_METRICS = (
+    Metric.AUC,
+    Metric.BALANCED_ACCURACY,
+    Metric.ACCURACY,
+    Metric.SENSITIVITY,
+    Metric.SPECIFICITY,
+)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def show_round(record: RoundRecord, rounds: int) -> None:
+    """One progress line per round with the current metrics."""
+    scores = record.global_metrics or record.site_mean
+    parts = [
+        f"{m.value} {_fmt(scores.get(m))}"
+        for m in (Metric.AUC, Metric.ACCURACY, Metric.LOSS)
+        if m in scores
+    ]
+    failed = (
+        f"  [red]failed: {', '.join(sorted(record.sites_failed))}[/red]"
+        if record.sites_failed
+        else ""
+    )
+    console.print(
+        f"[bold]{record.arm:>9}[/bold] round {record.rnd:>3}/{rounds}  "
+        + "  ".join(parts)
+        + f"  ({record.wall_s:.1f} s){failed}"
+    )
+
+
+def show_summary(arms: dict[str, object]) -> None:
+    """A table of every arm: central test, each site's own test split, and site_mean."""
+    from flmi.simulation import ArmResult
+
+    table = Table(title="Final-round test metrics")
+    table.add_column("arm")
+    table.add_column("evaluated on")
+    for m in TABLE_METRICS:
+        table.add_column(m.value, justify="right")
+    for arm, result in arms.items():
+        assert isinstance(result, ArmResult)
+        rows: list[tuple[str, dict[str, float] | None]] = [
+            ("central test", dict(result.global_metrics or {}))
+        ]
+        rows += [(f"site {s}", dict(m)) for s, m in sorted(result.per_site.items())]
+        rows.append(("site_mean", dict(result.site_mean)))
+        for i, (where, metrics) in enumerate(rows):
+            table.add_row(
+                arm if i == 0 else "", where, *[_fmt((metrics or {}).get(m)) for m in TABLE_METRICS]
+            )
+        table.add_section()
+    console.print(table)
+
+
+def _default_out(stem: str) -> Path:
+    return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run(config: Config, out: Path) -> int:
+    from flmi.simulation import run_experiment
+
+    console.print(
+        f"flmi: {config.strategy.name} on {config.partition.num_sites} sites, "
+        f"{config.federation.rounds} rounds -> {out}"
+    )
+    result = run_experiment(config=config, out=out, progress=show_round)
+    show_summary(dict(result.arms))
+    console.print(f"run directory: {out}")
+    return 0
+
+
+def demo_config_path() -> Path:
+    """The bundled demo config (also at ``examples/demo.toml`` in the repository)."""
+    return Path(__file__).resolve().parent / "examples" / "demo.toml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``flmi`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="flmi", description="Federated learning for medical imaging."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a federation (and its baselines) from a TOML config")
+    run.add_argument("config", type=Path, help="the TOML config file")
+    run.add_argument("--out", type=Path, help="run directory to create (default: runs/NAME-TIME)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key by its dotted path, e.g. --set strategy.name=fedavg",
+    )
+    demo = sub.add_parser("demo", help="4 generated hospitals, FedAvg vs pooled vs local, offline")
+    demo.add_argument("--out", type=Path, help="run directory to create (default: runs/demo-TIME)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_parser("strategies", help="list the algorithm names [strategy] name accepts")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flmi`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "strategies":
+            for name, spec in sorted(STRATEGIES.items()):
+                console.print(f"{name:<16} {spec.summary}")
+            return 0
+        if args.command == "demo":
+            config = load_config(demo_config_path(), overrides=args.overrides)
+            return _run(config, args.out or _default_out("demo"))
+        config = load_config(args.config, overrides=args.overrides)
+        return _run(config, args.out or _default_out(args.config.stem))
+    except FlmiError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""The TOML configuration: schema, validation and ``--set`` overrides.
+
+Every table is a frozen dataclass. An unknown key, a wrong type or a value out
+of range is a :class:`ConfigError` that names the dotted key and what was
+expected, before anything runs or is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from flmi.core.errors import ConfigError
+from flmi.strategies.registry import STRATEGIES
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: where the images come from.
+
+    ``source = "medmnist"`` reads a MedMNIST ``.npz`` from ``path`` (relative
+    paths are taken from the config file's folder); ``source = "synthetic"``
+    generates hospitals with scanner shift, label skew and unequal sizes.
+    """
+
+    source: Literal["medmnist", "synthetic"] = "synthetic"
+    path: str = ""
+    image_size: int = 28
+    n_patients: int = 1600
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """``[partition]``: how examples are split into sites."""
+
+    method: Literal["iid", "dirichlet", "natural"] = "natural"
+    num_sites: int = 4
+    alpha: float = 0.5
+    min_examples_per_site: int = 1
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """``[task]``: what is learnt, with which model."""
+
+    name: Literal["classification"] = "classification"
+    num_classes: int = 2
+    positive_label: int = 1
+    model: Literal["small_cnn"] = "small_cnn"
+    width: int = 32
+    augment: bool = False
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """``[strategy]``: the algorithm by name, plus that algorithm's own keys."""
+
+    name: str = "fedavg"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """``[federation]``: rounds, site sampling, local training and the seed."""
+
+    rounds: int = 10
+    fraction: float = 1.0
+    min_sites: int = 1
+    local_epochs: int = 1
+    local_steps: int = 0
+    lr: float = 0.01
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    eval_every: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """``[baselines]``: arms trained in the same run with the same budget."""
+
+    pooled: bool = False
+    local: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """``[runtime]``: how messages move and where training runs."""
+
+    name: Literal["inprocess"] = "inprocess"
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run's configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain TOML-ready tables (strategy options inlined)."""
+        out = dataclasses.asdict(self)
+        options = out["strategy"].pop("options")
+        out["strategy"].update(options)
+        return out
+
+
+_TABLE_TYPES = typing.get_type_hints(Config)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str | bool | int):
+            return value
+    elif origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                continue
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build_table(cls: type, table: Any, prefix: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{prefix}] must be a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown key '{prefix}.{key}'; [{prefix}] takes: {', '.join(sorted(names))}"
+            )
+        values[key] = _coerce(f"{prefix}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def _build_strategy(table: Any) -> StrategyConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[strategy] must be a table, got {table!r}")
+    name = _coerce("strategy.name", table.get("name", "fedavg"), str)
+    spec = STRATEGIES.get(name)
+    if spec is None:
+        raise ConfigError(
+            f"strategy.name: unknown strategy '{name}'; choose one of {sorted(STRATEGIES)}"
+        )
+    options: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "name":
+            continue
+        if key not in spec.options:
+            allowed = ", ".join(sorted(["name", *spec.options]))
+            raise ConfigError(
+                f"unknown key 'strategy.{key}' for strategy '{name}'; it takes: {allowed}"
+            )
+        options[key] = _coerce(f"strategy.{key}", value, spec.options[key])
+    return StrategyConfig(name=name, options=options)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate raw TOML tables into a :class:`Config`."""
+    tables: dict[str, Any] = {}
+    for name, table in raw.items():
+        if name not in _TABLE_TYPES:
+            raise ConfigError(
+                f"unknown table '[{name}]'; a config takes: "
+                + ", ".join(f"[{t}]" for t in _TABLE_TYPES)
+            )
+        tables[name] = (
+            _build_strategy(table)
+            if name == "strategy"
+            else _build_table(_TABLE_TYPES[name], table, name)
+        )
+    config = Config(**tables)
+    check_config(config)
+    return config
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_config(c: Config) -> None:
+    """Cross-field checks, each naming the key to change."""
+    f, p, t, d = c.federation, c.partition, c.task, c.data
+    _require(f.rounds >= 1, f"federation.rounds must be at least 1, got {f.rounds}")
+    _require(0.0 < f.fraction <= 1.0, f"federation.fraction must be in (0, 1], got {f.fraction}")
+    _require(f.min_sites >= 1, f"federation.min_sites must be at least 1, got {f.min_sites}")
+    _require(
+        f.min_sites <= p.num_sites,
+        f"federation.min_sites = {f.min_sites} exceeds partition.num_sites = {p.num_sites}",
+    )
+    _require(
+        f.local_epochs >= 1, f"federation.local_epochs must be at least 1, got {f.local_epochs}"
+    )
+    _require(
+        f.local_steps >= 0, f"federation.local_steps must not be negative, got {f.local_steps}"
+    )
+    _require(f.lr > 0, f"federation.lr must be positive, got {f.lr}")
+    _require(f.batch_size >= 1, f"federation.batch_size must be at least 1, got {f.batch_size}")
+    _require(0.0 <= f.momentum < 1.0, f"federation.momentum must be in [0, 1), got {f.momentum}")
+    _require(
+        f.weight_decay >= 0, f"federation.weight_decay must not be negative, got {f.weight_decay}"
+    )
+    _require(f.eval_every >= 1, f"federation.eval_every must be at least 1, got {f.eval_every}")
+    _require(p.num_sites >= 1, f"partition.num_sites must be at least 1, got {p.num_sites}")
+    _require(p.alpha > 0, f"partition.alpha must be positive, got {p.alpha}")
+    _require(
+        p.min_examples_per_site >= 1,
+        f"partition.min_examples_per_site must be at least 1, got {p.min_examples_per_site}",
+    )
+    _require(t.num_classes >= 2, f"task.num_classes must be at least 2, got {t.num_classes}")
+    _require(
+        0 <= t.positive_label < t.num_classes,
+        f"task.positive_label = {t.positive_label} is not a class; "
+        f"choose one of 0..{t.num_classes - 1}",
+    )
+    _require(t.width >= 1, f"task.width must be at least 1, got {t.width}")
+    _require(
+        c.runtime.torch_threads >= 1,
+        f"runtime.torch_threads must be at least 1, got {c.runtime.torch_threads}",
+    )
+    if d.source == "medmnist":
+        _require(bool(d.path), "data.path is required when data.source = 'medmnist'")
+        _require(
+            p.method in ("iid", "dirichlet"),
+            f"partition.method = '{p.method}' does not apply to MedMNIST; use 'iid' or 'dirichlet'",
+        )
+    else:
+        _require(
+            p.method == "natural",
+            f"partition.method = '{p.method}': generated hospitals come split already; "
+            "use 'natural'",
+        )
+        _require(
+            2 <= p.num_sites <= 16,
+            f"partition.num_sites must be 2..16 for synthetic data, got {p.num_sites}",
+        )
+        _require(d.image_size >= 16, f"data.image_size must be at least 16, got {d.image_size}")
+        _require(
+            d.n_patients >= 10 * p.num_sites,
+            f"data.n_patients = {d.n_patients} is too few for {p.num_sites} hospitals",
+        )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=VALUE``; VALUE is read as a TOML value, else taken as a plain string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example strategy.name=fedavg")
+    key, _, value = text.partition("=")
+    path = [part.strip() for part in key.strip().split(".")]
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"--set {text!r}: KEY must be a dotted path such as federation.rounds")
+    try:
+        parsed: Any = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return path, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with every ``--set`` applied in order."""
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a table")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning a missing file or a syntax error into a :class:`ConfigError`."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_config(path: Path, *, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config file.
+
+    A relative ``data.path`` is resolved against the config file's folder, so a
+    config runs the same from any working directory.
+    """
+    raw = apply_overrides(read_toml(path), overrides or [])
+    config = config_from_dict(raw)
+    if config.data.path and not Path(config.data.path).is_absolute():
+        resolved = str((path.parent / config.data.path).resolve())
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=resolved))
+    return config

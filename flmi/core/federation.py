@@ -1,0 +1,323 @@
+"""The federation loop: one readable function that every runtime shares.
+
+Per round: sample sites, send instructions, collect replies, keep errors apart
+from updates, reject invalid updates, aggregate, evaluate, record, checkpoint
+(through the observer).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from flmi.core.errors import ConfigError, FlmiError
+from flmi.core.keys import Arm, Record, Split
+from flmi.core.messages import (
+    ClientError,
+    ClientUpdate,
+    ErrorCode,
+    EvaluateInstruction,
+    EvaluateReply,
+    EvaluateResult,
+    TrainInstruction,
+    TrainReply,
+)
+from flmi.core.params import Params, check_finite, check_same_schema
+from flmi.core.rng import generator
+from flmi.core.strategy import StateRecord, Strategy
+
+log = logging.getLogger("flmi.federation")
+
+Metrics = Mapping[str, float]
+
+
+class Runtime(Protocol):
+    """Moves messages between the server loop and the sites; runs no algorithm."""
+
+    def site_names(self) -> Sequence[str]:
+        """Names of the sites this runtime reaches, sorted."""
+        ...
+
+    def train(self, instructions: Mapping[str, TrainInstruction]) -> Mapping[str, TrainReply]:
+        """Deliver each instruction to its site and return every site's reply."""
+        ...
+
+    def evaluate(
+        self, instructions: Mapping[str, EvaluateInstruction]
+    ) -> Mapping[str, EvaluateReply]:
+        """Deliver evaluation requests and return every site's reply."""
+        ...
+
+
+@dataclass(frozen=True)
+class FederationPlan:
+    """How many rounds, which sites take part, and when to evaluate.
+
+    Parameters
+    ----------
+    rounds
+        Number of rounds, counted from 1.
+    fraction
+        Share of sites sampled each round (``0 < fraction <= 1``).
+    min_sites
+        Fewest sites sampled, and fewest valid updates needed to aggregate.
+    seed
+        Seed of the server's sampling generator.
+    eval_every
+        Evaluate every this many rounds (the final round always).
+    """
+
+    rounds: int
+    fraction: float
+    min_sites: int
+    seed: int
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"federation.rounds must be at least 1, got {self.rounds}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"federation.fraction must be in (0, 1], got {self.fraction}")
+        if self.min_sites < 1:
+            raise ConfigError(f"federation.min_sites must be at least 1, got {self.min_sites}")
+        if self.eval_every < 1:
+            raise ConfigError(f"federation.eval_every must be at least 1, got {self.eval_every}")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one round of one arm produced: one line of ``metrics.jsonl``."""
+
+    rnd: int
+    arm: str
+    global_metrics: Metrics | None
+    per_site: Mapping[str, Metrics]
+    site_mean: Metrics
+    val: Metrics
+    wall_s: float
+    bytes_down: int
+    bytes_up: int
+    sites_sampled: Sequence[str]
+    sites_failed: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON line, with NaN written as ``null``."""
+        return {
+            Record.ROUND: self.rnd,
+            Record.ARM: self.arm,
+            Record.GLOBAL: _json_metrics(self.global_metrics),
+            Record.PER_SITE: {s: _json_metrics(m) for s, m in sorted(self.per_site.items())},
+            Record.SITE_MEAN: _json_metrics(self.site_mean),
+            Record.VAL: _json_metrics(self.val),
+            Record.WALL_S: round(self.wall_s, 6),
+            Record.BYTES_DOWN: self.bytes_down,
+            Record.BYTES_UP: self.bytes_up,
+            Record.SITES_SAMPLED: list(self.sites_sampled),
+            Record.SITES_FAILED: dict(sorted(self.sites_failed.items())),
+        }
+
+
+def _json_metrics(metrics: Metrics | None) -> dict[str, float | None] | None:
+    if metrics is None:
+        return None
+    return {k: (None if math.isnan(v) else float(v)) for k, v in sorted(metrics.items())}
+
+
+class RoundObserver(Protocol):
+    """Receives each finished round: records it, checkpoints it, shows progress."""
+
+    def on_round(self, record: RoundRecord, params: Params, state: StateRecord) -> None:
+        """Called once per round after evaluation."""
+        ...
+
+
+@dataclass(frozen=True)
+class FederationResult:
+    """The final global weights, the final strategy state and every round's record."""
+
+    params: Params
+    state: StateRecord
+    history: Sequence[RoundRecord]
+
+
+def sample_sites(
+    *, sites: Sequence[str], fraction: float, min_sites: int, seed: int, rnd: int
+) -> list[str]:
+    """Sample ``max(min_sites, ceil(fraction * n))`` sites, sorted, seeded per round."""
+    ordered = sorted(sites)
+    if len(ordered) < min_sites:
+        raise ConfigError(
+            f"federation.min_sites is {min_sites} but only {len(ordered)} sites exist; "
+            "lower min_sites or add sites"
+        )
+    k = min(len(ordered), max(min_sites, math.ceil(fraction * len(ordered))))
+    if k == len(ordered):
+        return ordered
+    rng = generator(seed=seed, party="server", rnd=rnd, purpose="sample")
+    chosen = rng.choice(len(ordered), size=k, replace=False)
+    return sorted(ordered[i] for i in chosen)
+
+
+def weighted_site_mean(results: Mapping[str, EvaluateResult]) -> dict[str, float]:
+    """Example-weighted mean of per-site metrics; a metric a site could not compute is skipped."""
+    return mean_metrics(
+        [(float(r.num_examples), r.metrics) for _, r in sorted(results.items()) if r.num_examples]
+    )
+
+
+def _validate_update(update: ClientUpdate, reference: Params) -> ClientError | None:
+    """The server's own check of a received update; never aggregate what fails it."""
+    try:
+        check_same_schema(
+            expected=reference, actual=update.params, where=f"update from site '{update.site}'"
+        )
+        check_finite(update.params, where=f"update from site '{update.site}'")
+        check_finite(update.extras, where=f"extras from site '{update.site}'")
+    except FlmiError as exc:
+        return ClientError(site=update.site, code=ErrorCode.REJECTED_BY_SERVER, message=str(exc))
+    if update.num_examples < 1:
+        return ClientError(
+            site=update.site,
+            code=ErrorCode.REJECTED_BY_SERVER,
+            message=f"update from site '{update.site}' claims {update.num_examples} examples",
+        )
+    return None
+
+
+def split_replies(
+    replies: Mapping[str, TrainReply], reference: Params
+) -> tuple[list[ClientUpdate], dict[str, ClientError]]:
+    """Separate valid updates from errors, rejecting invalid updates with a logged reason."""
+    updates: list[ClientUpdate] = []
+    errors: dict[str, ClientError] = {}
+    for site in sorted(replies):
+        reply = replies[site]
+        if isinstance(reply, ClientError):
+            errors[site] = reply
+            log.warning("site %s failed: %s (%s)", site, reply.code, reply.message)
+            continue
+        rejected = _validate_update(reply, reference)
+        if rejected is not None:
+            errors[site] = rejected
+            log.warning("rejected update from %s: %s", site, rejected.message)
+            continue
+        updates.append(reply)
+    return updates, errors
+
+
+def evaluate_sites(
+    *, runtime: Runtime, params: Params, rnd: int, split: Split
+) -> tuple[dict[str, EvaluateResult], dict[str, ClientError]]:
+    """Ask every site of ``runtime`` to score ``params`` on its own ``split``."""
+    instruction = EvaluateInstruction(rnd=rnd, params=params, split=split)
+    replies = runtime.evaluate({site: instruction for site in runtime.site_names()})
+    results = {s: r for s, r in replies.items() if isinstance(r, EvaluateResult)}
+    errors = {s: r for s, r in replies.items() if isinstance(r, ClientError)}
+    for site, err in sorted(errors.items()):
+        log.warning("site %s could not evaluate: %s (%s)", site, err.code, err.message)
+    return results, errors
+
+
+def run_federation(
+    *,
+    strategy: Strategy[Any],
+    runtime: Runtime,
+    initial_params: Params,
+    plan: FederationPlan,
+    observer: RoundObserver,
+    arm: str = Arm.FEDERATED,
+    eval_runtime: Runtime | None = None,
+    evaluate_central: Callable[[Params], Metrics] | None = None,
+    count_bytes: bool = True,
+) -> FederationResult:
+    """Run every round of one arm and return the final weights.
+
+    Parameters
+    ----------
+    strategy
+        The server-side algorithm.
+    runtime
+        Reaches the training sites.
+    initial_params
+        Global weights before round 1.
+    plan
+        Rounds, sampling and evaluation schedule.
+    observer
+        Records, checkpoints and displays each finished round.
+    arm
+        The arm name written in every record.
+    eval_runtime
+        Sites that score the global model on their own splits (default: ``runtime``).
+    evaluate_central
+        Scores weights on the central test set; simulation only, ``None`` in a deployment.
+    count_bytes
+        Count tensor payload bytes that travel (off for baselines, where nothing does).
+    """
+    evaluators = eval_runtime if eval_runtime is not None else runtime
+    state = strategy.init(initial_params)
+    params = initial_params
+    history: list[RoundRecord] = []
+    for rnd in range(1, plan.rounds + 1):
+        started = time.perf_counter()
+        sampled = sample_sites(
+            sites=runtime.site_names(),
+            fraction=plan.fraction,
+            min_sites=plan.min_sites,
+            seed=plan.seed,
+            rnd=rnd,
+        )
+        instructions = strategy.configure(rnd, state, sampled)
+        replies = runtime.train(instructions)
+        updates, errors = split_replies(replies, params)
+        if len(updates) >= plan.min_sites:
+            state, params = strategy.aggregate(rnd, state, updates)
+        else:
+            log.warning(
+                "round %d: %d valid updates, fewer than federation.min_sites = %d; "
+                "the global model is left unchanged this round",
+                rnd,
+                len(updates),
+                plan.min_sites,
+            )
+        per_site: dict[str, EvaluateResult] = {}
+        val: dict[str, EvaluateResult] = {}
+        central: Metrics | None = None
+        if rnd % plan.eval_every == 0 or rnd == plan.rounds:
+            per_site, _ = evaluate_sites(
+                runtime=evaluators, params=params, rnd=rnd, split=Split.TEST
+            )
+            val, _ = evaluate_sites(runtime=evaluators, params=params, rnd=rnd, split=Split.VAL)
+            central = evaluate_central(params) if evaluate_central is not None else None
+        record = RoundRecord(
+            rnd=rnd,
+            arm=arm,
+            global_metrics=central,
+            per_site={s: r.metrics for s, r in per_site.items()},
+            site_mean=weighted_site_mean(per_site),
+            val=weighted_site_mean(val),
+            wall_s=time.perf_counter() - started,
+            bytes_down=sum(i.payload_bytes() for i in instructions.values()) if count_bytes else 0,
+            bytes_up=sum(u.payload_bytes() for u in updates) if count_bytes else 0,
+            sites_sampled=sampled,
+            sites_failed={s: e.code.value for s, e in errors.items()},
+        )
+        history.append(record)
+        observer.on_round(record, params, strategy.state_to_record(state))
+    return FederationResult(params=params, state=strategy.state_to_record(state), history=history)
+
+
+def mean_metrics(items: Sequence[tuple[float, Metrics]]) -> dict[str, float]:
+    """Weighted mean of metric dicts; a NaN (a metric a site could not compute) is skipped."""
+    names = sorted({k for _, m in items for k in m})
+    out: dict[str, float] = {}
+    for name in names:
+        pairs = [(w, m[name]) for w, m in items if name in m and not math.isnan(m[name])]
+        total = sum(w for w, _ in pairs)
+        out[name] = float(np.sum([w * v for w, v in pairs]) / total) if total else float("nan")
+    return out

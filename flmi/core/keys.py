@@ -1,0 +1,72 @@
+"""Every wire, metric and record key, spelled once.
+
+Two sides that must agree on a name import it from here instead of typing the
+string twice.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Metric(StrEnum):
+    """Metric names reported by tasks and written to the run directory."""
+
+    LOSS = "loss"
+    ACCURACY = "accuracy"
+    BALANCED_ACCURACY = "balanced_accuracy"
+    AUC = "auc"
+    SENSITIVITY = "sensitivity"
+    SPECIFICITY = "specificity"
+
+
+class Arm(StrEnum):
+    """The arms one run can compare."""
+
+    FEDERATED = "federated"
+    POOLED = "pooled"
+    LOCAL = "local"
+
+
+class Split(StrEnum):
+    """Data splits held by a site."""
+
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+class Record(StrEnum):
+    """Keys of a `metrics.jsonl` line and of `summary.json`."""
+
+    ROUND = "round"
+    ARM = "arm"
+    GLOBAL = "global"
+    PER_SITE = "per_site"
+    SITE_MEAN = "site_mean"
+    VAL = "val"
+    WALL_S = "wall_s"
+    BYTES_DOWN = "bytes_down"
+    BYTES_UP = "bytes_up"
+    SITES_SAMPLED = "sites_sampled"
+    SITES_FAILED = "sites_failed"
+    ARMS = "arms"
+    ROUNDS = "rounds"
+    SEED = "seed"
+    TORCH_THREADS = "torch_threads"
+    VERSIONS = "versions"
+    SITES = "sites"
+    N_TRAIN = "n_train"
+    LABEL_COUNTS = "label_counts"
+
+
+class HParam(StrEnum):
+    """Hyperparameter names a server may put in a :class:`TrainInstruction`."""
+
+    LR = "lr"
+    LOCAL_EPOCHS = "local_epochs"
+    LOCAL_STEPS = "local_steps"
+    BATCH_SIZE = "batch_size"
+    OPTIMIZER = "optimizer"
+    MOMENTUM = "momentum"
+    WEIGHT_DECAY = "weight_decay"

@@ -1,0 +1,62 @@
+"""The server-side algorithm interface.
+
+A strategy keeps no hidden state: everything it needs between rounds lives in
+the state object it returns, which the federation loop passes back in and
+checkpoints through :meth:`Strategy.state_to_record`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from flmi.core.messages import ClientUpdate, TrainInstruction
+from flmi.core.params import Params
+
+JSONValue = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """A strategy state as tensors plus JSON-ready values, for checkpoints."""
+
+    tensors: Params
+    meta: Mapping[str, JSONValue] = field(default_factory=dict)
+
+
+S = TypeVar("S")
+
+
+class Strategy(Protocol[S]):
+    """A federated algorithm's server side.
+
+    ``configure`` says what each sampled site should do this round;
+    ``aggregate`` turns the updates that arrived into new server state and new
+    global weights. Neither runs site code, and sites never run these.
+    """
+
+    @property
+    def name(self) -> str:
+        """The name the config selects this strategy by."""
+        ...
+
+    def init(self, params: Params) -> S:
+        """Server state before round 1, from the initial global weights."""
+        ...
+
+    def configure(self, rnd: int, state: S, sites: Sequence[str]) -> Mapping[str, TrainInstruction]:
+        """One instruction per sampled site, keyed by site name."""
+        ...
+
+    def aggregate(self, rnd: int, state: S, updates: Sequence[ClientUpdate]) -> tuple[S, Params]:
+        """New server state and new global weights from this round's valid updates."""
+        ...
+
+    def state_to_record(self, state: S) -> StateRecord:
+        """The state as tensors and JSON values (for a checkpoint)."""
+        ...
+
+    def state_from_record(self, record: StateRecord) -> S:
+        """Rebuild the state written by :meth:`state_to_record`."""
+        ...

@@ -1,0 +1,1 @@
+"""Data sets, generators and partitioners. Everything here stays at a site."""

@@ -1,0 +1,77 @@
+"""In-memory data containers shared by loaders, partitioners and tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from flmi.core.errors import DataError
+
+
+@dataclass(frozen=True)
+class ArraySplit:
+    """Images and integer labels of one split.
+
+    Parameters
+    ----------
+    x
+        float32 images, channels first: ``(N, C, H, W)`` or ``(N, C, D, H, W)``,
+        intensities scaled to roughly ``[0, 1]``.
+    y
+        int64 class labels, shape ``(N,)``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise DataError(
+                f"images and labels differ in length: {self.x.shape[0]} images, "
+                f"{self.y.shape[0]} labels"
+            )
+        if self.y.ndim != 1:
+            raise DataError(f"labels must be one-dimensional, got shape {self.y.shape}")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def take(self, index: np.ndarray) -> ArraySplit:
+        """Return the examples at ``index`` (a copy)."""
+        return ArraySplit(x=self.x[index], y=self.y[index])
+
+    def label_counts(self) -> dict[str, int]:
+        """Count examples per label, keyed by the label as a string (JSON-ready)."""
+        values, counts = np.unique(self.y, return_counts=True)
+        return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+@dataclass(frozen=True)
+class SiteSplits:
+    """The train, validation and test splits one site holds."""
+
+    train: ArraySplit
+    val: ArraySplit
+    test: ArraySplit
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """Every site's private splits, plus the central test set of a simulation.
+
+    ``central_test`` exists only in simulation; a deployment has none.
+    """
+
+    sites: Mapping[str, SiteSplits]
+    central_test: ArraySplit
+
+
+def concat_splits(splits: list[ArraySplit]) -> ArraySplit:
+    """Concatenate splits in the given order."""
+    if not splits:
+        raise DataError("nothing to concatenate: no splits given")
+    return ArraySplit(
+        x=np.concatenate([s.x for s in splits]), y=np.concatenate([s.y for s in splits])
+    )

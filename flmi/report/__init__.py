@@ -1,0 +1,1 @@
+"""The run directory, metrics files and the terminal report."""

@@ -1,0 +1,53 @@
+"""The default runtime: direct calls into :class:`flmi.site.site.Site` objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from flmi.core.messages import (
+    ClientError,
+    ErrorCode,
+    EvaluateInstruction,
+    EvaluateReply,
+    TrainInstruction,
+    TrainReply,
+)
+from flmi.site.site import Site
+
+
+class InProcessRuntime:
+    """Deliver instructions by calling each site in this process, in sorted site order.
+
+    Parameters
+    ----------
+    sites
+        The sites this runtime reaches.
+    """
+
+    def __init__(self, *, sites: Sequence[Site]) -> None:
+        self._sites = {site.name: site for site in sites}
+        if len(self._sites) != len(sites):
+            raise ValueError("site names must be unique")
+
+    def site_names(self) -> Sequence[str]:
+        """Names of the reachable sites, sorted."""
+        return sorted(self._sites)
+
+    def _unknown(self, site: str) -> ClientError:
+        return ClientError(site=site, code=ErrorCode.UNAVAILABLE, message=f"no site named '{site}'")
+
+    def train(self, instructions: Mapping[str, TrainInstruction]) -> Mapping[str, TrainReply]:
+        """Call each site's :meth:`Site.train`."""
+        return {
+            name: self._sites[name].train(i) if name in self._sites else self._unknown(name)
+            for name, i in sorted(instructions.items())
+        }
+
+    def evaluate(
+        self, instructions: Mapping[str, EvaluateInstruction]
+    ) -> Mapping[str, EvaluateReply]:
+        """Call each site's :meth:`Site.evaluate`."""
+        return {
+            name: self._sites[name].evaluate(i) if name in self._sites else self._unknown(name)
+            for name, i in sorted(instructions.items())
+        }

@@ -1,0 +1,406 @@
+"""A whole federation on one machine: data, sites, arms, run directory.
+
+This wires the pieces together; the federation loop itself lives in
+:func:`flmi.core.federation.run_federation` and the site code path in
+:class:`flmi.site.site.Site`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flmi import __version__
+from flmi.config import Config
+from flmi.core.federation import (
+    FederationPlan,
+    FederationResult,
+    Metrics,
+    RoundRecord,
+    mean_metrics,
+    run_federation,
+)
+from flmi.core.keys import Arm, HParam, Record
+from flmi.core.messages import HParamValue
+from flmi.core.params import Params
+from flmi.core.strategy import StateRecord
+from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
+from flmi.data.medmnist import load_medmnist_npz
+from flmi.data.partition import check_min_examples, partition, site_label_summary
+from flmi.data.synthetic import generate_hospitals, make_profiles
+from flmi.report.rundir import RunDir
+from flmi.runtime.inprocess import InProcessRuntime
+from flmi.site.site import Site
+from flmi.strategies.fedavg import FedAvg
+from flmi.strategies.registry import build_strategy
+from flmi.tasks.classification import ClassificationTask
+from flmi.tasks.device import resolve_device
+from flmi.tasks.torch_params import params_copy
+
+ProgressFn = Callable[[RoundRecord, int], None]
+
+
+def load_data(config: Config) -> FederatedData:
+    """Load or generate the data and split it into sites, checking every site's size."""
+    d, p, seed = config.data, config.partition, config.federation.seed
+    if d.source == "medmnist":
+        splits = load_medmnist_npz(path=Path(d.path))
+        return partition(
+            train=splits.train,
+            val=splits.val,
+            test=splits.test,
+            method=p.method,
+            num_sites=p.num_sites,
+            seed=seed,
+            alpha=p.alpha,
+            min_examples_per_site=p.min_examples_per_site,
+        )
+    profiles = make_profiles(num_sites=p.num_sites, seed=seed, n_patients_total=d.n_patients)
+    data = generate_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
+    check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
+    return data
+
+
+def build_task(config: Config, data: FederatedData) -> ClassificationTask:
+    """The task, shaped by the data (channels and 2D/3D), with every label checked."""
+    x = data.central_test.x
+    task = ClassificationTask(
+        num_classes=config.task.num_classes,
+        in_channels=int(x.shape[1]),
+        spatial_dims=x.ndim - 2,
+        positive_label=config.task.positive_label,
+        model=config.task.model,
+        width=config.task.width,
+        augment=config.task.augment,
+        dtype=config.task.dtype,
+    )
+    for name, splits in sorted(data.sites.items()):
+        for split_name in ("train", "val", "test"):
+            task.check_labels(
+                data=getattr(splits, split_name), where=f"site '{name}' {split_name} split"
+            )
+    task.check_labels(data=data.central_test, where="central test set")
+    return task
+
+
+def training_hparams(config: Config) -> dict[str, HParamValue]:
+    """The local-training settings every site receives."""
+    f = config.federation
+    return {
+        HParam.LR: f.lr,
+        HParam.LOCAL_EPOCHS: f.local_epochs,
+        HParam.LOCAL_STEPS: f.local_steps,
+        HParam.BATCH_SIZE: f.batch_size,
+        HParam.OPTIMIZER: f.optimizer,
+        HParam.MOMENTUM: f.momentum,
+        HParam.WEIGHT_DECAY: f.weight_decay,
+    }
+
+
+class CentralEvaluator:
+    """Scores weights on the central test set (simulation only)."""
+
+    def __init__(self, *, task: ClassificationTask, data: ArraySplit, device: torch.device) -> None:
+        self._task, self._data, self._device = task, data, device
+        self._model = task.build_model(seed=0).to(device)
+
+    def __call__(self, params: Params) -> dict[str, float]:
+        """Metrics of ``params`` on the central test set."""
+        from flmi.tasks.torch_params import load_params
+
+        load_params(self._model, params, where="central evaluation")
+        return self._task.evaluate(model=self._model, data=self._data, device=self._device)
+
+
+class _Observer:
+    """Writes each round to the run directory and reports progress."""
+
+    def __init__(
+        self,
+        *,
+        run: RunDir | None,
+        strategy: str,
+        progress: ProgressFn | None,
+        rounds: int,
+        checkpoint: bool,
+    ) -> None:
+        self._run, self._strategy, self._progress = run, strategy, progress
+        self._rounds, self._checkpoint = rounds, checkpoint
+
+    def on_round(self, record: RoundRecord, params: Params, state: StateRecord) -> None:
+        if self._run is not None:
+            self._run.append_metrics(record)
+            if self._checkpoint:
+                self._run.write_checkpoint(
+                    rnd=record.rnd,
+                    arm=record.arm,
+                    params=params,
+                    state=state,
+                    strategy=self._strategy,
+                )
+        if self._progress is not None:
+            self._progress(record, self._rounds)
+
+
+class _Collector:
+    """Keeps records in memory (for the local arm, merged before writing)."""
+
+    def __init__(self) -> None:
+        self.records: list[RoundRecord] = []
+
+    def on_round(self, record: RoundRecord, params: Params, state: StateRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One arm's final-round metrics."""
+
+    global_metrics: Metrics | None
+    per_site: Mapping[str, Metrics]
+    site_mean: Metrics
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a simulated run produced."""
+
+    path: Path | None
+    arms: Mapping[str, ArmResult]
+    params: Params
+    summary: Mapping[str, Any]
+
+
+def _final(history: Sequence[RoundRecord]) -> ArmResult:
+    last = history[-1]
+    return ArmResult(
+        global_metrics=last.global_metrics, per_site=last.per_site, site_mean=last.site_mean
+    )
+
+
+def _merge_local(
+    runs: Mapping[str, FederationResult],
+    *,
+    train_sizes: Mapping[str, int],
+    test_sizes: Mapping[str, int],
+) -> list[RoundRecord]:
+    """One record per round from the sites' separate local-only runs.
+
+    ``per_site`` holds each site's own model on its own test split; ``global``
+    is the train-size-weighted mean of the local models on the central test set.
+    """
+    names = sorted(runs)
+    merged: list[RoundRecord] = []
+    for i, first in enumerate(runs[names[0]].history):
+        rows = {s: runs[s].history[i] for s in names}
+        per_site = {s: rows[s].per_site[s] for s in names if s in rows[s].per_site}
+        central = [
+            (float(train_sizes[s]), r.global_metrics) for s, r in rows.items() if r.global_metrics
+        ]
+        merged.append(
+            RoundRecord(
+                rnd=first.rnd,
+                arm=Arm.LOCAL,
+                global_metrics=mean_metrics(central) if central else None,
+                per_site=per_site,
+                site_mean=mean_metrics([(float(test_sizes[s]), m) for s, m in per_site.items()]),
+                val=mean_metrics([(float(train_sizes[s]), r.val) for s, r in rows.items()]),
+                wall_s=sum(r.wall_s for r in rows.values()),
+                bytes_down=0,
+                bytes_up=0,
+                sites_sampled=names,
+                sites_failed={s: c for r in rows.values() for s, c in r.sites_failed.items()},
+            )
+        )
+    return merged
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that shapes the numbers."""
+    import monai
+    import safetensors
+
+    return {
+        "flmi": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def _json_metrics(metrics: Metrics | None) -> dict[str, float | None] | None:
+    if metrics is None:
+        return None
+    return {k: (None if np.isnan(v) else float(v)) for k, v in sorted(metrics.items())}
+
+
+def _arm_json(arm: ArmResult) -> dict[str, Any]:
+    return {
+        Record.GLOBAL: _json_metrics(arm.global_metrics),
+        Record.PER_SITE: {s: _json_metrics(m) for s, m in sorted(arm.per_site.items())},
+        Record.SITE_MEAN: _json_metrics(arm.site_mean),
+    }
+
+
+def _sites_json(data: FederatedData) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for site, info in site_label_summary(data=data).items():
+        by_split = info["label_counts"]
+        assert isinstance(by_split, dict)
+        out[site] = {
+            Record.N_TRAIN: info["n_train"],
+            "n_val": info["n_val"],
+            "n_test": info["n_test"],
+            Record.LABEL_COUNTS: by_split["train"],
+            "label_counts_by_split": by_split,
+        }
+    return out
+
+
+def _pooled_splits(data: FederatedData) -> SiteSplits:
+    names = sorted(data.sites)
+    return SiteSplits(
+        train=concat_splits([data.sites[s].train for s in names]),
+        val=concat_splits([data.sites[s].val for s in names]),
+        test=concat_splits([data.sites[s].test for s in names]),
+    )
+
+
+def run_experiment(
+    *, config: Config, out: Path | None, progress: ProgressFn | None = None
+) -> RunResult:
+    """Run the federated arm, and the pooled and local arms when the config asks.
+
+    Everything that can be checked is checked before ``out`` is created: a bad
+    config, a missing or corrupt file, a label outside the task or a site that
+    is too small stops the run with nothing written.
+
+    Parameters
+    ----------
+    config
+        A validated configuration.
+    out
+        The run directory to create (must be absent or empty); ``None`` writes nothing.
+    progress
+        Called after each round with the record and the number of rounds.
+    """
+    started = time.perf_counter()
+    torch.set_num_threads(config.runtime.torch_threads)
+    device = resolve_device(config.runtime.device)
+    data = load_data(config)
+    task = build_task(config, data)
+    seed, f = config.federation.seed, config.federation
+    hparams = training_hparams(config)
+    strategy = build_strategy(
+        name=config.strategy.name, hparams=hparams, options=config.strategy.options
+    )
+    run = RunDir.create(path=out) if out is not None else None
+    if run is not None:
+        run.write_config(config.to_dict())
+
+    def make_sites() -> list[Site]:
+        return [
+            Site(name=name, data=splits, task=task, seed=seed, device=device)
+            for name, splits in sorted(data.sites.items())
+        ]
+
+    initial = params_copy(task.build_model(seed=seed))
+    central = CentralEvaluator(task=task, data=data.central_test, device=device)
+    sites_runtime = InProcessRuntime(sites=make_sites())
+    plan = FederationPlan(
+        rounds=f.rounds,
+        fraction=f.fraction,
+        min_sites=f.min_sites,
+        seed=seed,
+        eval_every=f.eval_every,
+    )
+    federated = run_federation(
+        strategy=strategy,
+        runtime=sites_runtime,
+        initial_params=initial,
+        plan=plan,
+        observer=_Observer(
+            run=run, strategy=strategy.name, progress=progress, rounds=f.rounds, checkpoint=True
+        ),
+        arm=Arm.FEDERATED,
+        evaluate_central=central,
+    )
+    arms: dict[str, ArmResult] = {Arm.FEDERATED: _final(federated.history)}
+    single = dataclasses.replace(plan, fraction=1.0, min_sites=1)
+    if config.baselines.pooled:
+        pooled_site = Site(
+            name="pooled", data=_pooled_splits(data), task=task, seed=seed, device=device
+        )
+        pooled = run_federation(
+            strategy=FedAvg(hparams=hparams),
+            runtime=InProcessRuntime(sites=[pooled_site]),
+            initial_params=initial,
+            plan=single,
+            observer=_Observer(
+                run=run, strategy="pooled", progress=progress, rounds=f.rounds, checkpoint=False
+            ),
+            arm=Arm.POOLED,
+            eval_runtime=sites_runtime,
+            evaluate_central=central,
+            count_bytes=False,
+        )
+        arms[Arm.POOLED] = _final(pooled.history)
+    if config.baselines.local:
+        local_runs: dict[str, FederationResult] = {}
+        for site in make_sites():
+            local_runs[site.name] = run_federation(
+                strategy=FedAvg(hparams=hparams),
+                runtime=InProcessRuntime(sites=[site]),
+                initial_params=initial,
+                plan=single,
+                observer=_Collector(),
+                arm=Arm.LOCAL,
+                evaluate_central=central,
+                count_bytes=False,
+            )
+        merged = _merge_local(
+            local_runs,
+            train_sizes={s: len(v.train) for s, v in data.sites.items()},
+            test_sizes={s: len(v.test) for s, v in data.sites.items()},
+        )
+        observer = _Observer(
+            run=run, strategy="local", progress=progress, rounds=f.rounds, checkpoint=False
+        )
+        for record in merged:
+            observer.on_round(record, {}, StateRecord(tensors={}))
+        arms[Arm.LOCAL] = _final(merged)
+    summary: dict[str, Any] = {
+        Record.ARMS: {arm: _arm_json(result) for arm, result in arms.items()},
+        Record.ROUNDS: f.rounds,
+        Record.WALL_S: round(time.perf_counter() - started, 3),
+        Record.SEED: seed,
+        Record.TORCH_THREADS: torch.get_num_threads(),
+        "device": str(device),
+        "strategy": strategy.name,
+        Record.VERSIONS: versions(),
+        Record.SITES: _sites_json(data),
+    }
+    if run is not None:
+        run.write_model(
+            params=federated.params,
+            meta={
+                "task": dataclasses.asdict(config.task),
+                "in_channels": task.in_channels,
+                "spatial_dims": task.spatial_dims,
+                "rounds": f.rounds,
+                "strategy": strategy.name,
+                "seed": seed,
+            },
+        )
+        run.write_summary(summary)
+    return RunResult(path=out, arms=arms, params=federated.params, summary=summary)

@@ -1,0 +1,182 @@
+"""A hospital: a name, its private data, a task, and the bounds it allows.
+
+This is the only code that touches a site's data. It takes an instruction,
+checks it against the site's own bounds, trains, validates its own update and
+returns a :class:`ClientUpdate` (or a :class:`ClientError`): nothing else
+leaves. Error messages that leave carry codes and short texts, never a path, a
+file name or patient data; details go to the site's local log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flmi.core.errors import NonFiniteError, SchemaError
+from flmi.core.keys import Split
+from flmi.core.messages import (
+    ClientError,
+    ClientUpdate,
+    ErrorCode,
+    EvaluateInstruction,
+    EvaluateReply,
+    EvaluateResult,
+    TrainInstruction,
+    TrainReply,
+    UpdateKind,
+)
+from flmi.core.params import check_finite
+from flmi.core.rng import derive_seed
+from flmi.data.arrays import SiteSplits
+from flmi.site.state import SiteState
+from flmi.tasks.base import HParamError, LocalTraining, Task
+from flmi.tasks.torch_params import load_params, params_copy
+
+log = logging.getLogger("flmi.site")
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """The bounds a site runs within, whatever the server asks.
+
+    Parameters
+    ----------
+    max_local_epochs
+        Most local epochs the site accepts (``None``: no bound).
+    max_local_steps
+        Most local optimiser steps the site accepts (``None``: no bound).
+    """
+
+    max_local_epochs: int | None = None
+    max_local_steps: int | None = None
+
+    def check(self, training: LocalTraining) -> None:
+        """Raise :class:`HParamError` if ``training`` exceeds a bound."""
+        if self.max_local_epochs is not None and training.local_epochs > self.max_local_epochs:
+            raise HParamError(
+                f"local_epochs = {training.local_epochs} exceeds this site's bound of "
+                f"{self.max_local_epochs}"
+            )
+        if self.max_local_steps is not None and training.local_steps > self.max_local_steps:
+            raise HParamError(
+                f"local_steps = {training.local_steps} exceeds this site's bound of "
+                f"{self.max_local_steps}"
+            )
+
+
+class Site:
+    """One hospital's side of the federation.
+
+    Parameters
+    ----------
+    name
+        The site's name, as the server knows it.
+    data
+        The site's private train, validation and test splits.
+    task
+        Model, local training and metrics.
+    seed
+        Run seed; each round draws from its own generator for (seed, site, round).
+    device
+        Where local training runs.
+    policy
+        Bounds the site enforces on every instruction.
+    state_dir
+        Where the site saves its :class:`SiteState` (``None``: keep it in memory).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        data: SiteSplits,
+        task: Task,
+        seed: int,
+        device: torch.device,
+        policy: SitePolicy | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.name = name
+        self._data = data
+        self._task = task
+        self._seed = seed
+        self._device = device
+        self._policy = policy if policy is not None else SitePolicy()
+        self._state_dir = state_dir
+        self.state = SiteState.load(state_dir) if state_dir is not None else SiteState()
+        self._model = task.build_model(seed=seed).to(device)
+
+    @property
+    def num_train(self) -> int:
+        """Training examples this site holds (a count is all the server learns)."""
+        return len(self._data.train)
+
+    def _error(self, code: ErrorCode, message: str) -> ClientError:
+        return ClientError(site=self.name, code=code, message=message)
+
+    def train(self, instruction: TrainInstruction) -> TrainReply:
+        """Run one round of local training and return the update, or an error."""
+        try:
+            training = LocalTraining.from_hparams(instruction.hparams)
+            self._policy.check(training)
+        except HParamError as exc:
+            log.warning("site %s refused round %d: %s", self.name, instruction.rnd, exc)
+            return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
+        try:
+            load_params(self._model, instruction.params, where="instruction from the server")
+        except SchemaError as exc:
+            return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
+        generator = torch.Generator().manual_seed(
+            derive_seed(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="train")
+        )
+        try:
+            result = self._task.fit(
+                model=self._model,
+                data=self._data.train,
+                training=training,
+                generator=generator,
+                device=self._device,
+            )
+        except Exception:  # a site reports failures as data, never as a crash of the loop
+            log.exception("site %s: local training failed in round %d", self.name, instruction.rnd)
+            return self._error(ErrorCode.TRAINING_FAILED, "local training failed; see the site log")
+        params = params_copy(self._model)
+        try:
+            check_finite(params, where=f"site '{self.name}' update")
+        except NonFiniteError as exc:
+            log.error("site %s refuses to send round %d: %s", self.name, instruction.rnd, exc)
+            return self._error(ErrorCode.NON_FINITE_UPDATE, str(exc))
+        if self._state_dir is not None:
+            self.state = SiteState(
+                tensors=self.state.tensors, meta={**self.state.meta, "round": instruction.rnd}
+            )
+            self.state.save(self._state_dir)
+        return ClientUpdate(
+            site=self.name,
+            params=params,
+            kind=UpdateKind.FULL,
+            num_examples=self.num_train,
+            num_steps=result.num_steps,
+            metrics=result.metrics,
+        )
+
+    def evaluate(self, instruction: EvaluateInstruction) -> EvaluateReply:
+        """Score the given weights on one of this site's own splits."""
+        if instruction.split not in {s.value for s in Split}:
+            return self._error(ErrorCode.INTERNAL, f"unknown split '{instruction.split}'")
+        data = {
+            Split.TRAIN.value: self._data.train,
+            Split.VAL.value: self._data.val,
+            Split.TEST.value: self._data.test,
+        }[instruction.split]
+        try:
+            load_params(self._model, instruction.params, where="evaluation request")
+        except SchemaError as exc:
+            return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
+        metrics = self._task.evaluate(model=self._model, data=data, device=self._device)
+        return EvaluateResult(
+            site=self.name, split=instruction.split, num_examples=len(data), metrics=metrics
+        )

@@ -1,0 +1,1 @@
+"""Server-side federated algorithms, one module per family (numpy only)."""

@@ -1,0 +1,1 @@
+"""Medical tasks: a model, its local training step and its metrics (PyTorch)."""

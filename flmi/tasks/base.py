@@ -1,0 +1,144 @@
+"""What a task is: a model builder, a local training step and an evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from flmi.core.keys import HParam
+from flmi.core.messages import HParamValue
+from flmi.data.arrays import ArraySplit
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+class HParamError(ValueError):
+    """A hyperparameter a site will not run with; the message names it."""
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """Local-training settings, as a site reads them from an instruction.
+
+    Parameters
+    ----------
+    lr
+        Client learning rate.
+    local_epochs
+        Passes over the site's training split (ignored when ``local_steps`` is set).
+    local_steps
+        Exact number of optimiser steps, cycling over epochs; ``0`` means "use epochs".
+    batch_size
+        Examples per step.
+    optimizer
+        ``"sgd"`` or ``"adam"``.
+    momentum
+        SGD momentum.
+    weight_decay
+        L2 penalty.
+    """
+
+    lr: float
+    local_epochs: int
+    local_steps: int
+    batch_size: int
+    optimizer: str
+    momentum: float
+    weight_decay: float
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, HParamValue]) -> LocalTraining:
+        """Parse and sanity-check an instruction's hyperparameters."""
+        known = {h.value for h in HParam}
+        unknown = sorted(set(hparams) - known)
+        if unknown:
+            raise HParamError(f"unknown hyperparameter '{unknown[0]}'")
+        try:
+            training = cls(
+                lr=float(hparams[HParam.LR]),
+                local_epochs=int(hparams.get(HParam.LOCAL_EPOCHS, 1)),
+                local_steps=int(hparams.get(HParam.LOCAL_STEPS, 0)),
+                batch_size=int(hparams[HParam.BATCH_SIZE]),
+                optimizer=str(hparams.get(HParam.OPTIMIZER, "sgd")),
+                momentum=float(hparams.get(HParam.MOMENTUM, 0.0)),
+                weight_decay=float(hparams.get(HParam.WEIGHT_DECAY, 0.0)),
+            )
+        except KeyError as exc:
+            raise HParamError(f"hyperparameter {exc.args[0]!r} is missing") from None
+        except (TypeError, ValueError) as exc:
+            raise HParamError(f"hyperparameter has the wrong type: {exc}") from None
+        training.check()
+        return training
+
+    def check(self) -> None:
+        """Refuse values no training could use."""
+        if not self.lr > 0:
+            raise HParamError(f"lr must be positive, got {self.lr}")
+        if self.local_epochs < 1 and self.local_steps < 1:
+            raise HParamError("local_epochs or local_steps must be at least 1")
+        if self.local_steps < 0:
+            raise HParamError(f"local_steps must not be negative, got {self.local_steps}")
+        if self.batch_size < 1:
+            raise HParamError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise HParamError(
+                f"optimizer must be one of {list(OPTIMIZERS)}, got '{self.optimizer}'"
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise HParamError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise HParamError(f"weight_decay must not be negative, got {self.weight_decay}")
+
+    def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """A fresh optimiser for one round of local training."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What local training reports: steps taken and aggregate training metrics."""
+
+    num_steps: int
+    metrics: dict[str, float]
+
+
+class Task(Protocol):
+    """A medical task: how to build its model, train it locally and score it."""
+
+    @property
+    def name(self) -> str:
+        """The task's config name."""
+        ...
+
+    def build_model(self, *, seed: int) -> torch.nn.Module:
+        """A freshly initialised model (seeded)."""
+        ...
+
+    def fit(
+        self,
+        *,
+        model: torch.nn.Module,
+        data: ArraySplit,
+        training: LocalTraining,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> FitResult:
+        """Train ``model`` in place on ``data``."""
+        ...
+
+    def evaluate(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
+    ) -> dict[str, float]:
+        """Aggregate metrics of ``model`` on ``data``."""
+        ...
+
+    def check_labels(self, *, data: ArraySplit, where: str) -> None:
+        """Raise :class:`flmi.core.errors.LabelError` if a label lies outside the task."""
+        ...

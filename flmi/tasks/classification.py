@@ -1,0 +1,170 @@
+"""Image classification: binary and multi-class, 2D and 3D."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flmi.core.errors import ConfigError, LabelError
+from flmi.core.keys import Metric
+from flmi.data.arrays import ArraySplit
+from flmi.tasks.augment import random_flip_shift
+from flmi.tasks.base import FitResult, LocalTraining
+from flmi.tasks.batches import batch_indices
+from flmi.tasks.metrics import classification_metrics
+from flmi.tasks.models import SmallCNN
+
+MODELS = ("small_cnn",)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+EVAL_BATCH = 512
+
+
+class ClassificationTask:
+    """Classify whole images into ``num_classes`` classes.
+
+    Parameters
+    ----------
+    num_classes
+        Number of classes; labels must lie in ``0 .. num_classes - 1``.
+    in_channels
+        Image channels.
+    spatial_dims
+        2 for images, 3 for volumes.
+    positive_label
+        The class sensitivity refers to.
+    model
+        Network name (``"small_cnn"``).
+    width
+        Width of the first convolution block.
+    augment
+        Random flips, rotations and shifts during local training.
+    dtype
+        ``"float32"`` or ``"float64"`` (the latter for exactness tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        spatial_dims: int,
+        positive_label: int,
+        model: str = "small_cnn",
+        width: int = 32,
+        augment: bool = False,
+        dtype: str = "float32",
+    ) -> None:
+        if num_classes < 2:
+            raise ConfigError(f"task.num_classes must be at least 2, got {num_classes}")
+        if not 0 <= positive_label < num_classes:
+            raise ConfigError(
+                f"task.positive_label = {positive_label} is not a class of a "
+                f"{num_classes}-class task; choose one of 0..{num_classes - 1}"
+            )
+        if model not in MODELS:
+            raise ConfigError(f"task.model: unknown model '{model}'; choose one of {list(MODELS)}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"task.dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.spatial_dims = spatial_dims
+        self.positive_label = positive_label
+        self.model_name = model
+        self.width = width
+        self.augment = augment
+        self.dtype = DTYPES[dtype]
+
+    @property
+    def name(self) -> str:
+        """The config name, ``"classification"``."""
+        return "classification"
+
+    def build_model(self, *, seed: int) -> torch.nn.Module:
+        """A SmallCNN initialised from ``seed`` without touching torch's global generator."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = SmallCNN(
+                in_channels=self.in_channels,
+                num_classes=self.num_classes,
+                spatial_dims=self.spatial_dims,
+                width=self.width,
+            )
+        return model.to(self.dtype)
+
+    def check_labels(self, *, data: ArraySplit, where: str) -> None:
+        """Every label must be one of the task's classes."""
+        if len(data) == 0:
+            return
+        low, high = int(data.y.min()), int(data.y.max())
+        if low < 0 or high >= self.num_classes:
+            bad = low if low < 0 else high
+            raise LabelError(
+                f"{where}: label {bad} is outside the task's classes 0..{self.num_classes - 1}; "
+                "set [task] num_classes to cover every label, or fix the labels"
+            )
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        return tensor if tensor.dtype == self.dtype else tensor.to(self.dtype)
+
+    def fit(
+        self,
+        *,
+        model: torch.nn.Module,
+        data: ArraySplit,
+        training: LocalTraining,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> FitResult:
+        """Minimise cross-entropy over seeded mini-batches."""
+        model.train()
+        optimizer = training.make_optimizer(model)
+        x, y = self._tensor(data.x), torch.from_numpy(data.y)
+        steps, loss_sum, seen = 0, 0.0, 0
+        for index in batch_indices(
+            n=len(data),
+            batch_size=training.batch_size,
+            local_epochs=training.local_epochs,
+            local_steps=training.local_steps,
+            generator=generator,
+        ):
+            xb = x[index]
+            if self.augment:
+                xb = random_flip_shift(xb, generator=generator)
+            xb, yb = xb.to(device, non_blocking=True), y[index].to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            steps += 1
+            loss_sum += float(loss.detach()) * len(index)
+            seen += len(index)
+        return FitResult(
+            num_steps=steps, metrics={Metric.LOSS: loss_sum / seen if seen else float("nan")}
+        )
+
+    @torch.no_grad()
+    def predict_proba(
+        self, *, model: torch.nn.Module, x: np.ndarray, device: torch.device
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Class probabilities ``(N, C)`` and the logits, in evaluation mode."""
+        model.eval()
+        logits = [
+            model(self._tensor(x[i : i + EVAL_BATCH]).to(device)).float().cpu()
+            for i in range(0, x.shape[0], EVAL_BATCH)
+        ]
+        out = torch.cat(logits) if logits else torch.zeros(0, self.num_classes)
+        return torch.softmax(out, dim=1).numpy(), out
+
+    def evaluate(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
+    ) -> dict[str, float]:
+        """Loss, accuracy, balanced accuracy, AUC, sensitivity and specificity."""
+        if len(data) == 0:
+            return {m.value: float("nan") for m in Metric}
+        probs, logits = self.predict_proba(model=model, x=data.x, device=device)
+        loss = float(F.cross_entropy(logits, torch.from_numpy(data.y)))
+        return classification_metrics(
+            labels=data.y, probs=probs, loss=loss, positive_label=self.positive_label
+        )

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flmi.core.messages import (
+    ClientError,
+    ClientUpdate,
+    ErrorCode,
+    EvaluateInstruction,
+    TrainInstruction,
+)
+from flmi.data.arrays import ArraySplit, SiteSplits
+from flmi.site.site import Site, SitePolicy
+from flmi.site.state import STATE_FILE, SiteState
+from flmi.tasks.classification import ClassificationTask
+from flmi.tasks.torch_params import params_copy
+
+HPARAMS = {"lr": 0.05, "batch_size": 8, "local_epochs": 1, "optimizer": "sgd", "momentum": 0.9}
+
+
+def _task() -> ClassificationTask:
+    return ClassificationTask(
+        num_classes=2, in_channels=1, spatial_dims=2, positive_label=1, width=4
+    )
+
+
+def _splits(x: np.ndarray | None = None) -> SiteSplits:
+    rng = np.random.default_rng(0)
+    data = ArraySplit(
+        x=x if x is not None else rng.random((20, 1, 8, 8), dtype=np.float32),
+        y=rng.integers(0, 2, 20).astype(np.int64),
+    )
+    return SiteSplits(train=data, val=data, test=data)
+
+
+def _site(
+    tmp: Path | None = None, *, policy: SitePolicy | None = None, x: np.ndarray | None = None
+) -> Site:
+    return Site(
+        name="h1",
+        data=_splits(x),
+        task=_task(),
+        seed=0,
+        device=torch.device("cpu"),
+        policy=policy,
+        state_dir=tmp,
+    )
+
+
+def _instruction(rnd: int = 1, **hparams: float | int | str) -> TrainInstruction:
+    return TrainInstruction(
+        rnd=rnd, params=params_copy(_task().build_model(seed=1)), hparams={**HPARAMS, **hparams}
+    )
+
+
+def test_training_returns_an_update_with_counts_and_moved_weights() -> None:
+    instruction = _instruction()
+    reply = _site().train(instruction)
+    assert isinstance(reply, ClientUpdate)
+    assert reply.site == "h1" and reply.num_examples == 20 and reply.num_steps == 3
+    assert any(not np.array_equal(reply.params[k], v) for k, v in instruction.params.items())
+
+
+def test_the_same_round_trains_to_the_same_weights_and_another_round_does_not() -> None:
+    a, b, c = (
+        _site().train(_instruction(1)),
+        _site().train(_instruction(1)),
+        _site().train(_instruction(2)),
+    )
+    assert (
+        isinstance(a, ClientUpdate) and isinstance(b, ClientUpdate) and isinstance(c, ClientUpdate)
+    )
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert not all(np.array_equal(a.params[k], c.params[k]) for k in a.params)
+
+
+def test_update_does_not_change_when_the_site_trains_again() -> None:
+    site = _site()
+    first = site.train(_instruction(1))
+    assert isinstance(first, ClientUpdate)
+    kept = {k: v.copy() for k, v in first.params.items()}
+    site.train(_instruction(2))
+    assert all(np.array_equal(first.params[k], kept[k]) for k in kept)
+
+
+def test_site_refuses_more_local_epochs_than_its_bound() -> None:
+    reply = _site(policy=SitePolicy(max_local_epochs=2)).train(_instruction(local_epochs=5))
+    assert isinstance(reply, ClientError) and reply.code == ErrorCode.HPARAM_REFUSED
+    assert "local_epochs = 5 exceeds this site's bound of 2" in reply.message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("lr", -1.0), ("batch_size", 0), ("optimizer", "lbfgs"), ("secret", 1)]
+)
+def test_site_refuses_invalid_hparams_naming_them(key: str, value: float | str) -> None:
+    reply = _site().train(_instruction(**{key: value}))
+    assert isinstance(reply, ClientError) and reply.code == ErrorCode.HPARAM_REFUSED
+    assert key in reply.message
+
+
+def test_site_refuses_weights_that_do_not_fit_its_model() -> None:
+    instruction = _instruction()
+    del instruction.params["head.bias"]
+    reply = _site().train(instruction)
+    assert isinstance(reply, ClientError) and reply.code == ErrorCode.SCHEMA_MISMATCH
+    assert "head.bias" in reply.message
+
+
+def test_site_refuses_to_send_a_non_finite_update() -> None:
+    x = np.full((20, 1, 8, 8), np.nan, dtype=np.float32)  # corrupted local data
+    reply = _site(x=x).train(_instruction())
+    assert isinstance(reply, ClientError) and reply.code == ErrorCode.NON_FINITE_UPDATE
+
+
+def test_evaluation_returns_aggregate_metrics_only() -> None:
+    site = _site()
+    reply = site.evaluate(EvaluateInstruction(rnd=1, params=_instruction().params, split="test"))
+    assert not isinstance(reply, ClientError)
+    assert reply.num_examples == 20 and set(reply.metrics) >= {"auc", "loss"}
+
+
+def test_site_state_is_saved_atomically_and_reloaded(tmp_path: Path) -> None:
+    state = SiteState(tensors={"c": np.arange(4, dtype=np.float32)}, meta={"round": 3})
+    state.save(tmp_path)
+    loaded = SiteState.load(tmp_path)
+    np.testing.assert_array_equal(loaded.tensors["c"], state.tensors["c"])
+    assert loaded.meta == {"round": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site_state.json", STATE_FILE]
+
+
+def test_site_with_a_state_folder_records_its_last_round(tmp_path: Path) -> None:
+    _site(tmp_path).train(_instruction(4))
+    assert SiteState.load(tmp_path).meta["round"] == 4
+    assert _site(tmp_path).state.meta["round"] == 4
