@@ -20,6 +20,13 @@ from flmi.core.keys import Metric
 from flmi.strategies.registry import STRATEGIES
 
 console = Console()
+HEADERS = {
+    Metric.AUC: "auc",
+    Metric.BALANCED_ACCURACY: "bal.acc",
+    Metric.ACCURACY: "acc",
+    Metric.SENSITIVITY: "sens",
+    Metric.SPECIFICITY: "spec",
+}
 TABLE_METRICS = (
     Metric.AUC,
     Metric.BALANCED_ACCURACY,
@@ -59,15 +66,15 @@ def show_summary(arms: dict[str, object]) -> None:
 
     table = Table(title="Final-round test metrics")
     table.add_column("arm")
-    table.add_column("evaluated on")
+    table.add_column("test set")
     for m in TABLE_METRICS:
-        table.add_column(m.value, justify="right")
+        table.add_column(HEADERS[m], justify="right")
     for arm, result in arms.items():
         assert isinstance(result, ArmResult)
         rows: list[tuple[str, dict[str, float] | None]] = [
-            ("central test", dict(result.global_metrics or {}))
+            ("central", dict(result.global_metrics or {}))
         ]
-        rows += [(f"site {s}", dict(m)) for s, m in sorted(result.per_site.items())]
+        rows += [(s, dict(m)) for s, m in sorted(result.per_site.items())]
         rows.append(("site_mean", dict(result.site_mean)))
         for i, (where, metrics) in enumerate(rows):
             table.add_row(

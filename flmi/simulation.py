@@ -43,7 +43,7 @@ from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.registry import build_strategy
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.device import resolve_device
-from flmi.tasks.torch_params import params_copy
+from flmi.tasks.torch_params import load_params, params_copy
 
 ProgressFn = Callable[[RoundRecord, int], None]
 
@@ -108,14 +108,18 @@ def training_hparams(config: Config) -> dict[str, HParamValue]:
 class CentralEvaluator:
     """Scores weights on the central test set (simulation only)."""
 
-    def __init__(self, *, task: ClassificationTask, data: ArraySplit, device: torch.device) -> None:
-        self._task, self._data, self._device = task, data, device
-        self._model = task.build_model(seed=0).to(device)
+    def __init__(
+        self,
+        *,
+        task: ClassificationTask,
+        data: ArraySplit,
+        device: torch.device,
+        model: torch.nn.Module,
+    ) -> None:
+        self._task, self._data, self._device, self._model = task, data, device, model
 
     def __call__(self, params: Params) -> dict[str, float]:
         """Metrics of ``params`` on the central test set."""
-        from flmi.tasks.torch_params import load_params
-
         load_params(self._model, params, where="central evaluation")
         return self._task.evaluate(model=self._model, data=self._data, device=self._device)
 
@@ -308,14 +312,16 @@ def run_experiment(
     if run is not None:
         run.write_config(config.to_dict())
 
+    workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
+
     def make_sites() -> list[Site]:
         return [
-            Site(name=name, data=splits, task=task, seed=seed, device=device)
+            Site(name=name, data=splits, task=task, seed=seed, device=device, model=workspace)
             for name, splits in sorted(data.sites.items())
         ]
 
     initial = params_copy(task.build_model(seed=seed))
-    central = CentralEvaluator(task=task, data=data.central_test, device=device)
+    central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
     sites_runtime = InProcessRuntime(sites=make_sites())
     plan = FederationPlan(
         rounds=f.rounds,

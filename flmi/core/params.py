@@ -101,7 +101,8 @@ def weighted_mean(items: Sequence[tuple[str, float, Mapping[str, np.ndarray]]]) 
     for name in sorted(first):
         acc = np.zeros(first[name].shape, dtype=np.float64)
         for _, weight, params in ordered:
-            acc += (weight / total) * params[name]
+            # np.float64 is not a "weak" scalar: the product is computed in float64.
+            acc += np.float64(weight / total) * params[name]
         out[name] = acc.astype(first[name].dtype, copy=False)
     return out
 

@@ -28,12 +28,17 @@ from flmi.core.messages import (
     TrainReply,
     UpdateKind,
 )
-from flmi.core.params import check_finite
+from flmi.core.params import Params, check_finite
 from flmi.core.rng import derive_seed
 from flmi.data.arrays import SiteSplits
 from flmi.site.state import SiteState
 from flmi.tasks.base import HParamError, LocalTraining, Task
-from flmi.tasks.torch_params import load_params, params_copy
+from flmi.tasks.torch_params import (
+    integer_buffers,
+    load_params,
+    params_copy,
+    restore_integer_buffers,
+)
 
 log = logging.getLogger("flmi.site")
 
@@ -86,6 +91,12 @@ class Site:
         Bounds the site enforces on every instruction.
     state_dir
         Where the site saves its :class:`SiteState` (``None``: keep it in memory).
+    model
+        A model to work in, shared by sites that run one after another in one
+        process (simulation), so memory does not grow with the number of sites.
+        The site loads every float tensor before each use and keeps its own
+        integer buffers, so nothing passes between sites through it.
+        ``None``: the site builds its own.
     """
 
     def __init__(
@@ -98,6 +109,7 @@ class Site:
         device: torch.device,
         policy: SitePolicy | None = None,
         state_dir: Path | None = None,
+        model: torch.nn.Module | None = None,
     ) -> None:
         self.name = name
         self._data = data
@@ -107,7 +119,13 @@ class Site:
         self._policy = policy if policy is not None else SitePolicy()
         self._state_dir = state_dir
         self.state = SiteState.load(state_dir) if state_dir is not None else SiteState()
-        self._model = task.build_model(seed=seed).to(device)
+        self._model = model if model is not None else task.build_model(seed=seed).to(device)
+        self._int_buffers = integer_buffers(self._model)
+
+    def _load(self, params: Params, *, where: str) -> None:
+        """Put ``params`` and this site's own integer buffers into the working model."""
+        load_params(self._model, params, where=where)
+        restore_integer_buffers(self._model, self._int_buffers)
 
     @property
     def num_train(self) -> int:
@@ -126,7 +144,7 @@ class Site:
             log.warning("site %s refused round %d: %s", self.name, instruction.rnd, exc)
             return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
         try:
-            load_params(self._model, instruction.params, where="instruction from the server")
+            self._load(instruction.params, where="instruction from the server")
         except SchemaError as exc:
             return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
         generator = torch.Generator().manual_seed(
@@ -143,6 +161,8 @@ class Site:
         except Exception:  # a site reports failures as data, never as a crash of the loop
             log.exception("site %s: local training failed in round %d", self.name, instruction.rnd)
             return self._error(ErrorCode.TRAINING_FAILED, "local training failed; see the site log")
+        self._model.zero_grad(set_to_none=True)  # free gradient memory between rounds
+        self._int_buffers = integer_buffers(self._model)
         params = params_copy(self._model)
         try:
             check_finite(params, where=f"site '{self.name}' update")
@@ -173,7 +193,7 @@ class Site:
             Split.TEST.value: self._data.test,
         }[instruction.split]
         try:
-            load_params(self._model, instruction.params, where="evaluation request")
+            self._load(instruction.params, where="evaluation request")
         except SchemaError as exc:
             return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
         metrics = self._task.evaluate(model=self._model, data=data, device=self._device)

@@ -23,6 +23,21 @@ def integer_buffer_names(model: torch.nn.Module) -> list[str]:
     return sorted(k for k, v in model.state_dict().items() if not v.is_floating_point())
 
 
+def integer_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the module's non-float entries (they stay with the site that owns them)."""
+    return {k: v.clone() for k, v in model.state_dict().items() if not v.is_floating_point()}
+
+
+def restore_integer_buffers(model: torch.nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    """Put a site's own integer buffers back into a (possibly shared) module."""
+    if not buffers:
+        return
+    entries = model.state_dict()
+    with torch.no_grad():
+        for name, value in buffers.items():
+            entries[name].copy_(value)
+
+
 def params_view(model: torch.nn.Module) -> Params:
     """Numpy views of the module's float entries (zero-copy on CPU).
 

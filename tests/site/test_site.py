@@ -136,3 +136,27 @@ def test_site_with_a_state_folder_records_its_last_round(tmp_path: Path) -> None
     _site(tmp_path).train(_instruction(4))
     assert SiteState.load(tmp_path).meta["round"] == 4
     assert _site(tmp_path).state.meta["round"] == 4
+
+
+def test_sites_sharing_one_model_train_exactly_as_sites_with_their_own() -> None:
+    shared = _task().build_model(seed=9)
+    own = [
+        Site(name=f"h{i}", data=_splits(), task=_task(), seed=0, device=torch.device("cpu"))
+        for i in range(2)
+    ]
+    pooled = [
+        Site(
+            name=f"h{i}",
+            data=_splits(),
+            task=_task(),
+            seed=0,
+            device=torch.device("cpu"),
+            model=shared,
+        )
+        for i in range(2)
+    ]
+    for rnd in (1, 2):
+        for a, b in zip(own, pooled, strict=True):
+            ua, ub = a.train(_instruction(rnd)), b.train(_instruction(rnd))
+            assert isinstance(ua, ClientUpdate) and isinstance(ub, ClientUpdate)
+            assert all(np.array_equal(ua.params[k], ub.params[k]) for k in ua.params)
