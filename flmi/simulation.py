@@ -154,16 +154,6 @@ class _Observer:
             self._progress(record, self._rounds)
 
 
-class _Collector:
-    """Keeps records in memory (for the local arm, merged before writing)."""
-
-    def __init__(self) -> None:
-        self.records: list[RoundRecord] = []
-
-    def on_round(self, record: RoundRecord, params: Params, state: StateRecord) -> None:
-        self.records.append(record)
-
-
 @dataclass(frozen=True)
 class ArmResult:
     """One arm's final-round metrics."""
@@ -369,7 +359,9 @@ def run_experiment(
                 runtime=InProcessRuntime(sites=[site]),
                 initial_params=initial,
                 plan=single,
-                observer=_Collector(),
+                observer=_Observer(
+                    run=None, strategy="local", progress=None, rounds=f.rounds, checkpoint=False
+                ),
                 arm=Arm.LOCAL,
                 evaluate_central=central,
                 count_bytes=False,

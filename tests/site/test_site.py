@@ -160,3 +160,18 @@ def test_sites_sharing_one_model_train_exactly_as_sites_with_their_own() -> None
             ua, ub = a.train(_instruction(rnd)), b.train(_instruction(rnd))
             assert isinstance(ua, ClientUpdate) and isinstance(ub, ClientUpdate)
             assert all(np.array_equal(ua.params[k], ub.params[k]) for k in ua.params)
+
+
+class _LeakyTask(ClassificationTask):
+    """A task whose training fails with a message holding a path and a patient name."""
+
+    def fit(self, **kwargs):  # type: ignore[no-untyped-def,override]
+        raise FileNotFoundError("/hospital/pacs/DOE^JANE/series_17/slice_003.dcm")
+
+
+def test_training_failure_reports_a_code_and_no_path_or_patient_data() -> None:
+    task = _LeakyTask(num_classes=2, in_channels=1, spatial_dims=2, positive_label=1, width=4)
+    site = Site(name="h1", data=_splits(), task=task, seed=0, device=torch.device("cpu"))
+    reply = site.train(_instruction())
+    assert isinstance(reply, ClientError) and reply.code == ErrorCode.TRAINING_FAILED
+    assert "DOE" not in reply.message and "/" not in reply.message and ".dcm" not in reply.message

@@ -1,0 +1,29 @@
+"""The shipped BreastMNIST example runs on the real file (skipped where it is absent)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flmi.config import load_config
+from flmi.simulation import run_experiment
+from tests.conftest import BREASTMNIST, REPO, requires_breastmnist
+
+
+@requires_breastmnist
+def test_breastmnist_example_points_at_the_shared_file() -> None:
+    config = load_config(REPO / "examples" / "breastmnist.toml")
+    assert Path(config.data.path) == BREASTMNIST.resolve()
+    assert config.task.positive_label == 0  # malignant
+
+
+@requires_breastmnist
+def test_breastmnist_example_trains_one_round_on_the_real_data(tmp_path: Path) -> None:
+    overrides = ["federation.rounds=1", "task.width=4", "baselines.pooled=false", "baselines.local=false"]
+    config = load_config(REPO / "examples" / "breastmnist.toml", overrides=overrides)
+    run_experiment(config=config, out=tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert sum(site["n_train"] for site in summary["sites"].values()) == 546
+    counts = [site["label_counts"] for site in summary["sites"].values()]
+    assert sum(c.get("0", 0) for c in counts) == 147  # malignant training images
+    assert 0.0 <= summary["arms"]["federated"]["global"]["auc"] <= 1.0
