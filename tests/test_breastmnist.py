@@ -19,7 +19,12 @@ def test_breastmnist_example_points_at_the_shared_file() -> None:
 
 @requires_breastmnist
 def test_breastmnist_example_trains_one_round_on_the_real_data(tmp_path: Path) -> None:
-    overrides = ["federation.rounds=1", "task.width=4", "baselines.pooled=false", "baselines.local=false"]
+    overrides = [
+        "federation.rounds=1",
+        "task.width=4",
+        "baselines.pooled=false",
+        "baselines.local=false",
+    ]
     config = load_config(REPO / "examples" / "breastmnist.toml", overrides=overrides)
     run_experiment(config=config, out=tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -26,7 +26,9 @@ def test_params_hold_float_entries_only_and_never_integer_buffers() -> None:
     params = params_view(model)
     assert "1.num_batches_tracked" not in params
     assert integer_buffer_names(model) == ["1.num_batches_tracked"]
-    assert {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"} == set(params)
+    assert {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"} == set(
+        params
+    )
 
 
 def test_params_view_shares_memory_with_the_model_on_cpu() -> None:
