@@ -138,6 +138,25 @@ class RoundObserver(Protocol):
 
 
 @dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run picks up: the last finished round and what it left.
+
+    Parameters
+    ----------
+    completed_round
+        The last round whose record and checkpoint were written.
+    params
+        The global weights after that round.
+    state
+        The strategy state after that round.
+    """
+
+    completed_round: int
+    params: Params
+    state: StateRecord
+
+
+@dataclass(frozen=True)
 class FederationResult:
     """The final global weights, the final strategy state and every round's record."""
 
@@ -235,6 +254,7 @@ def run_federation(
     eval_runtime: Runtime | None = None,
     evaluate_central: Callable[[Params], Metrics] | None = None,
     count_bytes: bool = True,
+    resume: ResumePoint | None = None,
 ) -> FederationResult:
     """Run every round of one arm and return the final weights.
 
@@ -258,12 +278,19 @@ def run_federation(
         Scores weights on the central test set; simulation only, ``None`` in a deployment.
     count_bytes
         Count tensor payload bytes that travel (off for baselines, where nothing does).
+    resume
+        Continue after a checkpointed round instead of starting from round 1;
+        ``initial_params`` then only fixes the schema.
     """
     evaluators = eval_runtime if eval_runtime is not None else runtime
-    state = strategy.init(initial_params)
-    params = initial_params
+    if resume is None:
+        state, params, first = strategy.init(initial_params), initial_params, 1
+    else:
+        check_same_schema(expected=initial_params, actual=resume.params, where="checkpoint")
+        state = strategy.state_from_record(resume.state)
+        params, first = resume.params, resume.completed_round + 1
     history: list[RoundRecord] = []
-    for rnd in range(1, plan.rounds + 1):
+    for rnd in range(first, plan.rounds + 1):
         started = time.perf_counter()
         sampled = sample_sites(
             sites=runtime.site_names(),

@@ -70,3 +70,19 @@ class HParam(StrEnum):
     OPTIMIZER = "optimizer"
     MOMENTUM = "momentum"
     WEIGHT_DECAY = "weight_decay"
+    PROX_MU = "prox_mu"
+    CLIENT_ALGORITHM = "client_algorithm"
+
+
+class ClientAlgorithm(StrEnum):
+    """How a site trains locally; named in every instruction so a site can refuse one."""
+
+    STANDARD = "standard"
+    SCAFFOLD = "scaffold"
+
+
+class Extra(StrEnum):
+    """Prefixes of the named extra tensors instructions and updates carry."""
+
+    SCAFFOLD_C = "scaffold.c/"
+    SCAFFOLD_DELTA_C = "scaffold.delta_c/"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from flmi.core.errors import NonFiniteError, SchemaError
-from flmi.core.keys import Split
+from flmi.core.keys import ClientAlgorithm, Extra, Split
 from flmi.core.messages import (
     ClientError,
     ClientUpdate,
@@ -28,11 +28,18 @@ from flmi.core.messages import (
     TrainReply,
     UpdateKind,
 )
-from flmi.core.params import Params, check_finite
+from flmi.core.params import Params, check_finite, check_same_schema
 from flmi.core.rng import derive_seed
 from flmi.data.arrays import SiteSplits
+from flmi.site.hooks import (
+    ScaffoldCorrection,
+    merge_hooks,
+    params_view_trainable,
+    proximal_penalty,
+    server_variate,
+)
 from flmi.site.state import SiteState
-from flmi.tasks.base import HParamError, LocalTraining, Task
+from flmi.tasks.base import FitHooks, HParamError, LocalTraining, Task
 from flmi.tasks.torch_params import (
     integer_buffers,
     load_params,
@@ -150,6 +157,25 @@ class Site:
         generator = torch.Generator().manual_seed(
             derive_seed(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="train")
         )
+        scaffold: ScaffoldCorrection | None = None
+        hooks: list[FitHooks] = []
+        if training.prox_mu > 0:
+            hooks.append(proximal_penalty(model=self._model, mu=training.prox_mu))
+        if training.client_algorithm == ClientAlgorithm.SCAFFOLD:
+            server_c = server_variate(instruction.extras)
+            trainable = params_view_trainable(self._model)
+            try:
+                check_same_schema(
+                    expected=trainable,
+                    actual={k: v for k, v in server_c.items() if k in trainable},
+                    where="SCAFFOLD server control variate",
+                )
+            except SchemaError as exc:
+                return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
+            scaffold = ScaffoldCorrection(
+                model=self._model, server_c=server_c, site_c=self._prefixed(Extra.SCAFFOLD_C)
+            )
+            hooks.append(scaffold.hooks())
         try:
             result = self._task.fit(
                 model=self._model,
@@ -157,22 +183,30 @@ class Site:
                 training=training,
                 generator=generator,
                 device=self._device,
+                hooks=merge_hooks(hooks),
             )
         except Exception:  # a site reports failures as data, never as a crash of the loop
             log.exception("site %s: local training failed in round %d", self.name, instruction.rnd)
             return self._error(ErrorCode.TRAINING_FAILED, "local training failed; see the site log")
         self._model.zero_grad(set_to_none=True)  # free gradient memory between rounds
-        self._int_buffers = integer_buffers(self._model)
         params = params_copy(self._model)
+        extras: Params = {}
+        tensors = dict(self.state.tensors)
+        if scaffold is not None:
+            variates = scaffold.finish(
+                model=self._model, num_steps=result.num_steps, lr=training.lr
+            )
+            extras = {Extra.SCAFFOLD_DELTA_C + k: v for k, v in variates.delta_c.items()}
+            tensors.update({Extra.SCAFFOLD_C + k: v for k, v in variates.site_c.items()})
         try:
             check_finite(params, where=f"site '{self.name}' update")
+            check_finite(extras, where=f"site '{self.name}' extras")
         except NonFiniteError as exc:
             log.error("site %s refuses to send round %d: %s", self.name, instruction.rnd, exc)
             return self._error(ErrorCode.NON_FINITE_UPDATE, str(exc))
+        self._int_buffers = integer_buffers(self._model)
+        self.state = SiteState(tensors=tensors, meta={**self.state.meta, "round": instruction.rnd})
         if self._state_dir is not None:
-            self.state = SiteState(
-                tensors=self.state.tensors, meta={**self.state.meta, "round": instruction.rnd}
-            )
             self.state.save(self._state_dir)
         return ClientUpdate(
             site=self.name,
@@ -181,7 +215,12 @@ class Site:
             num_examples=self.num_train,
             num_steps=result.num_steps,
             metrics=result.metrics,
+            extras=extras,
         )
+
+    def _prefixed(self, prefix: str) -> Params:
+        """This site's state tensors under ``prefix``, with the prefix removed."""
+        return {k[len(prefix) :]: v for k, v in self.state.tensors.items() if k.startswith(prefix)}
 
     def evaluate(self, instruction: EvaluateInstruction) -> EvaluateReply:
         """Score the given weights on one of this site's own splits."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from flmi.core.keys import HParam
+from flmi.core.keys import ClientAlgorithm, HParam
 from flmi.core.messages import HParamValue
 from flmi.data.arrays import ArraySplit
 
@@ -39,6 +39,10 @@ class LocalTraining:
         SGD momentum.
     weight_decay
         L2 penalty.
+    prox_mu
+        FedProx's proximal coefficient (0: none).
+    client_algorithm
+        ``"standard"`` or ``"scaffold"`` (see :class:`flmi.core.keys.ClientAlgorithm`).
     """
 
     lr: float
@@ -48,6 +52,8 @@ class LocalTraining:
     optimizer: str
     momentum: float
     weight_decay: float
+    prox_mu: float = 0.0
+    client_algorithm: str = ClientAlgorithm.STANDARD
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, HParamValue]) -> LocalTraining:
@@ -65,6 +71,10 @@ class LocalTraining:
                 optimizer=str(hparams.get(HParam.OPTIMIZER, "sgd")),
                 momentum=float(hparams.get(HParam.MOMENTUM, 0.0)),
                 weight_decay=float(hparams.get(HParam.WEIGHT_DECAY, 0.0)),
+                prox_mu=float(hparams.get(HParam.PROX_MU, 0.0)),
+                client_algorithm=str(
+                    hparams.get(HParam.CLIENT_ALGORITHM, ClientAlgorithm.STANDARD)
+                ),
             )
         except KeyError as exc:
             raise HParamError(f"hyperparameter {exc.args[0]!r} is missing") from None
@@ -89,6 +99,19 @@ class LocalTraining:
             )
         if not 0.0 <= self.momentum < 1.0:
             raise HParamError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.prox_mu < 0:
+            raise HParamError(f"prox_mu must not be negative, got {self.prox_mu}")
+        algorithms = [a.value for a in ClientAlgorithm]
+        if self.client_algorithm not in algorithms:
+            raise HParamError(
+                f"client_algorithm must be one of {algorithms}, got '{self.client_algorithm}'"
+            )
+        if self.client_algorithm == ClientAlgorithm.SCAFFOLD and (
+            self.optimizer != "sgd" or self.momentum != 0.0
+        ):
+            raise HParamError(
+                "client_algorithm 'scaffold' needs plain SGD: optimizer = 'sgd', momentum = 0"
+            )
         if self.weight_decay < 0:
             raise HParamError(f"weight_decay must not be negative, got {self.weight_decay}")
 
@@ -99,6 +122,23 @@ class LocalTraining:
         return torch.optim.SGD(
             model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
+
+
+@dataclass(frozen=True)
+class FitHooks:
+    """Ways an algorithm changes local training, set by the site from the instruction.
+
+    Parameters
+    ----------
+    penalty
+        A term added to each batch's loss (FedProx's proximal term).
+    before_step
+        Called after backward and before each optimiser step (SCAFFOLD's
+        gradient correction).
+    """
+
+    penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None
+    before_step: Callable[[torch.nn.Module], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +169,7 @@ class Task(Protocol):
         training: LocalTraining,
         generator: torch.Generator,
         device: torch.device,
+        hooks: FitHooks | None = None,
     ) -> FitResult:
         """Train ``model`` in place on ``data``."""
         ...

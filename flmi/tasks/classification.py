@@ -10,12 +10,18 @@ from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import Metric
 from flmi.data.arrays import ArraySplit
 from flmi.tasks.augment import random_flip_shift
-from flmi.tasks.base import FitResult, LocalTraining
-from flmi.tasks.batches import batch_indices
+from flmi.tasks.base import FitHooks, FitResult, LocalTraining
+from flmi.tasks.loop import train_local
 from flmi.tasks.metrics import classification_metrics
 from flmi.tasks.models import SmallCNN
 
 MODELS = ("small_cnn",)
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return random_flip_shift(x, generator=generator)
+
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_BATCH = 512
 
@@ -116,32 +122,19 @@ class ClassificationTask:
         training: LocalTraining,
         generator: torch.Generator,
         device: torch.device,
+        hooks: FitHooks | None = None,
     ) -> FitResult:
         """Minimise cross-entropy over seeded mini-batches."""
-        model.train()
-        optimizer = training.make_optimizer(model)
-        x, y = self._tensor(data.x), torch.from_numpy(data.y)
-        steps, loss_sum, seen = 0, 0.0, 0
-        for index in batch_indices(
-            n=len(data),
-            batch_size=training.batch_size,
-            local_epochs=training.local_epochs,
-            local_steps=training.local_steps,
+        return train_local(
+            model=model,
+            x=self._tensor(data.x),
+            y=torch.from_numpy(data.y),
+            training=training,
             generator=generator,
-        ):
-            xb = x[index]
-            if self.augment:
-                xb = random_flip_shift(xb, generator=generator)
-            xb, yb = xb.to(device, non_blocking=True), y[index].to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            steps += 1
-            loss_sum += float(loss.detach()) * len(index)
-            seen += len(index)
-        return FitResult(
-            num_steps=steps, metrics={Metric.LOSS: loss_sum / seen if seen else float("nan")}
+            device=device,
+            loss_fn=lambda m, xb, yb: F.cross_entropy(m(xb), yb),
+            transform=_augment if self.augment else None,
+            hooks=hooks,
         )
 
     @torch.no_grad()

@@ -184,3 +184,29 @@ def test_plan_refuses_values_out_of_range(field: str, value: float) -> None:
     kwargs = {"rounds": 1, "fraction": 1.0, "min_sites": 1, "seed": 0, field: value}
     with pytest.raises(ConfigError, match=field):
         FederationPlan(**kwargs)  # type: ignore[arg-type]
+
+
+def test_resuming_after_round_2_gives_the_same_rounds_3_and_4_as_running_straight() -> None:
+    from flmi.core.federation import ResumePoint
+
+    plan = FederationPlan(rounds=4, fraction=0.5, min_sites=1, seed=3)
+    straight = _run(AddOneRuntime(["a", "b", "c", "d"]), plan)
+    resumed = Keep()
+    strategy = FedAvg(hparams={"lr": 0.1, "batch_size": 4})
+    run_federation(
+        strategy=strategy,
+        runtime=AddOneRuntime(["a", "b", "c", "d"]),
+        initial_params={"w": np.zeros(1)},
+        plan=plan,
+        observer=resumed,
+        evaluate_central=lambda p: {"score": float(p["w"][0])},
+        resume=ResumePoint(
+            completed_round=2,
+            params=straight.params[1],
+            state=strategy.state_to_record(strategy.init(straight.params[1])),
+        ),
+    )
+    assert [r.rnd for r in resumed.records] == [3, 4]
+    for a, b in zip(straight.records[2:], resumed.records, strict=True):
+        assert a.sites_sampled == b.sites_sampled
+    np.testing.assert_array_equal(resumed.params[-1]["w"], straight.params[-1]["w"])

@@ -175,3 +175,45 @@ def test_training_failure_reports_a_code_and_no_path_or_patient_data() -> None:
     reply = site.train(_instruction())
     assert isinstance(reply, ClientError) and reply.code == ErrorCode.TRAINING_FAILED
     assert "DOE" not in reply.message and "/" not in reply.message and ".dcm" not in reply.message
+
+
+def test_scaffold_site_sends_delta_c_and_keeps_its_variate_between_rounds() -> None:
+    from flmi.core.keys import Extra
+
+    site = _site()
+    instruction = _instruction(momentum=0.0, client_algorithm="scaffold")
+    zeros = {Extra.SCAFFOLD_C + k: np.zeros_like(v) for k, v in instruction.params.items()}
+    first = site.train(
+        TrainInstruction(
+            rnd=1, params=instruction.params, hparams=instruction.hparams, extras=zeros
+        )
+    )
+    assert isinstance(first, ClientUpdate)
+    sent = {k for k in first.extras if k.startswith(Extra.SCAFFOLD_DELTA_C)}
+    assert sent == {Extra.SCAFFOLD_DELTA_C + k for k in instruction.params}
+    kept = {k: v for k, v in site.state.tensors.items() if k.startswith(Extra.SCAFFOLD_C)}
+    assert len(kept) == len(instruction.params)
+    # on its first round c_i was 0, so delta c equals the new c_i
+    for name in instruction.params:
+        np.testing.assert_allclose(
+            first.extras[Extra.SCAFFOLD_DELTA_C + name], kept[Extra.SCAFFOLD_C + name]
+        )
+
+
+def test_scaffold_without_the_server_variate_is_refused_naming_the_tensor() -> None:
+    reply = _site().train(_instruction(momentum=0.0, client_algorithm="scaffold"))
+    assert isinstance(reply, ClientError) and reply.code == ErrorCode.SCHEMA_MISMATCH
+
+
+def test_proximal_term_keeps_weights_closer_to_the_global_model() -> None:
+    instruction = _instruction()
+    free = _site().train(instruction)
+    held = _site().train(_instruction(prox_mu=10.0))
+    assert isinstance(free, ClientUpdate) and isinstance(held, ClientUpdate)
+
+    def distance(update: ClientUpdate) -> float:
+        return sum(
+            float(((update.params[k] - v) ** 2).sum()) for k, v in instruction.params.items()
+        )
+
+    assert distance(held) < distance(free)
