@@ -11,6 +11,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -101,6 +102,24 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class SiteConfig:
+    """``[sites.NAME]``: one site's own settings (simulation).
+
+    The local-training keys override ``[federation]`` for this site alone
+    ("variable local training"); the fault keys make a simulated site
+    misbehave, to show what robust aggregation and update checks are for.
+    """
+
+    local_epochs: int | None = None
+    local_steps: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    fault: Literal["none", "label_flip", "noise", "scale", "nan", "inf"] = "none"
+    fault_scale: float = 10.0
+    fault_noise_std: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run's configuration."""
 
@@ -111,12 +130,19 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    sites: dict[str, SiteConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain TOML-ready tables (strategy options inlined)."""
+        """The config as plain TOML-ready tables (strategy options inlined, unset keys left out)."""
         out = dataclasses.asdict(self)
         options = out["strategy"].pop("options")
         out["strategy"].update(options)
+        out["sites"] = {
+            name: {k: v for k, v in table.items() if v is not None}
+            for name, table in out["sites"].items()
+        }
+        if not out["sites"]:
+            del out["sites"]
         return out
 
 
@@ -139,6 +165,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
     elif origin in (types.UnionType, typing.Union):
         for option in typing.get_args(tp):
+            if option is type(None):
+                continue  # TOML has no null: None is only ever a default
             try:
                 return _coerce(key, value, option)
             except ConfigError:
@@ -197,6 +225,24 @@ def _build_strategy(table: Any) -> StrategyConfig:
     return StrategyConfig(name=name, options=options)
 
 
+def _build_sites(table: Any) -> dict[str, SiteConfig]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[sites] must hold one table per site, got {table!r}")
+    return {
+        name: _build_table(SiteConfig, values, f"sites.{name}") for name, values in table.items()
+    }
+
+
+def check_site_names(config: Config, names: Sequence[str]) -> None:
+    """Every ``[sites.NAME]`` table must name a site of the federation."""
+    for name in sorted(config.sites):
+        if name not in names:
+            raise ConfigError(
+                f"[sites.{name}]: no site is named '{name}'; "
+                f"the sites are {', '.join(sorted(names))}"
+            )
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Validate raw TOML tables into a :class:`Config`."""
     tables: dict[str, Any] = {}
@@ -206,11 +252,12 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
                 f"unknown table '[{name}]'; a config takes: "
                 + ", ".join(f"[{t}]" for t in _TABLE_TYPES)
             )
-        tables[name] = (
-            _build_strategy(table)
-            if name == "strategy"
-            else _build_table(_TABLE_TYPES[name], table, name)
-        )
+        if name == "strategy":
+            tables[name] = _build_strategy(table)
+        elif name == "sites":
+            tables[name] = _build_sites(table)
+        else:
+            tables[name] = _build_table(_TABLE_TYPES[name], table, name)
     config = Config(**tables)
     check_config(config)
     return config
@@ -257,6 +304,15 @@ def check_config(c: Config) -> None:
         f"choose one of 0..{t.num_classes - 1}",
     )
     _require(t.width >= 1, f"task.width must be at least 1, got {t.width}")
+    for name, site in c.sites.items():
+        for key in ("local_epochs", "local_steps", "lr", "batch_size"):
+            value = getattr(site, key)
+            _require(
+                value is None or value > 0 or (key == "local_steps" and value == 0),
+                f"sites.{name}.{key} must be positive, got {value}",
+            )
+        _require(site.fault_scale > 0, f"sites.{name}.fault_scale must be positive")
+        _require(site.fault_noise_std > 0, f"sites.{name}.fault_noise_std must be positive")
     _require(
         c.runtime.torch_threads >= 1,
         f"runtime.torch_threads must be at least 1, got {c.runtime.torch_threads}",

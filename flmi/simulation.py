@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from flmi import __version__
-from flmi.config import Config
+from flmi.config import Config, check_site_names
 from flmi.core.federation import (
     FederationPlan,
     FederationResult,
@@ -37,9 +37,11 @@ from flmi.data.medmnist import load_medmnist_npz
 from flmi.data.partition import check_min_examples, partition, site_label_summary
 from flmi.data.synthetic import generate_hospitals, make_profiles
 from flmi.report.rundir import RunDir
-from flmi.runtime.inprocess import InProcessRuntime
+from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
+from flmi.site.faults import Fault, FaultSpec, FaultySite, flip_labels
 from flmi.site.site import Site
 from flmi.strategies.fedavg import FedAvg
+from flmi.strategies.per_site import PerSiteSettings
 from flmi.strategies.registry import build_strategy
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.device import resolve_device
@@ -217,6 +219,33 @@ def _merge_local(
     return merged
 
 
+def site_overrides(config: Config) -> dict[str, dict[str, HParamValue]]:
+    """``[sites.NAME]`` local-training overrides, as instruction hyperparameters."""
+    keys = {
+        "local_epochs": HParam.LOCAL_EPOCHS,
+        "local_steps": HParam.LOCAL_STEPS,
+        "lr": HParam.LR,
+        "batch_size": HParam.BATCH_SIZE,
+    }
+    out: dict[str, dict[str, HParamValue]] = {}
+    for name, site in sorted(config.sites.items()):
+        values = {hp.value: getattr(site, key) for key, hp in keys.items()}
+        chosen = {k: v for k, v in values.items() if v is not None}
+        if chosen:
+            out[name] = chosen
+    return out
+
+
+def fault_of(config: Config, site: str) -> FaultSpec:
+    """The simulated fault configured for ``site`` (none by default)."""
+    table = config.sites.get(site)
+    if table is None:
+        return FaultSpec()
+    return FaultSpec(
+        kind=Fault(table.fault), scale=table.fault_scale, noise_std=table.fault_noise_std
+    )
+
+
 def versions() -> dict[str, str]:
     """Versions of everything that shapes the numbers."""
     import monai
@@ -292,12 +321,16 @@ def run_experiment(
     torch.set_num_threads(config.runtime.torch_threads)
     device = resolve_device(config.runtime.device)
     data = load_data(config)
+    check_site_names(config, list(data.sites))
     task = build_task(config, data)
     seed, f = config.federation.seed, config.federation
     hparams = training_hparams(config)
     strategy = build_strategy(
         name=config.strategy.name, hparams=hparams, options=config.strategy.options
     )
+    overrides = site_overrides(config)
+    if overrides:
+        strategy = PerSiteSettings(inner=strategy, overrides=overrides)
     run = RunDir.create(path=out) if out is not None else None
     if run is not None:
         run.write_config(config.to_dict())
@@ -310,9 +343,23 @@ def run_experiment(
             for name, splits in sorted(data.sites.items())
         ]
 
+    def make_federated_sites() -> list[SiteEndpoint]:
+        """The federated arm's sites, with the configured faults (baselines stay honest)."""
+        out: list[SiteEndpoint] = []
+        for name, splits in sorted(data.sites.items()):
+            spec = fault_of(config, name)
+            if spec.kind == Fault.LABEL_FLIP:
+                splits = flip_labels(splits, num_classes=task.num_classes)
+            site = Site(
+                name=name, data=splits, task=task, seed=seed, device=device, model=workspace
+            )
+            faulty = spec.kind not in (Fault.NONE, Fault.LABEL_FLIP)
+            out.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
+        return out
+
     initial = params_copy(task.build_model(seed=seed))
     central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
-    sites_runtime = InProcessRuntime(sites=make_sites())
+    sites_runtime = InProcessRuntime(sites=make_federated_sites())
     plan = FederationPlan(
         rounds=f.rounds,
         fraction=f.fraction,

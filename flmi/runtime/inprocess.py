@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from flmi.core.messages import (
     ClientError,
@@ -12,7 +13,23 @@ from flmi.core.messages import (
     TrainInstruction,
     TrainReply,
 )
-from flmi.site.site import Site
+
+
+class SiteEndpoint(Protocol):
+    """Anything that answers as a site: :class:`flmi.site.site.Site`, or a simulated faulty one."""
+
+    @property
+    def name(self) -> str:
+        """The site's name."""
+        ...
+
+    def train(self, instruction: TrainInstruction) -> TrainReply:
+        """Local training."""
+        ...
+
+    def evaluate(self, instruction: EvaluateInstruction) -> EvaluateReply:
+        """Local evaluation."""
+        ...
 
 
 class InProcessRuntime:
@@ -24,7 +41,7 @@ class InProcessRuntime:
         The sites this runtime reaches.
     """
 
-    def __init__(self, *, sites: Sequence[Site]) -> None:
+    def __init__(self, *, sites: Sequence[SiteEndpoint]) -> None:
         self._sites = {site.name: site for site in sites}
         if len(self._sites) != len(sites):
             raise ValueError("site names must be unique")
