@@ -26,13 +26,19 @@ class DataConfig:
 
     ``source = "medmnist"`` reads a MedMNIST ``.npz`` from ``path`` (relative
     paths are taken from the config file's folder); ``source = "synthetic"``
-    generates hospitals with scanner shift, label skew and unequal sizes.
+    generates hospitals with scanner shift, label skew and unequal sizes;
+    ``source = "heart_disease"`` reads the four UCI Heart Disease files from the
+    folder ``path`` (Fed-Heart-Disease, one hospital per file, split with
+    ``split_seed``; ``val_fraction`` of each training split is held out for
+    validation).
     """
 
-    source: Literal["medmnist", "synthetic"] = "synthetic"
+    source: Literal["medmnist", "synthetic", "heart_disease"] = "synthetic"
     path: str = ""
     image_size: int = 28
     n_patients: int = 1600
+    split_seed: int = 43
+    val_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class TaskConfig:
     name: Literal["classification"] = "classification"
     num_classes: int = 2
     positive_label: int = 1
-    model: Literal["small_cnn"] = "small_cnn"
+    model: Literal["small_cnn", "logistic"] = "small_cnn"
     width: int = 32
     augment: bool = False
     dtype: Literal["float32", "float64"] = "float32"
@@ -86,10 +92,20 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class BaselinesConfig:
-    """``[baselines]``: arms trained in the same run with the same budget."""
+    """``[baselines]``: arms trained in the same run.
+
+    By default every arm has the federation's training budget and settings.
+    A protocol with its own centralised recipe (FLamby trains pooled models
+    with Adam for a fixed number of epochs) sets the ``pooled_*`` keys: the
+    pooled arm then trains once, continuously, for ``pooled_epochs``.
+    """
 
     pooled: bool = False
     local: bool = False
+    pooled_optimizer: Literal["sgd", "adam"] | None = None
+    pooled_lr: float | None = None
+    pooled_batch_size: int | None = None
+    pooled_epochs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,7 @@ class Config:
         out = dataclasses.asdict(self)
         options = out["strategy"].pop("options")
         out["strategy"].update(options)
+        out["baselines"] = {k: v for k, v in out["baselines"].items() if v is not None}
         out["sites"] = {
             name: {k: v for k, v in table.items() if v is not None}
             for name, table in out["sites"].items()
@@ -304,6 +321,10 @@ def check_config(c: Config) -> None:
         f"choose one of 0..{t.num_classes - 1}",
     )
     _require(t.width >= 1, f"task.width must be at least 1, got {t.width}")
+    b = c.baselines
+    for key in ("pooled_lr", "pooled_batch_size", "pooled_epochs"):
+        value = getattr(b, key)
+        _require(value is None or value > 0, f"baselines.{key} must be positive, got {value}")
     for name, site in c.sites.items():
         for key in ("local_epochs", "local_steps", "lr", "batch_size"):
             value = getattr(site, key)
@@ -317,7 +338,17 @@ def check_config(c: Config) -> None:
         c.runtime.torch_threads >= 1,
         f"runtime.torch_threads must be at least 1, got {c.runtime.torch_threads}",
     )
-    if d.source == "medmnist":
+    _require(
+        0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"
+    )
+    if d.source == "heart_disease":
+        _require(bool(d.path), "data.path is required when data.source = 'heart_disease'")
+        _require(
+            p.method == "natural" and p.num_sites == 4,
+            "Fed-Heart-Disease has its own 4 hospitals: set partition.method = 'natural' "
+            "and partition.num_sites = 4",
+        )
+    elif d.source == "medmnist":
         _require(bool(d.path), "data.path is required when data.source = 'medmnist'")
         _require(
             p.method in ("iid", "dirichlet"),

@@ -33,6 +33,7 @@ from flmi.core.messages import HParamValue
 from flmi.core.params import Params
 from flmi.core.strategy import StateRecord
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
+from flmi.data.heart_disease import load_heart_disease
 from flmi.data.medmnist import load_medmnist_npz
 from flmi.data.partition import check_min_examples, partition, site_label_summary
 from flmi.data.synthetic import generate_hospitals, make_profiles
@@ -65,6 +66,16 @@ def load_data(config: Config) -> FederatedData:
             alpha=p.alpha,
             min_examples_per_site=p.min_examples_per_site,
         )
+    if d.source == "heart_disease":
+        data = load_heart_disease(
+            directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction
+        )
+        check_min_examples(
+            data=data,
+            min_examples_per_site=p.min_examples_per_site,
+            require_val=d.val_fraction > 0,
+        )
+        return data
     profiles = make_profiles(num_sites=p.num_sites, seed=seed, n_patients_total=d.n_patients)
     data = generate_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
     check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
@@ -217,6 +228,29 @@ def _merge_local(
             )
         )
     return merged
+
+
+def pooled_recipe(
+    config: Config, hparams: Mapping[str, HParamValue], plan: FederationPlan
+) -> tuple[dict[str, HParamValue], FederationPlan]:
+    """The pooled arm's settings: the federation's, or the ``[baselines] pooled_*`` recipe.
+
+    With ``pooled_epochs`` set, the pooled model trains once for that many
+    epochs (one optimiser, never reset), as centralised protocols do.
+    """
+    b = config.baselines
+    out = dict(hparams)
+    if b.pooled_optimizer is not None:
+        out[HParam.OPTIMIZER] = b.pooled_optimizer
+    if b.pooled_lr is not None:
+        out[HParam.LR] = b.pooled_lr
+    if b.pooled_batch_size is not None:
+        out[HParam.BATCH_SIZE] = b.pooled_batch_size
+    if b.pooled_epochs is None:
+        return out, plan
+    out[HParam.LOCAL_EPOCHS] = b.pooled_epochs
+    out[HParam.LOCAL_STEPS] = 0
+    return out, dataclasses.replace(plan, rounds=1)
 
 
 def site_overrides(config: Config) -> dict[str, dict[str, HParamValue]]:
@@ -381,16 +415,21 @@ def run_experiment(
     arms: dict[str, ArmResult] = {Arm.FEDERATED: _final(federated.history)}
     single = dataclasses.replace(plan, fraction=1.0, min_sites=1)
     if config.baselines.pooled:
+        pooled_hparams, pooled_plan = pooled_recipe(config, hparams, single)
         pooled_site = Site(
             name="pooled", data=_pooled_splits(data), task=task, seed=seed, device=device
         )
         pooled = run_federation(
-            strategy=FedAvg(hparams=hparams),
+            strategy=FedAvg(hparams=pooled_hparams),
             runtime=InProcessRuntime(sites=[pooled_site]),
             initial_params=initial,
-            plan=single,
+            plan=pooled_plan,
             observer=_Observer(
-                run=run, strategy="pooled", progress=progress, rounds=f.rounds, checkpoint=False
+                run=run,
+                strategy="pooled",
+                progress=progress,
+                rounds=pooled_plan.rounds,
+                checkpoint=False,
             ),
             arm=Arm.POOLED,
             eval_runtime=sites_runtime,

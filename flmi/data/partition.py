@@ -53,6 +53,9 @@ def partition(
         strongly skewed label distributions, large values near-uniform ones.
     min_examples_per_site
         Fewest training examples a site may hold.
+    require_val
+        Whether an empty validation split is an error (``False`` for protocols
+        without one, such as FLamby's Fed-Heart-Disease).
 
     Returns
     -------
@@ -155,7 +158,9 @@ def partition_indices(
     ]
 
 
-def check_min_examples(*, data: FederatedData, min_examples_per_site: int) -> None:
+def check_min_examples(
+    *, data: FederatedData, min_examples_per_site: int, require_val: bool = True
+) -> None:
     """Check that every site can train, validate and test.
 
     Parameters
@@ -164,6 +169,9 @@ def check_min_examples(*, data: FederatedData, min_examples_per_site: int) -> No
         The sites to check (in sorted site order).
     min_examples_per_site
         Fewest training examples a site may hold.
+    require_val
+        Whether an empty validation split is an error (``False`` for protocols
+        without one, such as FLamby's Fed-Heart-Disease).
 
     Raises
     ------
@@ -181,7 +189,8 @@ def check_min_examples(*, data: FederatedData, min_examples_per_site: int) -> No
                 f"[partition] min_examples_per_site = {min_examples_per_site}; raise "
                 "partition.alpha, lower partition.num_sites or lower min_examples_per_site"
             )
-        for split_name, split in ((Split.VAL, splits.val), (Split.TEST, splits.test)):
+        checked = [(Split.VAL, splits.val)] if require_val else []
+        for split_name, split in [*checked, (Split.TEST, splits.test)]:
             if len(split) == 0:
                 raise PartitionError(
                     f"partition: site '{name}' has an empty {split_name} split; raise "

@@ -15,7 +15,7 @@ from flmi.tasks.loop import train_local
 from flmi.tasks.metrics import classification_metrics
 from flmi.tasks.models import SmallCNN
 
-MODELS = ("small_cnn",)
+MODELS = ("small_cnn", "logistic")
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -70,6 +70,16 @@ class ClassificationTask:
             )
         if model not in MODELS:
             raise ConfigError(f"task.model: unknown model '{model}'; choose one of {list(MODELS)}")
+        if model == "small_cnn" and spatial_dims not in (2, 3):
+            raise ConfigError(
+                f"task.model = 'small_cnn' needs 2D or 3D images, but the data has "
+                f"{spatial_dims} spatial dimensions; use task.model = 'logistic' for tabular data"
+            )
+        if model == "logistic" and spatial_dims != 0:
+            raise ConfigError(
+                "task.model = 'logistic' takes feature vectors (tabular data); "
+                "use task.model = 'small_cnn' for images"
+            )
         if dtype not in DTYPES:
             raise ConfigError(f"task.dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
         self.num_classes = num_classes
@@ -90,13 +100,33 @@ class ClassificationTask:
         """A SmallCNN initialised from ``seed`` without touching torch's global generator."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = SmallCNN(
-                in_channels=self.in_channels,
-                num_classes=self.num_classes,
-                spatial_dims=self.spatial_dims,
-                width=self.width,
-            )
+            model: torch.nn.Module
+            if self.model_name == "logistic":
+                model = torch.nn.Linear(self.in_channels, self._outputs)
+            else:
+                model = SmallCNN(
+                    in_channels=self.in_channels,
+                    num_classes=self.num_classes,
+                    spatial_dims=self.spatial_dims,
+                    width=self.width,
+                )
         return model.to(self.dtype)
+
+    @property
+    def _outputs(self) -> int:
+        """Binary logistic regression has one logit; everything else one per class."""
+        return 1 if self.model_name == "logistic" and self.num_classes == 2 else self.num_classes
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:
+            return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype))
+        return F.cross_entropy(logits, y)
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:
+            p = torch.sigmoid(logits[:, 0])
+            return torch.stack([1 - p, p], dim=1)
+        return torch.softmax(logits, dim=1)
 
     def check_labels(self, *, data: ArraySplit, where: str) -> None:
         """Every label must be one of the task's classes."""
@@ -132,7 +162,7 @@ class ClassificationTask:
             training=training,
             generator=generator,
             device=device,
-            loss_fn=lambda m, xb, yb: F.cross_entropy(m(xb), yb),
+            loss_fn=lambda m, xb, yb: self._loss(m(xb), yb),
             transform=_augment if self.augment else None,
             hooks=hooks,
         )
@@ -147,8 +177,8 @@ class ClassificationTask:
             model(self._tensor(x[i : i + EVAL_BATCH]).to(device)).float().cpu()
             for i in range(0, x.shape[0], EVAL_BATCH)
         ]
-        out = torch.cat(logits) if logits else torch.zeros(0, self.num_classes)
-        return torch.softmax(out, dim=1).numpy(), out
+        out = torch.cat(logits) if logits else torch.zeros(0, self._outputs)
+        return self._probs(out).numpy(), out
 
     def evaluate(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
@@ -157,7 +187,7 @@ class ClassificationTask:
         if len(data) == 0:
             return {m.value: float("nan") for m in Metric}
         probs, logits = self.predict_proba(model=model, x=data.x, device=device)
-        loss = float(F.cross_entropy(logits, torch.from_numpy(data.y)))
+        loss = float(self._loss(logits, torch.from_numpy(data.y)))
         return classification_metrics(
             labels=data.y, probs=probs, loss=loss, positive_label=self.positive_label
         )
