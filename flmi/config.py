@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flmi.core.errors import ConfigError
-from flmi.strategies.registry import STRATEGIES
+from flmi.core.keys import HParam
+from flmi.core.messages import HParamValue
+from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ def _build_strategy(table: Any) -> StrategyConfig:
             raise ConfigError(
                 f"unknown key 'strategy.{key}' for strategy '{name}'; it takes: {allowed}"
             )
-        options[key] = _coerce(f"strategy.{key}", value, spec.options[key])
+        options[key] = _coerce(f"strategy.{key}", value, spec.options[key].type)
     return StrategyConfig(name=name, options=options)
 
 
@@ -285,6 +287,20 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def training_hparams(config: Config) -> dict[str, HParamValue]:
+    """The local-training settings every site receives, from ``[federation]``."""
+    f = config.federation
+    return {
+        HParam.LR: f.lr,
+        HParam.LOCAL_EPOCHS: f.local_epochs,
+        HParam.LOCAL_STEPS: f.local_steps,
+        HParam.BATCH_SIZE: f.batch_size,
+        HParam.OPTIMIZER: f.optimizer,
+        HParam.MOMENTUM: f.momentum,
+        HParam.WEIGHT_DECAY: f.weight_decay,
+    }
+
+
 def check_config(c: Config) -> None:
     """Cross-field checks, each naming the key to change."""
     f, p, t, d = c.federation, c.partition, c.task, c.data
@@ -321,6 +337,26 @@ def check_config(c: Config) -> None:
         f"choose one of 0..{t.num_classes - 1}",
     )
     _require(t.width >= 1, f"task.width must be at least 1, got {t.width}")
+    # Building the strategy range-checks its options and their fit with local training.
+    build_strategy(
+        name=c.strategy.name,
+        hparams=training_hparams(c),
+        options=c.strategy.options,
+        context=BuildContext(num_sites=p.num_sites, seed=f.seed),
+    )
+    spec = STRATEGIES[c.strategy.name]
+    needed = spec.min_updates(spec.resolve_options(c.strategy.options))
+    _require(
+        f.min_sites >= needed,
+        f"strategy '{c.strategy.name}' needs at least {needed} updates a round with these "
+        f"options; raise federation.min_sites to {needed} (or change the strategy's options)",
+    )
+    if spec.max_updates is not None:
+        _require(
+            f.min_sites <= spec.max_updates,
+            f"strategy '{c.strategy.name}' receives {spec.max_updates} update(s) a round; "
+            f"set federation.min_sites = {spec.max_updates}",
+        )
     b = c.baselines
     for key in ("pooled_lr", "pooled_batch_size", "pooled_epochs"):
         value = getattr(b, key)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from flmi import __version__
-from flmi.config import Config, check_site_names
+from flmi.config import Config, check_site_names, training_hparams
 from flmi.core.federation import (
     FederationPlan,
     FederationResult,
@@ -43,7 +43,7 @@ from flmi.site.faults import Fault, FaultSpec, FaultySite, flip_labels
 from flmi.site.site import Site
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.per_site import PerSiteSettings
-from flmi.strategies.registry import build_strategy
+from flmi.strategies.registry import BuildContext, build_strategy
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.device import resolve_device
 from flmi.tasks.torch_params import load_params, params_copy
@@ -102,20 +102,6 @@ def build_task(config: Config, data: FederatedData) -> ClassificationTask:
             )
     task.check_labels(data=data.central_test, where="central test set")
     return task
-
-
-def training_hparams(config: Config) -> dict[str, HParamValue]:
-    """The local-training settings every site receives."""
-    f = config.federation
-    return {
-        HParam.LR: f.lr,
-        HParam.LOCAL_EPOCHS: f.local_epochs,
-        HParam.LOCAL_STEPS: f.local_steps,
-        HParam.BATCH_SIZE: f.batch_size,
-        HParam.OPTIMIZER: f.optimizer,
-        HParam.MOMENTUM: f.momentum,
-        HParam.WEIGHT_DECAY: f.weight_decay,
-    }
 
 
 class CentralEvaluator:
@@ -360,7 +346,10 @@ def run_experiment(
     seed, f = config.federation.seed, config.federation
     hparams = training_hparams(config)
     strategy = build_strategy(
-        name=config.strategy.name, hparams=hparams, options=config.strategy.options
+        name=config.strategy.name,
+        hparams=hparams,
+        options=config.strategy.options,
+        context=BuildContext(num_sites=len(data.sites), seed=seed),
     )
     overrides = site_overrides(config)
     if overrides:

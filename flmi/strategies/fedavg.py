@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
-from flmi.core.messages import ClientUpdate, HParamValue, TrainInstruction, UpdateKind
-from flmi.core.params import Params, add_scaled, check_same_schema, copy_params, weighted_mean
-from flmi.core.strategy import StateRecord
+from flmi.core.messages import HParamValue
+from flmi.strategies.base import ComposedStrategy, NoState, Replace, ServerState, WeightedMean
 
-
-@dataclass(frozen=True)
-class FedAvgState:
-    """FedAvg's server state: the current global weights."""
-
-    params: Params
+#: FedAvg's server state: the current global weights (``.params``) and no rule state.
+FedAvgState = ServerState[NoState]
 
 
-class FedAvg:
-    """Federated averaging, weighted by each site's number of training examples.
+class FedAvg(ComposedStrategy[NoState]):
+    """FedAvg: the mean of site models, weighted by examples (McMahan et al. 2017).
 
     McMahan et al., "Communication-Efficient Learning of Deep Networks from
     Decentralized Data", AISTATS 2017. Each sampled site trains the global
@@ -27,6 +21,9 @@ class FedAvg:
     the result does not depend on arrival order. Sites may return full weights
     or deltas; deltas are averaged the same way and added to the global model.
 
+    It is :class:`~flmi.strategies.base.WeightedMean` followed by
+    :class:`~flmi.strategies.base.Replace`, and linear in the updates.
+
     Parameters
     ----------
     hparams
@@ -34,47 +31,4 @@ class FedAvg:
     """
 
     def __init__(self, *, hparams: Mapping[str, HParamValue]) -> None:
-        self._hparams = dict(hparams)
-
-    @property
-    def name(self) -> str:
-        """The config name, ``"fedavg"``."""
-        return "fedavg"
-
-    def init(self, params: Params) -> FedAvgState:
-        """Start from a private copy of the initial weights."""
-        return FedAvgState(params=copy_params(params))
-
-    def configure(
-        self, rnd: int, state: FedAvgState, sites: Sequence[str]
-    ) -> Mapping[str, TrainInstruction]:
-        """Send every sampled site the same global weights and settings."""
-        instruction = TrainInstruction(rnd=rnd, params=state.params, hparams=self._hparams)
-        return {site: instruction for site in sorted(sites)}
-
-    def aggregate(
-        self, rnd: int, state: FedAvgState, updates: Sequence[ClientUpdate]
-    ) -> tuple[FedAvgState, Params]:
-        """Example-weighted mean of the updates (full weights or deltas)."""
-        if not updates:
-            raise ValueError(f"round {rnd}: FedAvg needs at least one update")
-        for update in updates:
-            check_same_schema(
-                expected=state.params,
-                actual=update.params,
-                where=f"update from site '{update.site}'",
-            )
-        kinds = {u.kind for u in updates}
-        if len(kinds) != 1:
-            raise ValueError(f"round {rnd}: updates mix kinds {sorted(kinds)}; send one kind")
-        mean = weighted_mean([(u.site, float(u.num_examples), u.params) for u in updates])
-        new = mean if kinds == {UpdateKind.FULL} else add_scaled(state.params, mean, 1.0)
-        return FedAvgState(params=new), new
-
-    def state_to_record(self, state: FedAvgState) -> StateRecord:
-        """FedAvg's state is the global weights alone."""
-        return StateRecord(tensors=state.params)
-
-    def state_from_record(self, record: StateRecord) -> FedAvgState:
-        """Rebuild from the global weights."""
-        return FedAvgState(params=copy_params(record.tensors))
+        super().__init__(name="fedavg", hparams=hparams, aggregator=WeightedMean(), rule=Replace())

@@ -12,6 +12,17 @@ from flmi.core.keys import ClientAlgorithm, Extra, HParam
 from flmi.core.messages import ClientUpdate, HParamValue, TrainInstruction, UpdateKind
 from flmi.core.params import Params, check_same_schema, copy_params
 from flmi.core.strategy import StateRecord
+from flmi.strategies.options import help_field, positive, require
+
+
+@dataclass(frozen=True)
+class ScaffoldOptions:
+    """``[strategy]`` keys of ``scaffold``."""
+
+    server_lr: float = help_field(1.0, "global step size eta_g (> 0)")
+
+    def __post_init__(self) -> None:
+        require(positive(self.server_lr), key="server_lr", value=self.server_lr, expected="> 0")
 
 
 @dataclass(frozen=True)
@@ -83,34 +94,51 @@ class Scaffold:
         )
         return {site: instruction for site in sorted(sites)}
 
+    def _mean_change(self, state: ScaffoldState, updates: Sequence[ClientUpdate]) -> Params:
+        """``sum_i p_i (y_i - x)``, example-weighted, summed in sorted site order (float64)."""
+        ordered = sorted(updates, key=lambda u: u.site)
+        total = float(sum(u.num_examples for u in ordered))
+        for update in ordered:
+            where = f"update from site '{update.site}'"
+            check_same_schema(expected=state.params, actual=update.params, where=where)
+        out: Params = {}
+        for name, x in sorted(state.params.items()):
+            step = np.zeros(x.shape, np.float64)
+            for update in ordered:
+                y = update.params[name]
+                delta = y if update.kind == UpdateKind.DELTA else y - x
+                step += np.float64(update.num_examples / total) * delta
+            out[name] = step
+        return out
+
+    def aggregate_updates(
+        self, rnd: int, state: ScaffoldState, updates: Sequence[ClientUpdate]
+    ) -> Params:
+        """The example-weighted mean model, before the ``server_lr`` step."""
+        if not updates:
+            raise ValueError(f"round {rnd}: SCAFFOLD needs at least one update")
+        change = self._mean_change(state, updates)
+        return {k: (x + change[k]).astype(x.dtype) for k, x in state.params.items()}
+
     def aggregate(
         self, rnd: int, state: ScaffoldState, updates: Sequence[ClientUpdate]
     ) -> tuple[ScaffoldState, Params]:
         """Move ``x`` by the weighted mean weight change and ``c`` by the mean variate change."""
         if not updates:
             raise ValueError(f"round {rnd}: SCAFFOLD needs at least one update")
+        change = self._mean_change(state, updates)
         ordered = sorted(updates, key=lambda u: u.site)
-        total = float(sum(u.num_examples for u in ordered))
         prefix = Extra.SCAFFOLD_DELTA_C.value
         new_params: Params = {}
         new_c: Params = {}
-        for update in ordered:
-            where = f"update from site '{update.site}'"
-            check_same_schema(expected=state.params, actual=update.params, where=where)
         for name, x in sorted(state.params.items()):
-            step = np.zeros(x.shape, np.float64)
+            new_params[name] = (x + self._server_lr * change[name]).astype(x.dtype)
             dc = np.zeros(x.shape, np.float64)
             for update in ordered:
-                y = update.params[name]
-                delta = y if update.kind == UpdateKind.DELTA else y - x
-                step += np.float64(update.num_examples / total) * delta
                 if prefix + name in update.extras:
                     dc += update.extras[prefix + name]
-            new_params[name] = (x + self._server_lr * step).astype(x.dtype)
-            mean_dc = dc / len(ordered)
-            new_c[name] = (state.c[name] + (len(ordered) / self._num_sites) * mean_dc).astype(
-                state.c[name].dtype
-            )
+            share = len(ordered) / self._num_sites
+            new_c[name] = (state.c[name] + share * (dc / len(ordered))).astype(state.c[name].dtype)
         return ScaffoldState(params=new_params, c=new_c), new_params
 
     def state_to_record(self, state: ScaffoldState) -> StateRecord:
