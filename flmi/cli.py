@@ -141,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "strategies":
             for name, spec in sorted(STRATEGIES.items()):
-                console.print(f"{name:<16} {spec.summary}")
+                print(f"{name:<17}{spec.summary}")
+                for key, option in spec.options.items():
+                    print(f"{'':<19}{key} = {option.default!r}  ({option.help})")
             return 0
         if args.command == "demo":
             config = load_config(demo_config_path(), overrides=args.overrides)
