@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from flmi.core.errors import ConfigError, FlmiError
+from flmi.core.errors import ConfigError, FlmiError, SchemaError
 from flmi.core.keys import Arm, Record, Split
 from flmi.core.messages import (
     ClientError,
@@ -30,7 +30,7 @@ from flmi.core.messages import (
 )
 from flmi.core.params import Params, check_finite, check_same_schema
 from flmi.core.rng import generator
-from flmi.core.strategy import StateRecord, Strategy
+from flmi.core.strategy import Personalised, StateRecord, Strategy
 
 log = logging.getLogger("flmi.federation")
 
@@ -190,12 +190,19 @@ def weighted_site_mean(results: Mapping[str, EvaluateResult]) -> dict[str, float
     )
 
 
-def _validate_update(update: ClientUpdate, reference: Params) -> ClientError | None:
+def _validate_update(
+    update: ClientUpdate, reference: Params, *, allow_partial: bool
+) -> ClientError | None:
     """The server's own check of a received update; never aggregate what fails it."""
     try:
-        check_same_schema(
-            expected=reference, actual=update.params, where=f"update from site '{update.site}'"
-        )
+        where = f"update from site '{update.site}'"
+        expected = reference
+        if allow_partial:
+            unknown = sorted(set(update.params) - set(reference))
+            if unknown:
+                raise SchemaError(f"{where}: unexpected tensor '{unknown[0]}'")
+            expected = {k: v for k, v in reference.items() if k in update.params}
+        check_same_schema(expected=expected, actual=update.params, where=where)
         check_finite(update.params, where=f"update from site '{update.site}'")
         check_finite(update.extras, where=f"extras from site '{update.site}'")
     except FlmiError as exc:
@@ -210,9 +217,13 @@ def _validate_update(update: ClientUpdate, reference: Params) -> ClientError | N
 
 
 def split_replies(
-    replies: Mapping[str, TrainReply], reference: Params
+    replies: Mapping[str, TrainReply], reference: Params, *, allow_partial: bool = False
 ) -> tuple[list[ClientUpdate], dict[str, ClientError]]:
-    """Separate valid updates from errors, rejecting invalid updates with a logged reason."""
+    """Separate valid updates from errors, rejecting invalid updates with a logged reason.
+
+    ``allow_partial`` accepts updates that leave out tensors their site keeps
+    local (personalised strategies); every tensor sent must still fit.
+    """
     updates: list[ClientUpdate] = []
     errors: dict[str, ClientError] = {}
     for site in sorted(replies):
@@ -221,7 +232,7 @@ def split_replies(
             errors[site] = reply
             log.warning("site %s failed: %s (%s)", site, reply.code, reply.message)
             continue
-        rejected = _validate_update(reply, reference)
+        rejected = _validate_update(reply, reference, allow_partial=allow_partial)
         if rejected is not None:
             errors[site] = rejected
             log.warning("rejected update from %s: %s", site, rejected.message)
@@ -231,10 +242,10 @@ def split_replies(
 
 
 def evaluate_sites(
-    *, runtime: Runtime, params: Params, rnd: int, split: Split
+    *, runtime: Runtime, params: Params, rnd: int, split: Split, personal: bool = False
 ) -> tuple[dict[str, EvaluateResult], dict[str, ClientError]]:
-    """Ask every site of ``runtime`` to score ``params`` on its own ``split``."""
-    instruction = EvaluateInstruction(rnd=rnd, params=params, split=split)
+    """Ask every site to score ``params`` (or its personalised model) on its own ``split``."""
+    instruction = EvaluateInstruction(rnd=rnd, params=params, split=split, personal=personal)
     replies = runtime.evaluate({site: instruction for site in runtime.site_names()})
     results = {s: r for s, r in replies.items() if isinstance(r, EvaluateResult)}
     errors = {s: r for s, r in replies.items() if isinstance(r, ClientError)}
@@ -289,6 +300,7 @@ def run_federation(
         check_same_schema(expected=initial_params, actual=resume.params, where="checkpoint")
         state = strategy.state_from_record(resume.state)
         params, first = resume.params, resume.completed_round + 1
+    personal = isinstance(strategy, Personalised) and strategy.personalised
     history: list[RoundRecord] = []
     for rnd in range(first, plan.rounds + 1):
         started = time.perf_counter()
@@ -301,7 +313,7 @@ def run_federation(
         )
         instructions = strategy.configure(rnd, state, sampled)
         replies = runtime.train(instructions)
-        updates, errors = split_replies(replies, params)
+        updates, errors = split_replies(replies, params, allow_partial=personal)
         if len(updates) >= plan.min_sites:
             state, params = strategy.aggregate(rnd, state, updates)
         else:
@@ -317,10 +329,13 @@ def run_federation(
         central: Metrics | None = None
         if rnd % plan.eval_every == 0 or rnd == plan.rounds:
             per_site, _ = evaluate_sites(
-                runtime=evaluators, params=params, rnd=rnd, split=Split.TEST
+                runtime=evaluators, params=params, rnd=rnd, split=Split.TEST, personal=personal
             )
-            val, _ = evaluate_sites(runtime=evaluators, params=params, rnd=rnd, split=Split.VAL)
-            central = evaluate_central(params) if evaluate_central is not None else None
+            val, _ = evaluate_sites(
+                runtime=evaluators, params=params, rnd=rnd, split=Split.VAL, personal=personal
+            )
+            if evaluate_central is not None and not personal:
+                central = evaluate_central(params)
         record = RoundRecord(
             rnd=rnd,
             arm=arm,

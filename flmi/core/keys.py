@@ -72,6 +72,14 @@ class HParam(StrEnum):
     WEIGHT_DECAY = "weight_decay"
     PROX_MU = "prox_mu"
     CLIENT_ALGORITHM = "client_algorithm"
+    KEEP_LOCAL = "keep_local"
+
+
+class KeepLocal(StrEnum):
+    """Which tensors a site keeps to itself (never sent, restored from its own state)."""
+
+    NONE = "none"
+    NORM = "norm"
 
 
 class ClientAlgorithm(StrEnum):
@@ -86,3 +94,4 @@ class Extra(StrEnum):
 
     SCAFFOLD_C = "scaffold.c/"
     SCAFFOLD_DELTA_C = "scaffold.delta_c/"
+    LOCAL = "local/"

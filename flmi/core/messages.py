@@ -83,11 +83,16 @@ class ClientUpdate:
 
 @dataclass(frozen=True)
 class EvaluateInstruction:
-    """Ask a site to score the given weights on one of its own splits."""
+    """Ask a site to score the given weights on one of its own splits.
+
+    With ``personal`` the site first puts back the tensors it keeps local
+    (FedBN's normalisation layers, say), so it scores its own personalised model.
+    """
 
     rnd: int
     params: Params
     split: str
+    personal: bool = False
 
     def payload_bytes(self) -> int:
         """Bytes of tensor payload this instruction carries."""

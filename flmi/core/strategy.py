@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from flmi.core.messages import ClientUpdate, TrainInstruction
 from flmi.core.params import Params
@@ -59,4 +59,19 @@ class Strategy(Protocol[S]):
 
     def state_from_record(self, record: StateRecord) -> S:
         """Rebuild the state written by :meth:`state_to_record`."""
+        ...
+
+
+@runtime_checkable
+class Personalised(Protocol):
+    """A strategy whose sites keep some tensors local (FedBN's normalisation layers, ...).
+
+    For such a strategy the loop accepts updates that leave those tensors out,
+    asks each site to score its own personalised model, and computes no
+    central-test metrics (there is no single model to score).
+    """
+
+    @property
+    def personalised(self) -> bool:
+        """Whether sites keep tensors local under this strategy."""
         ...

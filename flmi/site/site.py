@@ -13,10 +13,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from flmi.core.errors import NonFiniteError, SchemaError
-from flmi.core.keys import ClientAlgorithm, Extra, Split
+from flmi.core.keys import ClientAlgorithm, Extra, KeepLocal, Split
 from flmi.core.messages import (
     ClientError,
     ClientUpdate,
@@ -41,8 +42,10 @@ from flmi.site.hooks import (
 from flmi.site.state import SiteState
 from flmi.tasks.base import FitHooks, HParamError, LocalTraining, Task
 from flmi.tasks.torch_params import (
+    float_entries,
     integer_buffers,
     load_params,
+    normalisation_names,
     params_copy,
     restore_integer_buffers,
 )
@@ -154,6 +157,9 @@ class Site:
             self._load(instruction.params, where="instruction from the server")
         except SchemaError as exc:
             return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
+        kept = self._kept_names(training.keep_local)
+        if kept:
+            self._restore_local()
         generator = torch.Generator().manual_seed(
             derive_seed(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="train")
         )
@@ -191,7 +197,9 @@ class Site:
         self._model.zero_grad(set_to_none=True)  # free gradient memory between rounds
         params = params_copy(self._model)
         extras: Params = {}
-        tensors = dict(self.state.tensors)
+        tensors = {k: v for k, v in self.state.tensors.items() if not k.startswith(Extra.LOCAL)}
+        tensors.update({Extra.LOCAL + k: v for k, v in params.items() if k in kept})
+        params = {k: v for k, v in params.items() if k not in kept}
         if scaffold is not None:
             variates = scaffold.finish(
                 model=self._model, num_steps=result.num_steps, lr=training.lr
@@ -218,6 +226,19 @@ class Site:
             extras=extras,
         )
 
+    def _kept_names(self, keep_local: str) -> set[str]:
+        """Names of the tensors this site keeps to itself under ``keep_local``."""
+        return normalisation_names(self._model) if keep_local == KeepLocal.NORM else set()
+
+    def _restore_local(self) -> None:
+        """Put the tensors this site keeps local back into the working model."""
+        local = self._prefixed(Extra.LOCAL)
+        if local:
+            entries = float_entries(self._model)
+            with torch.no_grad():
+                for name, value in local.items():
+                    entries[name].copy_(torch.from_numpy(np.array(value, copy=True)))
+
     def _prefixed(self, prefix: str) -> Params:
         """This site's state tensors under ``prefix``, with the prefix removed."""
         return {k[len(prefix) :]: v for k, v in self.state.tensors.items() if k.startswith(prefix)}
@@ -235,6 +256,8 @@ class Site:
             self._load(instruction.params, where="evaluation request")
         except SchemaError as exc:
             return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
+        if instruction.personal:
+            self._restore_local()
         metrics = self._task.evaluate(model=self._model, data=data, device=self._device)
         return EvaluateResult(
             site=self.name, split=instruction.split, num_examples=len(data), metrics=metrics

@@ -11,6 +11,7 @@ from flmi.core.messages import HParamValue
 from flmi.core.strategy import Strategy
 from flmi.strategies.cyclic import Cyclic, CyclicOptions
 from flmi.strategies.fedavg import FedAvg
+from flmi.strategies.fedbn import FedBN, build_fedpxn
 from flmi.strategies.fednova import FedNova
 from flmi.strategies.fedopt import (
     AdagradOptions,
@@ -151,6 +152,18 @@ STRATEGIES: Mapping[str, StrategySpec] = {
             hparams=h, seed=c.seed, deterministic_cycle=CyclicOptions(**o).deterministic_cycle
         ),
         max_updates=1,
+    ),
+    "fedbn": StrategySpec(
+        summary="FedBN: normalisation layers stay at each site (Li et al. 2021)",
+        options={},
+        build=_fixed(lambda h: FedBN(hparams=h, mu=0.0, name="fedbn")),
+        linear=True,
+    ),
+    "fedpxn": StrategySpec(
+        summary="FedPxN: FedProx plus site-local normalisation layers",
+        options=options_of(ProxOptions),
+        build=lambda h, o, _c: build_fedpxn(h, ProxOptions(**o)),
+        linear=True,
     ),
     "fedavgm": StrategySpec(
         summary="FedAvgM: FedAvg with server momentum (Hsu et al. 2019)",

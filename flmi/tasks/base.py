@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from flmi.core.keys import ClientAlgorithm, HParam
+from flmi.core.keys import ClientAlgorithm, HParam, KeepLocal
 from flmi.core.messages import HParamValue
 from flmi.data.arrays import ArraySplit
 
@@ -43,6 +43,8 @@ class LocalTraining:
         FedProx's proximal coefficient (0: none).
     client_algorithm
         ``"standard"`` or ``"scaffold"`` (see :class:`flmi.core.keys.ClientAlgorithm`).
+    keep_local
+        ``"none"``, or ``"norm"``: normalisation layers stay at the site (FedBN).
     """
 
     lr: float
@@ -54,6 +56,7 @@ class LocalTraining:
     weight_decay: float
     prox_mu: float = 0.0
     client_algorithm: str = ClientAlgorithm.STANDARD
+    keep_local: str = KeepLocal.NONE
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, HParamValue]) -> LocalTraining:
@@ -75,6 +78,7 @@ class LocalTraining:
                 client_algorithm=str(
                     hparams.get(HParam.CLIENT_ALGORITHM, ClientAlgorithm.STANDARD)
                 ),
+                keep_local=str(hparams.get(HParam.KEEP_LOCAL, KeepLocal.NONE)),
             )
         except KeyError as exc:
             raise HParamError(f"hyperparameter {exc.args[0]!r} is missing") from None
@@ -111,6 +115,10 @@ class LocalTraining:
         ):
             raise HParamError(
                 "client_algorithm 'scaffold' needs plain SGD: optimizer = 'sgd', momentum = 0"
+            )
+        if self.keep_local not in [k.value for k in KeepLocal]:
+            raise HParamError(
+                f"keep_local must be one of {[k.value for k in KeepLocal]}, got '{self.keep_local}'"
             )
         if self.weight_decay < 0:
             raise HParamError(f"weight_decay must not be negative, got {self.weight_decay}")

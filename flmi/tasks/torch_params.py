@@ -23,6 +23,24 @@ def integer_buffer_names(model: torch.nn.Module) -> list[str]:
     return sorted(k for k, v in model.state_dict().items() if not v.is_floating_point())
 
 
+NORM_LAYERS: tuple[type[torch.nn.Module], ...] = (
+    torch.nn.modules.batchnorm._NormBase,  # BatchNorm and InstanceNorm, 1D/2D/3D
+    torch.nn.GroupNorm,
+    torch.nn.LayerNorm,
+)
+
+
+def normalisation_names(model: torch.nn.Module) -> set[str]:
+    """``state_dict`` names of the float tensors of every normalisation layer."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, NORM_LAYERS):
+            for name, value in module.state_dict().items():
+                if value.is_floating_point():
+                    names.add(f"{prefix}.{name}" if prefix else name)
+    return names
+
+
 def integer_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the module's non-float entries (they stay with the site that owns them)."""
     return {k: v.clone() for k, v in model.state_dict().items() if not v.is_floating_point()}

@@ -18,6 +18,8 @@ from tests.strategies.support import HPARAMS, params_of_shapes, update, zeros
 EXPECTED = {
     "fedavg",
     "fedprox",
+    "fedbn",
+    "fedpxn",
     "scaffold",
     "cyclic",
     "fedavgm",
@@ -30,7 +32,18 @@ EXPECTED = {
     "krum",
     "geometric_median",
 }
-LINEAR = {"fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fednova"}
+LINEAR = {
+    "fedavg",
+    "fedprox",
+    "fedbn",
+    "fedpxn",
+    "scaffold",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fednova",
+}
 
 
 def test_every_expected_strategy_is_registered() -> None:
