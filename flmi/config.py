@@ -47,7 +47,7 @@ class DataConfig:
 class PartitionConfig:
     """``[partition]``: how examples are split into sites."""
 
-    method: Literal["iid", "dirichlet", "natural"] = "natural"
+    method: Literal["iid", "dirichlet", "quantity", "natural"] = "natural"
     num_sites: int = 4
     alpha: float = 0.5
     min_examples_per_site: int = 1
@@ -387,8 +387,9 @@ def check_config(c: Config) -> None:
     elif d.source == "medmnist":
         _require(bool(d.path), "data.path is required when data.source = 'medmnist'")
         _require(
-            p.method in ("iid", "dirichlet"),
-            f"partition.method = '{p.method}' does not apply to MedMNIST; use 'iid' or 'dirichlet'",
+            p.method in ("iid", "dirichlet", "quantity"),
+            f"partition.method = '{p.method}' does not apply to MedMNIST; "
+            "use 'iid', 'dirichlet' or 'quantity'",
         )
     else:
         _require(

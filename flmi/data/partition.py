@@ -16,7 +16,7 @@ from flmi.core.errors import ConfigError, PartitionError
 from flmi.core.keys import Split
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits
 
-METHODS = ("iid", "dirichlet")
+METHODS = ("iid", "dirichlet", "quantity")
 
 # Stream id of the Dirichlet proportions; labels array ``i`` is shuffled with stream ``1 + i``.
 _PROPORTIONS_STREAM = 0
@@ -44,6 +44,9 @@ def partition(
         ``"dirichlet"``: label skew; for each class ``c`` site proportions
         ``p_c ~ Dirichlet(alpha * ones(num_sites))`` are drawn once and applied
         to the train, validation and test splits alike.
+        ``"quantity"``: quantity skew; site shares ``q ~ Dirichlet(alpha *
+        ones(num_sites))`` are drawn once and every split is shuffled and cut
+        at those shares, so sites differ in size but not in label mix.
     num_sites
         Number of sites, named ``"site_1"`` .. ``"site_N"``.
     seed
@@ -53,9 +56,6 @@ def partition(
         strongly skewed label distributions, large values near-uniform ones.
     min_examples_per_site
         Fewest training examples a site may hold.
-    require_val
-        Whether an empty validation split is an error (``False`` for protocols
-        without one, such as FLamby's Fed-Heart-Disease).
 
     Returns
     -------
@@ -148,6 +148,12 @@ def partition_indices(
             _iid_indices(n=y.shape[0], num_sites=num_sites, rng=_rng(seed, 1 + i))
             for i, y in enumerate(labels)
         ]
+    if method == "quantity":
+        shares = _rng(seed, _PROPORTIONS_STREAM).dirichlet(np.full(num_sites, alpha))
+        return [
+            _cut(order=_rng(seed, 1 + i).permutation(y.shape[0]), shares=shares)
+            for i, y in enumerate(labels)
+        ]
     classes = np.unique(np.concatenate([np.asarray(y).ravel() for y in labels] or [np.empty(0)]))
     proportions = _rng(seed, _PROPORTIONS_STREAM).dirichlet(
         np.full(num_sites, alpha), size=classes.size
@@ -156,6 +162,12 @@ def partition_indices(
         _dirichlet_indices(y=y, classes=classes, proportions=proportions, rng=_rng(seed, 1 + i))
         for i, y in enumerate(labels)
     ]
+
+
+def _cut(*, order: np.ndarray, shares: np.ndarray) -> list[np.ndarray]:
+    """Cut a permutation at cumulative ``shares``; each part sorted."""
+    bounds = np.round(np.cumsum(shares)[:-1] * order.size).astype(np.int64)
+    return [np.sort(part).astype(np.int64) for part in np.split(order, bounds)]
 
 
 def check_min_examples(
@@ -169,6 +181,9 @@ def check_min_examples(
         The sites to check (in sorted site order).
     min_examples_per_site
         Fewest training examples a site may hold.
+    require_val
+        Whether an empty validation split is an error (``False`` for protocols
+        without one, such as FLamby's Fed-Heart-Disease).
     require_val
         Whether an empty validation split is an error (``False`` for protocols
         without one, such as FLamby's Fed-Heart-Disease).

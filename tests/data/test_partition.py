@@ -360,3 +360,19 @@ def test_real_breastmnist_dirichlet_half_alpha_four_sites_leaves_every_site_usab
     for site in data.sites.values():
         assert len(site.train) >= 20
         assert len(site.val) > 0 and len(site.test) > 0
+
+
+def test_quantity_skew_gives_unequal_sizes_with_the_same_label_mix() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 4000)
+    split = ArraySplit(x=np.zeros((4000, 1), np.float32), y=y)
+    data = partition(
+        train=split, val=split, test=split, method="quantity", num_sites=4, seed=1, alpha=1.0
+    )
+    sizes = [len(s.train) for s in data.sites.values()]
+    assert sum(sizes) == 4000 and max(sizes) > 2 * min(sizes)
+    shares = [float(s.train.y.mean()) for s in data.sites.values() if len(s.train) > 200]
+    assert max(shares) - min(shares) < 0.1  # labels stay mixed alike
+    # the same shares cut the test split
+    test_sizes = [len(s.test) for s in data.sites.values()]
+    np.testing.assert_allclose(np.array(test_sizes) / 4000, np.array(sizes) / 4000, atol=1e-3)
