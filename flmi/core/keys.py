@@ -73,6 +73,15 @@ class HParam(StrEnum):
     PROX_MU = "prox_mu"
     CLIENT_ALGORITHM = "client_algorithm"
     KEEP_LOCAL = "keep_local"
+    PERSONAL = "personal"
+    DITTO_LAMBDA = "ditto_lambda"
+
+
+class Personal(StrEnum):
+    """Whether a site also trains a personal model of its own, and how."""
+
+    NONE = "none"
+    DITTO = "ditto"
 
 
 class KeepLocal(StrEnum):
@@ -95,3 +104,4 @@ class Extra(StrEnum):
     SCAFFOLD_C = "scaffold.c/"
     SCAFFOLD_DELTA_C = "scaffold.delta_c/"
     LOCAL = "local/"
+    PERSONAL = "personal/"

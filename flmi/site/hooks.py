@@ -46,14 +46,24 @@ def merge_hooks(hooks: list[FitHooks]) -> FitHooks | None:
     )
 
 
-def proximal_penalty(*, model: torch.nn.Module, mu: float) -> FitHooks:
+def proximal_penalty(
+    *, model: torch.nn.Module, mu: float, anchor_params: Params | None = None
+) -> FitHooks:
     """FedProx: ``mu / 2 * ||w - w_global||^2`` over trainable weights.
 
     Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
-    The anchor is the model's weights when the hook is made, i.e. the global
-    weights just received.
+    The anchor is ``anchor_params`` when given (Ditto pulls a personal model
+    toward the received global weights), else the model's weights when the
+    hook is made, i.e. the global weights just received.
     """
-    anchor = {n: p.detach().clone() for n, p in _trainable(model).items()}
+    trainable = _trainable(model)
+    if anchor_params is None:
+        anchor = {n: p.detach().clone() for n, p in trainable.items()}
+    else:
+        anchor = {
+            n: torch.from_numpy(np.array(anchor_params[n], copy=True)).to(p.device, p.dtype)
+            for n, p in trainable.items()
+        }
 
     def penalty(m: torch.nn.Module) -> torch.Tensor:
         terms = [((p - anchor[n]) ** 2).sum() for n, p in _trainable(m).items()]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from flmi.core.errors import NonFiniteError, SchemaError
-from flmi.core.keys import ClientAlgorithm, Extra, KeepLocal, Split
+from flmi.core.keys import ClientAlgorithm, Extra, KeepLocal, Personal, Split
 from flmi.core.messages import (
     ClientError,
     ClientUpdate,
@@ -200,6 +200,15 @@ class Site:
         tensors = {k: v for k, v in self.state.tensors.items() if not k.startswith(Extra.LOCAL)}
         tensors.update({Extra.LOCAL + k: v for k, v in params.items() if k in kept})
         params = {k: v for k, v in params.items() if k not in kept}
+        if training.personal == Personal.DITTO:
+            try:
+                personal = self._train_personal(instruction, training)
+            except Exception:  # reported as data, like the global training above
+                log.exception("site %s: personal training failed", self.name)
+                return self._error(
+                    ErrorCode.TRAINING_FAILED, "personal training failed; see the site log"
+                )
+            tensors.update({Extra.PERSONAL + k: v for k, v in personal.items()})
         if scaffold is not None:
             variates = scaffold.finish(
                 model=self._model, num_steps=result.num_steps, lr=training.lr
@@ -225,6 +234,31 @@ class Site:
             metrics=result.metrics,
             extras=extras,
         )
+
+    def _train_personal(self, instruction: TrainInstruction, training: LocalTraining) -> Params:
+        """Ditto: train this site's own model, pulled toward the received global weights.
+
+        Li et al., "Ditto: Fair and Robust Federated Learning Through
+        Personalization", ICML 2021. The personal model never leaves the site.
+        """
+        start = self._prefixed(Extra.PERSONAL) or instruction.params
+        self._load(start, where="personal model")
+        hooks = proximal_penalty(
+            model=self._model, mu=training.ditto_lambda, anchor_params=instruction.params
+        )
+        generator = torch.Generator().manual_seed(
+            derive_seed(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="personal")
+        )
+        self._task.fit(
+            model=self._model,
+            data=self._data.train,
+            training=training,
+            generator=generator,
+            device=self._device,
+            hooks=hooks,
+        )
+        self._model.zero_grad(set_to_none=True)
+        return params_copy(self._model)
 
     def _kept_names(self, keep_local: str) -> set[str]:
         """Names of the tensors this site keeps to itself under ``keep_local``."""
@@ -257,6 +291,9 @@ class Site:
         except SchemaError as exc:
             return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
         if instruction.personal:
+            personal = self._prefixed(Extra.PERSONAL)
+            if personal:
+                self._load(personal, where="personal model")
             self._restore_local()
         metrics = self._task.evaluate(model=self._model, data=data, device=self._device)
         return EvaluateResult(

@@ -10,6 +10,7 @@ from flmi.core.errors import ConfigError
 from flmi.core.messages import HParamValue
 from flmi.core.strategy import Strategy
 from flmi.strategies.cyclic import Cyclic, CyclicOptions
+from flmi.strategies.ditto import Ditto, DittoOptions
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.fedbn import FedBN, build_fedpxn
 from flmi.strategies.fednova import FedNova
@@ -163,6 +164,12 @@ STRATEGIES: Mapping[str, StrategySpec] = {
         summary="FedPxN: FedProx plus site-local normalisation layers",
         options=options_of(ProxOptions),
         build=lambda h, o, _c: build_fedpxn(h, ProxOptions(**o)),
+        linear=True,
+    ),
+    "ditto": StrategySpec(
+        summary="Ditto: FedAvg plus a regularised personal model per site (Li et al. 2021)",
+        options=options_of(DittoOptions),
+        build=lambda h, o, _c: Ditto(hparams=h, options=DittoOptions(**o)),
         linear=True,
     ),
     "fedavgm": StrategySpec(

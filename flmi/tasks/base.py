@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from flmi.core.keys import ClientAlgorithm, HParam, KeepLocal
+from flmi.core.keys import ClientAlgorithm, HParam, KeepLocal, Personal
 from flmi.core.messages import HParamValue
 from flmi.data.arrays import ArraySplit
 
@@ -45,6 +45,10 @@ class LocalTraining:
         ``"standard"`` or ``"scaffold"`` (see :class:`flmi.core.keys.ClientAlgorithm`).
     keep_local
         ``"none"``, or ``"norm"``: normalisation layers stay at the site (FedBN).
+    personal
+        ``"none"``, or ``"ditto"``: the site also trains its own personal model.
+    ditto_lambda
+        Ditto's pull of the personal model toward the global one.
     """
 
     lr: float
@@ -57,6 +61,8 @@ class LocalTraining:
     prox_mu: float = 0.0
     client_algorithm: str = ClientAlgorithm.STANDARD
     keep_local: str = KeepLocal.NONE
+    personal: str = Personal.NONE
+    ditto_lambda: float = 0.0
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, HParamValue]) -> LocalTraining:
@@ -79,6 +85,8 @@ class LocalTraining:
                     hparams.get(HParam.CLIENT_ALGORITHM, ClientAlgorithm.STANDARD)
                 ),
                 keep_local=str(hparams.get(HParam.KEEP_LOCAL, KeepLocal.NONE)),
+                personal=str(hparams.get(HParam.PERSONAL, Personal.NONE)),
+                ditto_lambda=float(hparams.get(HParam.DITTO_LAMBDA, 0.0)),
             )
         except KeyError as exc:
             raise HParamError(f"hyperparameter {exc.args[0]!r} is missing") from None
@@ -120,6 +128,12 @@ class LocalTraining:
             raise HParamError(
                 f"keep_local must be one of {[k.value for k in KeepLocal]}, got '{self.keep_local}'"
             )
+        if self.personal not in [p.value for p in Personal]:
+            raise HParamError(
+                f"personal must be one of {[p.value for p in Personal]}, got '{self.personal}'"
+            )
+        if self.ditto_lambda < 0:
+            raise HParamError(f"ditto_lambda must not be negative, got {self.ditto_lambda}")
         if self.weight_decay < 0:
             raise HParamError(f"weight_decay must not be negative, got {self.weight_decay}")
 

@@ -96,3 +96,61 @@ def test_fedbn_run_scores_each_site_and_leaves_no_central_model_score(tmp_path: 
     assert all(line["global"] is None and len(line["per_site"]) == 4 for line in lines)
     assert all(line["sites_failed"] == {} for line in lines)
     assert lines[0]["bytes_up"] < lines[0]["bytes_down"]  # normalisation layers stayed home
+
+
+def test_ditto_site_keeps_a_personal_model_and_scores_with_it() -> None:
+    model = _task().build_model(seed=1)
+    site = _site()
+    hparams = {
+        "lr": 0.05,
+        "batch_size": 8,
+        "local_epochs": 1,
+        "personal": "ditto",
+        "ditto_lambda": 0.1,
+    }
+    update = site.train(TrainInstruction(rnd=1, params=params_copy(model), hparams=hparams))
+    assert isinstance(update, ClientUpdate)
+    personal = {
+        k[len(Extra.PERSONAL) :]: v
+        for k, v in site.state.tensors.items()
+        if k.startswith(Extra.PERSONAL)
+    }
+    assert set(personal) == set(update.params)
+    assert any(not np.array_equal(personal[k], update.params[k]) for k in personal)
+    scored = site.evaluate(
+        EvaluateInstruction(rnd=1, params=update.params, split="test", personal=True)
+    )
+    plain = site.evaluate(EvaluateInstruction(rnd=1, params=update.params, split="test"))
+    assert isinstance(scored, EvaluateResult) and isinstance(plain, EvaluateResult)
+    assert scored.metrics["loss"] != plain.metrics["loss"]
+
+
+def test_large_ditto_lambda_pulls_the_personal_model_onto_the_global_one() -> None:
+    model = _task().build_model(seed=1)
+    start = params_copy(model)
+
+    def personal_distance(lam: float) -> float:
+        site = _site()
+        hparams = {
+            "lr": 0.05,
+            "batch_size": 8,
+            "local_epochs": 2,
+            "personal": "ditto",
+            "ditto_lambda": lam,
+        }
+        site.train(TrainInstruction(rnd=1, params=start, hparams=hparams))
+        own = {
+            k[len(Extra.PERSONAL) :]: v
+            for k, v in site.state.tensors.items()
+            if k.startswith(Extra.PERSONAL)
+        }
+        return sum(float(((own[k] - start[k]) ** 2).sum()) for k in own)
+
+    assert personal_distance(5.0) < personal_distance(0.0)  # lr * lambda < 2 keeps it stable
+
+
+def test_ditto_run_reports_personalised_scores_per_site(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path / "c.toml", tiny_tables(strategy={"name": "ditto"})))
+    run_experiment(config=config, out=tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["arms"]["federated"]["per_site"]) == 4

@@ -18,6 +18,7 @@ from tests.strategies.support import HPARAMS, params_of_shapes, update, zeros
 EXPECTED = {
     "fedavg",
     "fedprox",
+    "ditto",
     "fedbn",
     "fedpxn",
     "scaffold",
@@ -35,6 +36,7 @@ EXPECTED = {
 LINEAR = {
     "fedavg",
     "fedprox",
+    "ditto",
     "fedbn",
     "fedpxn",
     "scaffold",
