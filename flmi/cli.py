@@ -88,14 +88,14 @@ def _default_out(stem: str) -> Path:
     return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _run(config: Config, out: Path) -> int:
+def _run(config: Config, out: Path, *, resume: bool = False) -> int:
     from flmi.simulation import run_experiment
 
     console.print(
         f"flmi: {config.strategy.name} on {config.partition.num_sites} sites, "
-        f"{config.federation.rounds} rounds -> {out}"
+        f"{config.federation.rounds} rounds -> {out}" + (" (resuming)" if resume else "")
     )
-    result = run_experiment(config=config, out=out, progress=show_round)
+    result = run_experiment(config=config, out=out, progress=show_round, resume=resume)
     show_summary(dict(result.arms))
     console.print(f"run directory: {out}")
     return 0
@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a federation (and its baselines) from a TOML config")
     run.add_argument("config", type=Path, help="the TOML config file")
     run.add_argument("--out", type=Path, help="run directory to create (default: runs/NAME-TIME)")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out after its last checkpointed round",
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -149,7 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_config(demo_config_path(), overrides=args.overrides)
             return _run(config, args.out or _default_out("demo"))
         config = load_config(args.config, overrides=args.overrides)
-        return _run(config, args.out or _default_out(args.config.stem))
+        if args.resume and args.out is None:
+            console.print("[red]error:[/red] --resume needs --out: the run directory to continue")
+            return 2
+        return _run(config, args.out or _default_out(args.config.stem), resume=args.resume)
     except FlmiError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2

@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from flmi import __version__
-from flmi.config import Config, check_site_names, training_hparams
+from flmi.config import Config, check_site_names, config_from_dict, training_hparams
+from flmi.core.errors import ConfigError, RunDirError
 from flmi.core.federation import (
     FederationPlan,
     FederationResult,
     Metrics,
+    ResumePoint,
     RoundRecord,
     mean_metrics,
     run_federation,
@@ -216,6 +218,62 @@ def _merge_local(
     return merged
 
 
+def _open_run(
+    *, config: Config, out: Path | None, resume: bool
+) -> tuple[RunDir | None, ResumePoint | None]:
+    """Create the run directory, or reopen it to resume after its last checkpoint."""
+    if out is None:
+        if resume:
+            raise RunDirError("--resume needs --out: the run directory to continue")
+        return None, None
+    if not resume:
+        run = RunDir.create(path=out)
+        run.write_config(config.to_dict())
+        return run, None
+    run = RunDir.open_for_resume(path=out)
+    snapshot = config_from_dict(run.read_config())
+    if snapshot != config:
+        theirs, ours = snapshot.to_dict(), config.to_dict()
+        differing = sorted(
+            f"{table}.{key}"
+            for table in set(theirs) | set(ours)
+            for key in set(theirs.get(table, {})) | set(ours.get(table, {}))
+            if theirs.get(table, {}).get(key) != ours.get(table, {}).get(key)
+        )
+        raise ConfigError(
+            f"--resume: the config differs from the run's snapshot at {', '.join(differing)}; "
+            f"resume with {out / 'config.toml'} or start a new run"
+        )
+    checkpoint = run.latest_checkpoint(arm=Arm.FEDERATED)
+    if checkpoint is None:
+        run.keep_metrics(arm=Arm.FEDERATED, up_to_round=0)
+        return run, None
+    completed, params, state = checkpoint
+    run.keep_metrics(arm=Arm.FEDERATED, up_to_round=completed)
+    return run, ResumePoint(completed_round=completed, params=params, state=state)
+
+
+def _record_from_line(line: Mapping[str, Any]) -> RoundRecord:
+    """A round record read back from ``metrics.jsonl`` (null metrics become NaN)."""
+
+    def metrics(values: Mapping[str, float | None] | None) -> dict[str, float]:
+        return {k: float("nan") if v is None else float(v) for k, v in (values or {}).items()}
+
+    return RoundRecord(
+        rnd=int(line["round"]),
+        arm=str(line["arm"]),
+        global_metrics=metrics(line["global"]) if line["global"] is not None else None,
+        per_site={s: metrics(m) for s, m in line["per_site"].items()},
+        site_mean=metrics(line["site_mean"]),
+        val=metrics(line["val"]),
+        wall_s=float(line["wall_s"]),
+        bytes_down=int(line["bytes_down"]),
+        bytes_up=int(line["bytes_up"]),
+        sites_sampled=list(line["sites_sampled"]),
+        sites_failed=dict(line["sites_failed"]),
+    )
+
+
 def pooled_recipe(
     config: Config, hparams: Mapping[str, HParamValue], plan: FederationPlan
 ) -> tuple[dict[str, HParamValue], FederationPlan]:
@@ -320,7 +378,11 @@ def _pooled_splits(data: FederatedData) -> SiteSplits:
 
 
 def run_experiment(
-    *, config: Config, out: Path | None, progress: ProgressFn | None = None
+    *,
+    config: Config,
+    out: Path | None,
+    progress: ProgressFn | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Run the federated arm, and the pooled and local arms when the config asks.
 
@@ -336,6 +398,10 @@ def run_experiment(
         The run directory to create (must be absent or empty); ``None`` writes nothing.
     progress
         Called after each round with the record and the number of rounds.
+    resume
+        Continue the run in ``out`` after its last checkpointed round: same
+        config, strategy state, site states and metrics history up to that
+        round; lines written after it and every baseline are redone.
     """
     started = time.perf_counter()
     torch.set_num_threads(config.runtime.torch_threads)
@@ -354,9 +420,7 @@ def run_experiment(
     overrides = site_overrides(config)
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
-    run = RunDir.create(path=out) if out is not None else None
-    if run is not None:
-        run.write_config(config.to_dict())
+    run, resume_point = _open_run(config=config, out=out, resume=resume)
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
 
@@ -367,18 +431,29 @@ def run_experiment(
         ]
 
     def make_federated_sites() -> list[SiteEndpoint]:
-        """The federated arm's sites, with the configured faults (baselines stay honest)."""
-        out: list[SiteEndpoint] = []
+        """The federated arm's sites, with the configured faults (baselines stay honest).
+
+        Each keeps its site state in the run directory, so a resumed run picks
+        it up as of the last checkpointed round.
+        """
+        endpoints: list[SiteEndpoint] = []
         for name, splits in sorted(data.sites.items()):
             spec = fault_of(config, name)
             if spec.kind == Fault.LABEL_FLIP:
                 splits = flip_labels(splits, num_classes=task.num_classes)
             site = Site(
-                name=name, data=splits, task=task, seed=seed, device=device, model=workspace
+                name=name,
+                data=splits,
+                task=task,
+                seed=seed,
+                device=device,
+                model=workspace,
+                state_dir=run.site_dir(name) if run is not None else None,
+                resume_round=resume_point.completed_round if resume_point else None,
             )
             faulty = spec.kind not in (Fault.NONE, Fault.LABEL_FLIP)
-            out.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
-        return out
+            endpoints.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
+        return endpoints
 
     initial = params_copy(task.build_model(seed=seed))
     central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
@@ -400,13 +475,22 @@ def run_experiment(
         ),
         arm=Arm.FEDERATED,
         evaluate_central=central,
+        resume=resume_point,
     )
-    arms: dict[str, ArmResult] = {Arm.FEDERATED: _final(federated.history)}
+    history = list(federated.history)
+    if not history and run is not None:  # resumed after the last round: nothing left to run
+        history = [_record_from_line(run.metrics_lines()[-1])]
+    arms: dict[str, ArmResult] = {Arm.FEDERATED: _final(history)}
     single = dataclasses.replace(plan, fraction=1.0, min_sites=1)
     if config.baselines.pooled:
         pooled_hparams, pooled_plan = pooled_recipe(config, hparams, single)
         pooled_site = Site(
-            name="pooled", data=_pooled_splits(data), task=task, seed=seed, device=device
+            name="pooled",
+            data=_pooled_splits(data),
+            task=task,
+            seed=seed,
+            device=device,
+            model=workspace,
         )
         pooled = run_federation(
             strategy=FedAvg(hparams=pooled_hparams),

@@ -26,7 +26,7 @@ from flmi.core.errors import RunDirError
 from flmi.core.federation import RoundRecord
 from flmi.core.params import Params, schema_hash
 from flmi.core.strategy import StateRecord
-from flmi.tensorio import atomic_write_bytes, atomic_write_json, save_tensors
+from flmi.tensorio import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -61,6 +61,58 @@ class RunDir:
             )
         path.mkdir(parents=True, exist_ok=True)
         return cls(path=path)
+
+    @classmethod
+    def open_for_resume(cls, *, path: Path) -> RunDir:
+        """An existing run directory that holds a config snapshot and a checkpoint."""
+        if not (path / CONFIG).is_file():
+            raise RunDirError(
+                f"--resume: {path} holds no {CONFIG}; point --out at the run to resume"
+            )
+        return cls(path=path)
+
+    def read_config(self) -> dict[str, Any]:
+        """The config snapshot's tables."""
+        import tomllib
+
+        return tomllib.loads((self.path / CONFIG).read_text())
+
+    def latest_checkpoint(self, *, arm: str) -> tuple[int, Params, StateRecord] | None:
+        """The last checkpointed round of ``arm``, its weights and strategy state (or None)."""
+        pointer = self.path / CHECKPOINTS / f"{arm}-{LATEST}"
+        if not pointer.is_file():
+            return None
+        latest = json.loads(pointer.read_text())
+        tensors, meta = load_tensors(path=self.path / CHECKPOINTS / str(latest["file"]))
+        params = {k[len("params/") :]: v for k, v in tensors.items() if k.startswith("params/")}
+        state = {k[len("state/") :]: v for k, v in tensors.items() if k.startswith("state/")}
+        return int(meta["round"]), params, StateRecord(tensors=state, meta=meta["strategy_meta"])
+
+    def metrics_lines(self) -> list[dict[str, Any]]:
+        """Every line of ``metrics.jsonl`` (none if the file does not exist yet)."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def keep_metrics(self, *, arm: str, up_to_round: int) -> None:
+        """Rewrite ``metrics.jsonl`` atomically with ``arm``'s lines up to a round, and no others.
+
+        Used on resume: lines written after the last checkpoint, and every
+        baseline line (baselines are rerun), are dropped, so the history has
+        no gap and no duplicate.
+        """
+        kept = [
+            line
+            for line in self.metrics_lines()
+            if line["arm"] == arm and int(line["round"]) <= up_to_round
+        ]
+        text = "".join(json.dumps(line, sort_keys=True, allow_nan=False) + "\n" for line in kept)
+        atomic_write_bytes(self.path / METRICS, text.encode())
+
+    def site_dir(self, site: str) -> Path:
+        """Where a simulated site keeps its state (a real site keeps it at the hospital)."""
+        return self.path / "sites" / site
 
     def write_config(self, tables: Mapping[str, Any]) -> None:
         """Snapshot the validated config."""

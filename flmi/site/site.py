@@ -101,6 +101,9 @@ class Site:
         Bounds the site enforces on every instruction.
     state_dir
         Where the site saves its :class:`SiteState` (``None``: keep it in memory).
+    resume_round
+        When resuming after round ``r``, load the state as of round ``r`` at the
+        latest (``None``: the newest saved).
     model
         A model to work in, shared by sites that run one after another in one
         process (simulation), so memory does not grow with the number of sites.
@@ -120,6 +123,7 @@ class Site:
         policy: SitePolicy | None = None,
         state_dir: Path | None = None,
         model: torch.nn.Module | None = None,
+        resume_round: int | None = None,
     ) -> None:
         self.name = name
         self._data = data
@@ -128,7 +132,11 @@ class Site:
         self._device = device
         self._policy = policy if policy is not None else SitePolicy()
         self._state_dir = state_dir
-        self.state = SiteState.load(state_dir) if state_dir is not None else SiteState()
+        self.state = (
+            SiteState.load(state_dir, max_round=resume_round)
+            if state_dir is not None
+            else SiteState()
+        )
         self._model = model if model is not None else task.build_model(seed=seed).to(device)
         self._int_buffers = integer_buffers(self._model)
 

@@ -15,7 +15,7 @@ from flmi.core.messages import (
 )
 from flmi.data.arrays import ArraySplit, SiteSplits
 from flmi.site.site import Site, SitePolicy
-from flmi.site.state import STATE_FILE, SiteState
+from flmi.site.state import SiteState
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.torch_params import params_copy
 
@@ -129,7 +129,20 @@ def test_site_state_is_saved_atomically_and_reloaded(tmp_path: Path) -> None:
     loaded = SiteState.load(tmp_path)
     np.testing.assert_array_equal(loaded.tensors["c"], state.tensors["c"])
     assert loaded.meta == {"round": 3}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["site_state.json", STATE_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "site_state-00003.json",
+        "site_state-00003.safetensors",
+    ]
+
+
+def test_site_state_keeps_two_rounds_and_loads_the_newest_up_to_a_round(tmp_path: Path) -> None:
+    for rnd in (1, 2, 3):
+        SiteState(tensors={"c": np.full(2, rnd, np.float32)}, meta={"round": rnd}).save(tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    assert SiteState.load(tmp_path).round == 3
+    assert SiteState.load(tmp_path, max_round=2).round == 2
+    np.testing.assert_array_equal(SiteState.load(tmp_path, max_round=2).tensors["c"], [2, 2])
+    assert SiteState.load(tmp_path, max_round=1).tensors == {}  # round 1 was pruned
 
 
 def test_site_with_a_state_folder_records_its_last_round(tmp_path: Path) -> None:
