@@ -271,6 +271,7 @@ def _record_from_line(line: Mapping[str, Any]) -> RoundRecord:
         bytes_up=int(line["bytes_up"]),
         sites_sampled=list(line["sites_sampled"]),
         sites_failed=dict(line["sites_failed"]),
+        strategy=dict(line.get("strategy", {})),
     )
 
 

@@ -7,6 +7,7 @@ from updates, reject invalid updates, aggregate, evaluate, record, checkpoint
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -30,7 +31,7 @@ from flmi.core.messages import (
 )
 from flmi.core.params import Params, check_finite, check_same_schema
 from flmi.core.rng import generator
-from flmi.core.strategy import Personalised, StateRecord, Strategy
+from flmi.core.strategy import Personalised, SiteModels, StateRecord, Strategy
 
 log = logging.getLogger("flmi.federation")
 
@@ -105,6 +106,7 @@ class RoundRecord:
     bytes_up: int
     sites_sampled: Sequence[str]
     sites_failed: Mapping[str, str] = field(default_factory=dict)
+    strategy: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON line, with NaN written as ``null``."""
@@ -120,6 +122,7 @@ class RoundRecord:
             Record.BYTES_UP: self.bytes_up,
             Record.SITES_SAMPLED: list(self.sites_sampled),
             Record.SITES_FAILED: dict(sorted(self.sites_failed.items())),
+            Record.STRATEGY: dict(self.strategy),
         }
 
 
@@ -242,11 +245,31 @@ def split_replies(
 
 
 def evaluate_sites(
-    *, runtime: Runtime, params: Params, rnd: int, split: Split, personal: bool = False
+    *,
+    runtime: Runtime,
+    params: Params,
+    rnd: int,
+    split: Split,
+    personal: bool = False,
+    site_params: Callable[[str], Params] | None = None,
 ) -> tuple[dict[str, EvaluateResult], dict[str, ClientError]]:
-    """Ask every site to score ``params`` (or its personalised model) on its own ``split``."""
-    instruction = EvaluateInstruction(rnd=rnd, params=params, split=split, personal=personal)
-    replies = runtime.evaluate({site: instruction for site in runtime.site_names()})
+    """Ask every site to score a model on its own ``split``.
+
+    The model is ``params``, or ``site_params(site)`` when the strategy keeps
+    one model per site or group (IFCA's clusters); with ``personal`` the site
+    first restores what it keeps to itself.
+    """
+    replies = runtime.evaluate(
+        {
+            site: EvaluateInstruction(
+                rnd=rnd,
+                params=site_params(site) if site_params is not None else params,
+                split=split,
+                personal=personal,
+            )
+            for site in runtime.site_names()
+        }
+    )
     results = {s: r for s, r in replies.items() if isinstance(r, EvaluateResult)}
     errors = {s: r for s, r in replies.items() if isinstance(r, ClientError)}
     for site, err in sorted(errors.items()):
@@ -301,6 +324,7 @@ def run_federation(
         state = strategy.state_from_record(resume.state)
         params, first = resume.params, resume.completed_round + 1
     personal = isinstance(strategy, Personalised) and strategy.personalised
+    per_site_models = strategy if isinstance(strategy, SiteModels) else None
     history: list[RoundRecord] = []
     for rnd in range(first, plan.rounds + 1):
         started = time.perf_counter()
@@ -328,11 +352,26 @@ def run_federation(
         val: dict[str, EvaluateResult] = {}
         central: Metrics | None = None
         if rnd % plan.eval_every == 0 or rnd == plan.rounds:
+            chosen = (
+                functools.partial(per_site_models.site_params, state)
+                if per_site_models is not None
+                else None
+            )
             per_site, _ = evaluate_sites(
-                runtime=evaluators, params=params, rnd=rnd, split=Split.TEST, personal=personal
+                runtime=evaluators,
+                params=params,
+                rnd=rnd,
+                split=Split.TEST,
+                personal=personal,
+                site_params=chosen,
             )
             val, _ = evaluate_sites(
-                runtime=evaluators, params=params, rnd=rnd, split=Split.VAL, personal=personal
+                runtime=evaluators,
+                params=params,
+                rnd=rnd,
+                split=Split.VAL,
+                personal=personal,
+                site_params=chosen,
             )
             if evaluate_central is not None and not personal:
                 central = evaluate_central(params)
@@ -348,6 +387,7 @@ def run_federation(
             bytes_up=sum(u.payload_bytes() for u in updates) if count_bytes else 0,
             sites_sampled=sampled,
             sites_failed={s: e.code.value for s, e in errors.items()},
+            strategy=strategy.state_to_record(state).meta,
         )
         history.append(record)
         observer.on_round(record, params, strategy.state_to_record(state))

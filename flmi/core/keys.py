@@ -50,6 +50,7 @@ class Record(StrEnum):
     BYTES_UP = "bytes_up"
     SITES_SAMPLED = "sites_sampled"
     SITES_FAILED = "sites_failed"
+    STRATEGY = "strategy"
     ARMS = "arms"
     ROUNDS = "rounds"
     SEED = "seed"
@@ -96,6 +97,7 @@ class ClientAlgorithm(StrEnum):
 
     STANDARD = "standard"
     SCAFFOLD = "scaffold"
+    IFCA = "ifca"
 
 
 class Extra(StrEnum):
@@ -105,3 +107,4 @@ class Extra(StrEnum):
     SCAFFOLD_DELTA_C = "scaffold.delta_c/"
     LOCAL = "local/"
     PERSONAL = "personal/"
+    CLUSTER = "cluster/"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from flmi.core.messages import ClientUpdate, TrainInstruction
 from flmi.core.params import Params
@@ -74,4 +74,16 @@ class Personalised(Protocol):
     @property
     def personalised(self) -> bool:
         """Whether sites keep tensors local under this strategy."""
+        ...
+
+
+@runtime_checkable
+class SiteModels(Protocol):
+    """A strategy that keeps one model per site or group (IFCA's clusters).
+
+    Each site is scored with the model :meth:`site_params` names for it.
+    """
+
+    def site_params(self, state: Any, site: str) -> Params:
+        """The weights ``site`` should be scored with under ``state``."""
         ...

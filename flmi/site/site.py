@@ -161,8 +161,11 @@ class Site:
         except HParamError as exc:
             log.warning("site %s refused round %d: %s", self.name, instruction.rnd, exc)
             return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
+        cluster: int | None = None
         try:
             self._load(instruction.params, where="instruction from the server")
+            if training.client_algorithm == ClientAlgorithm.IFCA:
+                cluster = self._choose_cluster(instruction)
         except SchemaError as exc:
             return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
         kept = self._kept_names(training.keep_local)
@@ -239,9 +242,29 @@ class Site:
             kind=UpdateKind.FULL,
             num_examples=self.num_train,
             num_steps=result.num_steps,
-            metrics=result.metrics,
+            metrics=result.metrics if cluster is None else {**result.metrics, "cluster": cluster},
             extras=extras,
         )
+
+    def _choose_cluster(self, instruction: TrainInstruction) -> int:
+        """IFCA: load the cluster model with the lowest loss on this site's training data."""
+        models: dict[int, Params] = {}
+        for key, value in instruction.extras.items():
+            if key.startswith(Extra.CLUSTER):
+                label, name = key[len(Extra.CLUSTER) :].split("/", 1)
+                models.setdefault(int(label), {})[name] = value
+        if not models:
+            raise SchemaError("IFCA instruction carries no cluster models")
+        losses: dict[int, float] = {}
+        for index, params in sorted(models.items()):
+            self._load(params, where=f"IFCA cluster model {index}")
+            metrics = self._task.evaluate(
+                model=self._model, data=self._data.train, device=self._device
+            )
+            losses[index] = metrics["loss"]
+        chosen = min(sorted(losses), key=lambda j: losses[j])
+        self._load(models[chosen], where=f"IFCA cluster model {chosen}")
+        return chosen
 
     def _train_personal(self, instruction: TrainInstruction, training: LocalTraining) -> Params:
         """Ditto: train this site's own model, pulled toward the received global weights.

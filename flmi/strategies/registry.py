@@ -24,6 +24,7 @@ from flmi.strategies.fedopt import (
     MomentumOptions,
 )
 from flmi.strategies.fedprox import FedProx, ProxOptions
+from flmi.strategies.ifca import Ifca, IfcaOptions
 from flmi.strategies.options import Option, OptionValue, check_type, options_of
 from flmi.strategies.robust import (
     GeometricMedian,
@@ -171,6 +172,11 @@ STRATEGIES: Mapping[str, StrategySpec] = {
         options=options_of(DittoOptions),
         build=lambda h, o, _c: Ditto(hparams=h, options=DittoOptions(**o)),
         linear=True,
+    ),
+    "ifca": StrategySpec(
+        summary="IFCA: k cluster models, each site trains its best fit (Ghosh et al. 2020)",
+        options=options_of(IfcaOptions),
+        build=lambda h, o, c: Ifca(hparams=h, options=IfcaOptions(**o), seed=c.seed),
     ),
     "fedavgm": StrategySpec(
         summary="FedAvgM: FedAvg with server momentum (Hsu et al. 2019)",

@@ -154,3 +154,16 @@ def test_ditto_run_reports_personalised_scores_per_site(tmp_path: Path) -> None:
     run_experiment(config=config, out=tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert len(summary["arms"]["federated"]["per_site"]) == 4
+
+
+def test_ifca_run_records_cluster_membership_every_round(tmp_path: Path) -> None:
+    tables = tiny_tables(strategy={"name": "ifca", "num_clusters": 2})
+    run_experiment(
+        config=load_config(write_config(tmp_path / "c.toml", tables)), out=tmp_path / "run"
+    )
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        membership = line["strategy"]["membership"]
+        assert sorted(membership) == ["hospital_1", "hospital_2", "hospital_3", "hospital_4"]
+        assert set(membership.values()) <= {0, 1}
+        assert line["sites_failed"] == {}
