@@ -76,6 +76,7 @@ class HParam(StrEnum):
     KEEP_LOCAL = "keep_local"
     PERSONAL = "personal"
     DITTO_LAMBDA = "ditto_lambda"
+    FINETUNE_EPOCHS = "finetune_epochs"
 
 
 class Personal(StrEnum):
@@ -90,6 +91,7 @@ class KeepLocal(StrEnum):
 
     NONE = "none"
     NORM = "norm"
+    HEAD = "head"
 
 
 class ClientAlgorithm(StrEnum):

@@ -43,6 +43,7 @@ from flmi.site.state import SiteState
 from flmi.tasks.base import FitHooks, HParamError, LocalTraining, Task
 from flmi.tasks.torch_params import (
     float_entries,
+    head_names,
     integer_buffers,
     load_params,
     normalisation_names,
@@ -293,7 +294,11 @@ class Site:
 
     def _kept_names(self, keep_local: str) -> set[str]:
         """Names of the tensors this site keeps to itself under ``keep_local``."""
-        return normalisation_names(self._model) if keep_local == KeepLocal.NORM else set()
+        if keep_local == KeepLocal.NORM:
+            return normalisation_names(self._model)
+        if keep_local == KeepLocal.HEAD:
+            return head_names(self._model)
+        return set()
 
     def _restore_local(self) -> None:
         """Put the tensors this site keeps local back into the working model."""

@@ -9,6 +9,7 @@ from typing import Any
 from flmi.core.errors import ConfigError
 from flmi.core.messages import HParamValue
 from flmi.core.strategy import Strategy
+from flmi.strategies.cusfl import CustomHead
 from flmi.strategies.cyclic import Cyclic, CyclicOptions
 from flmi.strategies.ditto import Ditto, DittoOptions
 from flmi.strategies.fedavg import FedAvg
@@ -177,6 +178,12 @@ STRATEGIES: Mapping[str, StrategySpec] = {
         summary="IFCA: k cluster models, each site trains its best fit (Ghosh et al. 2020)",
         options=options_of(IfcaOptions),
         build=lambda h, o, c: Ifca(hparams=h, options=IfcaOptions(**o), seed=c.seed),
+    ),
+    "cusfl": StrategySpec(
+        summary="cusfl: federated feature extractor, a private head at every site (FedPer/FedRep)",
+        options={},
+        build=_fixed(lambda h: CustomHead(hparams=h)),
+        linear=True,
     ),
     "fedavgm": StrategySpec(
         summary="FedAvgM: FedAvg with server momentum (Hsu et al. 2019)",

@@ -44,7 +44,8 @@ class LocalTraining:
     client_algorithm
         ``"standard"`` or ``"scaffold"`` (see :class:`flmi.core.keys.ClientAlgorithm`).
     keep_local
-        ``"none"``, or ``"norm"``: normalisation layers stay at the site (FedBN).
+        ``"none"``; ``"norm"``: normalisation layers stay at the site (FedBN);
+        ``"head"``: the last layer stays at the site (``cusfl``).
     personal
         ``"none"``, or ``"ditto"``: the site also trains its own personal model.
     ditto_lambda

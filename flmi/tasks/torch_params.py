@@ -41,6 +41,25 @@ def normalisation_names(model: torch.nn.Module) -> set[str]:
     return names
 
 
+def head_names(model: torch.nn.Module) -> set[str]:
+    """``state_dict`` names of the float tensors of the model's last layer with parameters.
+
+    For image models that is the classifier on top of the feature extractor.
+    """
+    last = None
+    for prefix, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            last = (prefix, module)
+    if last is None:
+        return set()
+    prefix, module = last
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for name, value in module.state_dict().items()
+        if value.is_floating_point()
+    }
+
+
 def integer_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the module's non-float entries (they stay with the site that owns them)."""
     return {k: v.clone() for k, v in model.state_dict().items() if not v.is_floating_point()}

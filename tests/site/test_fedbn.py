@@ -167,3 +167,22 @@ def test_ifca_run_records_cluster_membership_every_round(tmp_path: Path) -> None
         assert sorted(membership) == ["hospital_1", "hospital_2", "hospital_3", "hospital_4"]
         assert set(membership.values()) <= {0, 1}
         assert line["sites_failed"] == {}
+
+
+def test_cusfl_site_keeps_its_classifier_head_and_sends_the_extractor() -> None:
+    model = _task().build_model(seed=1)
+    site = _site()
+    hparams = {"lr": 0.05, "batch_size": 8, "local_epochs": 1, "keep_local": "head"}
+    update = site.train(TrainInstruction(rnd=1, params=params_copy(model), hparams=hparams))
+    assert isinstance(update, ClientUpdate)
+    assert not {"head.weight", "head.bias"} & set(update.params)
+    assert "features.0.weight" in update.params
+    kept = {k[len(Extra.LOCAL) :] for k in site.state.tensors if k.startswith(Extra.LOCAL)}
+    assert kept == {"head.weight", "head.bias"}
+
+
+def test_cusfl_run_scores_every_site_with_its_own_head(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path / "c.toml", tiny_tables(strategy={"name": "cusfl"})))
+    run_experiment(config=config, out=tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["sites_failed"] == {} and len(line["per_site"]) == 4 for line in lines)
