@@ -26,12 +26,19 @@ from flmi.core.messages import (
     EvaluateInstruction,
     EvaluateReply,
     EvaluateResult,
+    HParamValue,
     TrainInstruction,
     TrainReply,
 )
 from flmi.core.params import Params, check_finite, check_same_schema
 from flmi.core.rng import generator
-from flmi.core.strategy import Personalised, SiteModels, StateRecord, Strategy
+from flmi.core.strategy import (
+    EvaluationSettings,
+    Personalised,
+    SiteModels,
+    StateRecord,
+    Strategy,
+)
 
 log = logging.getLogger("flmi.federation")
 
@@ -252,6 +259,7 @@ def evaluate_sites(
     split: Split,
     personal: bool = False,
     site_params: Callable[[str], Params] | None = None,
+    hparams: Mapping[str, HParamValue] | None = None,
 ) -> tuple[dict[str, EvaluateResult], dict[str, ClientError]]:
     """Ask every site to score a model on its own ``split``.
 
@@ -266,6 +274,7 @@ def evaluate_sites(
                 params=site_params(site) if site_params is not None else params,
                 split=split,
                 personal=personal,
+                hparams=hparams or {},
             )
             for site in runtime.site_names()
         }
@@ -325,6 +334,11 @@ def run_federation(
         params, first = resume.params, resume.completed_round + 1
     personal = isinstance(strategy, Personalised) and strategy.personalised
     per_site_models = strategy if isinstance(strategy, SiteModels) else None
+    eval_hparams: dict[str, HParamValue] = (
+        {k: v for k, v in strategy.evaluation_hparams.items() if isinstance(v, int | float | str)}
+        if isinstance(strategy, EvaluationSettings)
+        else {}
+    )
     history: list[RoundRecord] = []
     for rnd in range(first, plan.rounds + 1):
         started = time.perf_counter()
@@ -364,6 +378,7 @@ def run_federation(
                 split=Split.TEST,
                 personal=personal,
                 site_params=chosen,
+                hparams=eval_hparams,
             )
             val, _ = evaluate_sites(
                 runtime=evaluators,
@@ -372,6 +387,7 @@ def run_federation(
                 split=Split.VAL,
                 personal=personal,
                 site_params=chosen,
+                hparams=eval_hparams,
             )
             if evaluate_central is not None and not personal:
                 central = evaluate_central(params)

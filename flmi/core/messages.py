@@ -87,12 +87,15 @@ class EvaluateInstruction:
 
     With ``personal`` the site first puts back the tensors it keeps local
     (FedBN's normalisation layers, say), so it scores its own personalised model.
+    With ``hparams[finetune_epochs] > 0`` it first fine-tunes the weights on its
+    own training split with those settings (local fine-tuning after federation).
     """
 
     rnd: int
     params: Params
     split: str
     personal: bool = False
+    hparams: Mapping[str, HParamValue] = field(default_factory=dict)
 
     def payload_bytes(self) -> int:
         """Bytes of tensor payload this instruction carries."""

@@ -87,3 +87,13 @@ class SiteModels(Protocol):
     def site_params(self, state: Any, site: str) -> Params:
         """The weights ``site`` should be scored with under ``state``."""
         ...
+
+
+@runtime_checkable
+class EvaluationSettings(Protocol):
+    """A strategy whose sites do some local work before scoring (fine-tuning)."""
+
+    @property
+    def evaluation_hparams(self) -> Mapping[str, JSONValue]:
+        """Settings every :class:`EvaluateInstruction` carries."""
+        ...

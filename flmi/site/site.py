@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from flmi.core.errors import NonFiniteError, SchemaError
-from flmi.core.keys import ClientAlgorithm, Extra, KeepLocal, Personal, Split
+from flmi.core.keys import ClientAlgorithm, Extra, HParam, KeepLocal, Personal, Split
 from flmi.core.messages import (
     ClientError,
     ClientUpdate,
@@ -247,6 +247,32 @@ class Site:
             extras=extras,
         )
 
+    def _finetune(self, instruction: EvaluateInstruction, epochs: int) -> ClientError | None:
+        """Fine-tune the loaded weights on this site's training split before scoring them."""
+        settings = {
+            **instruction.hparams,
+            HParam.LOCAL_EPOCHS: epochs,
+            HParam.LOCAL_STEPS: 0,
+        }
+        settings.pop(HParam.FINETUNE_EPOCHS, None)
+        try:
+            training = LocalTraining.from_hparams(settings)
+            self._policy.check(training)
+        except HParamError as exc:
+            return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
+        generator = torch.Generator().manual_seed(
+            derive_seed(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="finetune")
+        )
+        self._task.fit(
+            model=self._model,
+            data=self._data.train,
+            training=training,
+            generator=generator,
+            device=self._device,
+        )
+        self._model.zero_grad(set_to_none=True)
+        return None
+
     def _choose_cluster(self, instruction: TrainInstruction) -> int:
         """IFCA: load the cluster model with the lowest loss on this site's training data."""
         models: dict[int, Params] = {}
@@ -331,6 +357,11 @@ class Site:
             if personal:
                 self._load(personal, where="personal model")
             self._restore_local()
+        epochs = int(instruction.hparams.get(HParam.FINETUNE_EPOCHS, 0))
+        if epochs > 0:
+            refused = self._finetune(instruction, epochs)
+            if refused is not None:
+                return refused
         metrics = self._task.evaluate(model=self._model, data=data, device=self._device)
         return EvaluateResult(
             site=self.name, split=instruction.split, num_examples=len(data), metrics=metrics

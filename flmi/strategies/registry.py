@@ -25,6 +25,7 @@ from flmi.strategies.fedopt import (
     MomentumOptions,
 )
 from flmi.strategies.fedprox import FedProx, ProxOptions
+from flmi.strategies.finetune import FineTune, FinetuneOptions
 from flmi.strategies.ifca import Ifca, IfcaOptions
 from flmi.strategies.options import Option, OptionValue, check_type, options_of
 from flmi.strategies.robust import (
@@ -183,6 +184,12 @@ STRATEGIES: Mapping[str, StrategySpec] = {
         summary="cusfl: federated feature extractor, a private head at every site (FedPer/FedRep)",
         options={},
         build=_fixed(lambda h: CustomHead(hparams=h)),
+        linear=True,
+    ),
+    "finetune": StrategySpec(
+        summary="FedAvg, then each site fine-tunes the model locally before it is scored",
+        options=options_of(FinetuneOptions),
+        build=lambda h, o, _c: FineTune(hparams=h, options=FinetuneOptions(**o)),
         linear=True,
     ),
     "fedavgm": StrategySpec(

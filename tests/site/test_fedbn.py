@@ -186,3 +186,30 @@ def test_cusfl_run_scores_every_site_with_its_own_head(tmp_path: Path) -> None:
     run_experiment(config=config, out=tmp_path / "run")
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(line["sites_failed"] == {} and len(line["per_site"]) == 4 for line in lines)
+
+
+def test_finetune_evaluation_adapts_a_copy_to_the_site_before_scoring() -> None:
+    model = _task().build_model(seed=1)
+    site = _site()
+    params = params_copy(model)
+    settings = {"lr": 0.05, "batch_size": 8, "finetune_epochs": 3}
+    tuned = site.evaluate(
+        EvaluateInstruction(rnd=1, params=params, split="train", hparams=settings)
+    )
+    again = site.evaluate(
+        EvaluateInstruction(rnd=1, params=params, split="train", hparams=settings)
+    )
+    plain = site.evaluate(EvaluateInstruction(rnd=1, params=params, split="train"))
+    assert isinstance(tuned, EvaluateResult) and isinstance(plain, EvaluateResult)
+    assert isinstance(again, EvaluateResult) and again.metrics == tuned.metrics  # seeded
+    assert tuned.metrics["loss"] < plain.metrics["loss"]  # fitted to the site's own data
+    np.testing.assert_array_equal(params["head.bias"], params_copy(model)["head.bias"])
+
+
+def test_finetune_run_scores_every_site_after_fine_tuning(tmp_path: Path) -> None:
+    tables = tiny_tables(strategy={"name": "finetune", "finetune_epochs": 2})
+    run_experiment(
+        config=load_config(write_config(tmp_path / "c.toml", tables)), out=tmp_path / "run"
+    )
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["sites_failed"] == {} and len(line["per_site"]) == 4 for line in lines)
