@@ -124,7 +124,8 @@ class SiteConfig:
     """``[sites.NAME]``: one site's own settings (simulation).
 
     The local-training keys override ``[federation]`` for this site alone
-    ("variable local training"); the fault keys make a simulated site
+    ("variable local training"); ``group`` names the site's modality or other
+    group (FedNorm keeps one normalisation branch per group); the fault keys make a simulated site
     misbehave, to show what robust aggregation and update checks are for.
     """
 
@@ -132,6 +133,7 @@ class SiteConfig:
     local_steps: int | None = None
     lr: float | None = None
     batch_size: int | None = None
+    group: str = ""
     fault: Literal["none", "label_flip", "noise", "scale", "nan", "inf"] = "none"
     fault_scale: float = 10.0
     fault_noise_std: float = 1.0
@@ -301,6 +303,11 @@ def training_hparams(config: Config) -> dict[str, HParamValue]:
     }
 
 
+def site_groups(config: Config) -> dict[str, str]:
+    """``{site: group}`` for the sites whose ``[sites.NAME]`` table names a group."""
+    return {name: s.group for name, s in sorted(config.sites.items()) if s.group}
+
+
 def check_config(c: Config) -> None:
     """Cross-field checks, each naming the key to change."""
     f, p, t, d = c.federation, c.partition, c.task, c.data
@@ -342,7 +349,7 @@ def check_config(c: Config) -> None:
         name=c.strategy.name,
         hparams=training_hparams(c),
         options=c.strategy.options,
-        context=BuildContext(num_sites=p.num_sites, seed=f.seed),
+        context=BuildContext(num_sites=p.num_sites, seed=f.seed, site_groups=site_groups(c)),
     )
     spec = STRATEGIES[c.strategy.name]
     needed = spec.min_updates(spec.resolve_options(c.strategy.options))

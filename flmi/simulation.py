@@ -19,7 +19,13 @@ import numpy as np
 import torch
 
 from flmi import __version__
-from flmi.config import Config, check_site_names, config_from_dict, training_hparams
+from flmi.config import (
+    Config,
+    check_site_names,
+    config_from_dict,
+    site_groups,
+    training_hparams,
+)
 from flmi.core.errors import ConfigError, RunDirError
 from flmi.core.federation import (
     FederationPlan,
@@ -416,7 +422,12 @@ def run_experiment(
         name=config.strategy.name,
         hparams=hparams,
         options=config.strategy.options,
-        context=BuildContext(num_sites=len(data.sites), seed=seed),
+        context=BuildContext(
+            num_sites=len(data.sites),
+            seed=seed,
+            site_groups=site_groups(config),
+            site_names=tuple(sorted(data.sites)),
+        ),
     )
     overrides = site_overrides(config)
     if overrides:

@@ -92,6 +92,7 @@ class KeepLocal(StrEnum):
     NONE = "none"
     NORM = "norm"
     HEAD = "head"
+    GROUP_NORM = "group_norm"
 
 
 class ClientAlgorithm(StrEnum):
@@ -110,3 +111,4 @@ class Extra(StrEnum):
     LOCAL = "local/"
     PERSONAL = "personal/"
     CLUSTER = "cluster/"
+    NORM = "norm/"

@@ -170,7 +170,7 @@ class Site:
         except SchemaError as exc:
             return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
         kept = self._kept_names(training.keep_local)
-        if kept:
+        if kept and training.keep_local != KeepLocal.GROUP_NORM:
             self._restore_local()
         generator = torch.Generator().manual_seed(
             derive_seed(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="train")
@@ -210,7 +210,11 @@ class Site:
         params = params_copy(self._model)
         extras: Params = {}
         tensors = {k: v for k, v in self.state.tensors.items() if not k.startswith(Extra.LOCAL)}
-        tensors.update({Extra.LOCAL + k: v for k, v in params.items() if k in kept})
+        if training.keep_local == KeepLocal.GROUP_NORM:
+            # FedNorm: normalisation tensors travel apart, to be averaged within the site's group.
+            extras.update({Extra.NORM + k: v for k, v in params.items() if k in kept})
+        else:
+            tensors.update({Extra.LOCAL + k: v for k, v in params.items() if k in kept})
         params = {k: v for k, v in params.items() if k not in kept}
         if training.personal == Personal.DITTO:
             try:
@@ -225,7 +229,7 @@ class Site:
             variates = scaffold.finish(
                 model=self._model, num_steps=result.num_steps, lr=training.lr
             )
-            extras = {Extra.SCAFFOLD_DELTA_C + k: v for k, v in variates.delta_c.items()}
+            extras.update({Extra.SCAFFOLD_DELTA_C + k: v for k, v in variates.delta_c.items()})
             tensors.update({Extra.SCAFFOLD_C + k: v for k, v in variates.site_c.items()})
         try:
             check_finite(params, where=f"site '{self.name}' update")
@@ -320,7 +324,7 @@ class Site:
 
     def _kept_names(self, keep_local: str) -> set[str]:
         """Names of the tensors this site keeps to itself under ``keep_local``."""
-        if keep_local == KeepLocal.NORM:
+        if keep_local in (KeepLocal.NORM, KeepLocal.GROUP_NORM):
             return normalisation_names(self._model)
         if keep_local == KeepLocal.HEAD:
             return head_names(self._model)

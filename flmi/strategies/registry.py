@@ -14,6 +14,7 @@ from flmi.strategies.cyclic import Cyclic, CyclicOptions
 from flmi.strategies.ditto import Ditto, DittoOptions
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.fedbn import FedBN, build_fedpxn
+from flmi.strategies.fednorm import FedNorm
 from flmi.strategies.fednova import FedNova
 from flmi.strategies.fedopt import (
     AdagradOptions,
@@ -50,10 +51,17 @@ class BuildContext:
         Sites in the federation (SCAFFOLD's ``N``).
     seed
         The run seed (the order in which cyclic training visits sites).
+    site_groups
+        ``{site: group}`` from ``[sites.NAME] group`` (FedNorm's modalities).
+    site_names
+        Every site's name, once the data is loaded (empty while only the
+        config is checked).
     """
 
     num_sites: int = 1
     seed: int = 0
+    site_groups: Mapping[str, str] = field(default_factory=dict)
+    site_names: tuple[str, ...] = ()
 
 
 Builder = Callable[[Mapping[str, HParamValue], Mapping[str, Any], BuildContext], Strategy[Any]]
@@ -190,6 +198,12 @@ STRATEGIES: Mapping[str, StrategySpec] = {
         summary="FedAvg, then each site fine-tunes the model locally before it is scored",
         options=options_of(FinetuneOptions),
         build=lambda h, o, _c: FineTune(hparams=h, options=FinetuneOptions(**o)),
+        linear=True,
+    ),
+    "fednorm": StrategySpec(
+        summary="FedNorm: normalisation layers averaged per modality group (Bernecker et al. 2022)",
+        options={},
+        build=lambda h, _o, c: FedNorm(hparams=h, groups=c.site_groups, sites=c.site_names),
         linear=True,
     ),
     "fedavgm": StrategySpec(

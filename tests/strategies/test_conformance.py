@@ -15,9 +15,10 @@ from flmi.strategies.registry import STRATEGIES, build_strategy
 from flmi.testing import check_strategy
 
 HPARAMS = {"lr": 0.1}
-# IFCA's updates must name the cluster the site chose (a client report the generic
-# suite cannot fake); tests/strategies/test_ifca.py checks the same properties for it.
-NEEDS_CLIENT_REPORT = {"ifca"}
+# IFCA's updates must name the cluster the site chose, and FedNorm needs every site's
+# group (client reports and config the generic suite cannot fake);
+# tests/strategies/test_ifca.py and test_fednorm.py check the same properties for them.
+NEEDS_CLIENT_REPORT = {"ifca", "fednorm"}
 # Every name with its defaults, plus variants whose options change the code path.
 CASES: list[tuple[str, dict[str, Any]]] = [
     (name, {}) for name in sorted(STRATEGIES) if name not in NEEDS_CLIENT_REPORT

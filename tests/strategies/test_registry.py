@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from flmi.core.errors import ConfigError
 from flmi.core.messages import ClientUpdate, UpdateKind
 from flmi.strategies.base import AggregatesUpdates
-from flmi.strategies.registry import STRATEGIES, build_strategy
+from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
 from tests.strategies.support import HPARAMS, params_of_shapes, update, zeros
 
 EXPECTED = {
@@ -26,6 +26,7 @@ EXPECTED = {
     "ifca",
     "cusfl",
     "finetune",
+    "fednorm",
     "fedavgm",
     "fedadam",
     "fedyogi",
@@ -44,6 +45,7 @@ LINEAR = {
     "fedpxn",
     "cusfl",
     "finetune",
+    "fednorm",
     "scaffold",
     "fedavgm",
     "fedadam",
@@ -57,9 +59,13 @@ def test_every_expected_strategy_is_registered() -> None:
     assert set(STRATEGIES) == EXPECTED
 
 
+# FedNorm needs every site's modality group; every site here is in one group.
+CONTEXT = BuildContext(site_groups={f"s{i}": "g" for i in range(10)})
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_each_strategy_builds_with_its_defaults_under_its_own_name(name: str) -> None:
-    strategy = build_strategy(name=name, hparams=HPARAMS, options={})
+    strategy = build_strategy(name=name, hparams=HPARAMS, options={}, context=CONTEXT)
     assert strategy.name == name
 
 
@@ -159,7 +165,7 @@ def test_krum_needs_2f_plus_3_updates_and_others_one() -> None:
 
 
 def _delta_aggregate(name: str, updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
-    strategy = build_strategy(name=name, hparams=HPARAMS, options={})
+    strategy = build_strategy(name=name, hparams=HPARAMS, options={}, context=CONTEXT)
     assert isinstance(strategy, AggregatesUpdates)
     return dict(strategy.aggregate_updates(1, strategy.init(zeros()), updates))
 
