@@ -32,15 +32,22 @@ class DataConfig:
     ``source = "heart_disease"`` reads the four UCI Heart Disease files from the
     folder ``path`` (Fed-Heart-Disease, one hospital per file, split with
     ``split_seed``; ``val_fraction`` of each training split is held out for
-    validation).
+    validation). ``source = "csv"`` reads a table whose ``site_column`` names
+    each row's site (a natural split), with ``label_column`` and numeric
+    ``feature_columns`` (default: every other column), each site split by
+    ``test_fraction`` and ``val_fraction``.
     """
 
-    source: Literal["medmnist", "synthetic", "heart_disease"] = "synthetic"
+    source: Literal["medmnist", "synthetic", "heart_disease", "csv"] = "synthetic"
     path: str = ""
     image_size: int = 28
     n_patients: int = 1600
     split_seed: int = 43
     val_fraction: float = 0.0
+    test_fraction: float = 0.2
+    label_column: str = ""
+    site_column: str = ""
+    feature_columns: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -204,6 +211,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+    elif origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, list):
+            return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     else:
         return value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -384,7 +395,17 @@ def check_config(c: Config) -> None:
     _require(
         0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"
     )
-    if d.source == "heart_disease":
+    _require(
+        0.0 < d.test_fraction < 1.0, f"data.test_fraction must be in (0, 1), got {d.test_fraction}"
+    )
+    if d.source == "csv":
+        for key in ("path", "label_column", "site_column"):
+            _require(bool(getattr(d, key)), f"data.{key} is required when data.source = 'csv'")
+        _require(
+            p.method == "natural",
+            "a CSV with a site column comes split already: set partition.method = 'natural'",
+        )
+    elif d.source == "heart_disease":
         _require(bool(d.path), "data.path is required when data.source = 'heart_disease'")
         _require(
             p.method == "natural" and p.num_sites == 4,

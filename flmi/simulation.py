@@ -45,6 +45,7 @@ from flmi.data.heart_disease import load_heart_disease
 from flmi.data.medmnist import load_medmnist_npz
 from flmi.data.partition import check_min_examples, partition, site_label_summary
 from flmi.data.synthetic import generate_hospitals, make_profiles
+from flmi.data.tabular import load_csv_sites
 from flmi.report.rundir import RunDir
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.site.faults import Fault, FaultSpec, FaultySite, flip_labels
@@ -74,6 +75,26 @@ def load_data(config: Config) -> FederatedData:
             alpha=p.alpha,
             min_examples_per_site=p.min_examples_per_site,
         )
+    if d.source == "csv":
+        data, _classes = load_csv_sites(
+            path=Path(d.path),
+            label_column=d.label_column,
+            site_column=d.site_column,
+            feature_columns=d.feature_columns,
+            split_seed=d.split_seed,
+            test_fraction=d.test_fraction,
+            val_fraction=d.val_fraction,
+        )
+        if len(data.sites) != p.num_sites:
+            raise ConfigError(
+                f"partition.num_sites = {p.num_sites}, but column '{d.site_column}' names "
+                f"{len(data.sites)} sites ({', '.join(data.sites)}); set partition.num_sites = "
+                f"{len(data.sites)}"
+            )
+        check_min_examples(
+            data=data, min_examples_per_site=p.min_examples_per_site, require_val=d.val_fraction > 0
+        )
+        return data
     if d.source == "heart_disease":
         data = load_heart_disease(
             directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction
