@@ -40,7 +40,7 @@ from flmi.site.hooks import (
     server_variate,
 )
 from flmi.site.state import SiteState
-from flmi.tasks.base import FitHooks, HParamError, LocalTraining, Task
+from flmi.tasks.base import FitHooks, FitResult, HParamError, LocalTraining, Task
 from flmi.tasks.torch_params import (
     float_entries,
     head_names,
@@ -172,9 +172,6 @@ class Site:
         kept = self._kept_names(training.keep_local)
         if kept and training.keep_local != KeepLocal.GROUP_NORM:
             self._restore_local()
-        generator = torch.Generator().manual_seed(
-            derive_seed(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="train")
-        )
         scaffold: ScaffoldCorrection | None = None
         hooks: list[FitHooks] = []
         if training.prox_mu > 0:
@@ -195,18 +192,12 @@ class Site:
             )
             hooks.append(scaffold.hooks())
         try:
-            result = self._task.fit(
-                model=self._model,
-                data=self._data.train,
-                training=training,
-                generator=generator,
-                device=self._device,
-                hooks=merge_hooks(hooks),
+            result = self._fit(
+                training, rnd=instruction.rnd, purpose="train", hooks=merge_hooks(hooks)
             )
         except Exception:  # a site reports failures as data, never as a crash of the loop
             log.exception("site %s: local training failed in round %d", self.name, instruction.rnd)
             return self._error(ErrorCode.TRAINING_FAILED, "local training failed; see the site log")
-        self._model.zero_grad(set_to_none=True)  # free gradient memory between rounds
         params = params_copy(self._model)
         extras: Params = {}
         tensors = {k: v for k, v in self.state.tensors.items() if not k.startswith(Extra.LOCAL)}
@@ -264,17 +255,7 @@ class Site:
             self._policy.check(training)
         except HParamError as exc:
             return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
-        generator = torch.Generator().manual_seed(
-            derive_seed(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="finetune")
-        )
-        self._task.fit(
-            model=self._model,
-            data=self._data.train,
-            training=training,
-            generator=generator,
-            device=self._device,
-        )
-        self._model.zero_grad(set_to_none=True)
+        self._fit(training, rnd=instruction.rnd, purpose="finetune", hooks=None)
         return None
 
     def _choose_cluster(self, instruction: TrainInstruction) -> int:
@@ -308,10 +289,17 @@ class Site:
         hooks = proximal_penalty(
             model=self._model, mu=training.ditto_lambda, anchor_params=instruction.params
         )
+        self._fit(training, rnd=instruction.rnd, purpose="personal", hooks=hooks)
+        return params_copy(self._model)
+
+    def _fit(
+        self, training: LocalTraining, *, rnd: int, purpose: str, hooks: FitHooks | None
+    ) -> FitResult:
+        """Train the working model on the site's training split, seeded per site and round."""
         generator = torch.Generator().manual_seed(
-            derive_seed(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="personal")
+            derive_seed(seed=self._seed, party=self.name, rnd=rnd, purpose=purpose)
         )
-        self._task.fit(
+        result = self._task.fit(
             model=self._model,
             data=self._data.train,
             training=training,
@@ -319,8 +307,8 @@ class Site:
             device=self._device,
             hooks=hooks,
         )
-        self._model.zero_grad(set_to_none=True)
-        return params_copy(self._model)
+        self._model.zero_grad(set_to_none=True)  # free gradient memory between uses
+        return result
 
     def _kept_names(self, keep_local: str) -> set[str]:
         """Names of the tensors this site keeps to itself under ``keep_local``."""
