@@ -127,6 +127,19 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """``[report]``: what the run directory reports beyond the metrics.
+
+    Every final test metric gets a percentile bootstrap 95 % interval from
+    ``bootstrap_resamples`` resamples of the patients (0: none), seeded by
+    ``bootstrap_seed``.
+    """
+
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """``[sites.NAME]``: one site's own settings (simulation).
 
@@ -157,6 +170,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     sites: dict[str, SiteConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -375,6 +389,10 @@ def check_config(c: Config) -> None:
             f"strategy '{c.strategy.name}' receives {spec.max_updates} update(s) a round; "
             f"set federation.min_sites = {spec.max_updates}",
         )
+    _require(
+        c.report.bootstrap_resamples >= 0,
+        f"report.bootstrap_resamples must not be negative, got {c.report.bootstrap_resamples}",
+    )
     b = c.baselines
     for key in ("pooled_lr", "pooled_batch_size", "pooled_epochs"):
         value = getattr(b, key)

@@ -33,13 +33,15 @@ from flmi.core.federation import (
     Metrics,
     ResumePoint,
     RoundRecord,
+    evaluate_strategy_sites,
+    is_personalised,
     mean_metrics,
     run_federation,
 )
-from flmi.core.keys import Arm, HParam, Record
+from flmi.core.keys import Arm, HParam, Record, Split
 from flmi.core.messages import HParamValue
 from flmi.core.params import Params
-from flmi.core.strategy import StateRecord
+from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.heart_disease import load_heart_disease
 from flmi.data.medmnist import load_medmnist_npz
@@ -151,6 +153,15 @@ class CentralEvaluator:
         load_params(self._model, params, where="central evaluation")
         return self._task.evaluate(model=self._model, data=self._data, device=self._device)
 
+    def confidence_intervals(
+        self, params: Params, *, resamples: int, seed: int
+    ) -> dict[str, tuple[float, float]]:
+        """Bootstrap intervals of ``params``'s metrics on the central test set."""
+        load_params(self._model, params, where="central evaluation")
+        return self._task.confidence_intervals(
+            model=self._model, data=self._data, device=self._device, resamples=resamples, seed=seed
+        )
+
 
 class _Observer:
     """Writes each round to the run directory and reports progress."""
@@ -184,11 +195,15 @@ class _Observer:
 
 @dataclass(frozen=True)
 class ArmResult:
-    """One arm's final-round metrics."""
+    """One arm's final-round metrics and their bootstrap intervals."""
 
     global_metrics: Metrics | None
     per_site: Mapping[str, Metrics]
     site_mean: Metrics
+    ci_global: Mapping[str, tuple[float, float]] | None = None
+    ci_per_site: Mapping[str, Mapping[str, tuple[float, float]]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 @dataclass(frozen=True)
@@ -373,12 +388,61 @@ def _json_metrics(metrics: Metrics | None) -> dict[str, float | None] | None:
     return {k: (None if np.isnan(v) else float(v)) for k, v in sorted(metrics.items())}
 
 
+def _json_intervals(
+    intervals: Mapping[str, tuple[float, float]] | None,
+) -> dict[str, list[float | None]] | None:
+    if intervals is None:
+        return None
+    return {
+        k: [None if np.isnan(v) else float(v) for v in pair]
+        for k, pair in sorted(intervals.items())
+    }
+
+
 def _arm_json(arm: ArmResult) -> dict[str, Any]:
     return {
         Record.GLOBAL: _json_metrics(arm.global_metrics),
         Record.PER_SITE: {s: _json_metrics(m) for s, m in sorted(arm.per_site.items())},
         Record.SITE_MEAN: _json_metrics(arm.site_mean),
+        Record.CI: {
+            Record.GLOBAL: _json_intervals(arm.ci_global),
+            Record.PER_SITE: {s: _json_intervals(c) for s, c in sorted(arm.ci_per_site.items())},
+        },
     }
+
+
+def _with_intervals(
+    arm: ArmResult,
+    *,
+    strategy: Strategy[Any],
+    result: FederationResult,
+    runtime: InProcessRuntime,
+    central: CentralEvaluator | None,
+    config: Config,
+) -> ArmResult:
+    """``arm`` with bootstrap 95 % intervals of its final model, per site and central."""
+    resamples, seed = config.report.bootstrap_resamples, config.report.bootstrap_seed
+    if resamples < 1:
+        return arm
+    state = strategy.state_from_record(result.state)
+    sites, _ = evaluate_strategy_sites(
+        strategy=strategy,
+        state=state,
+        runtime=runtime,
+        params=result.params,
+        rnd=config.federation.rounds,
+        split=Split.TEST,
+        ci_resamples=resamples,
+        ci_seed=seed,
+    )
+    central_ci = (
+        central.confidence_intervals(result.params, resamples=resamples, seed=seed)
+        if central is not None and not is_personalised(strategy)
+        else None
+    )
+    return dataclasses.replace(
+        arm, ci_global=central_ci, ci_per_site={s: r.ci for s, r in sites.items()}
+    )
 
 
 def _sites_json(data: FederatedData) -> dict[str, Any]:
@@ -513,7 +577,16 @@ def run_experiment(
     history = list(federated.history)
     if not history and run is not None:  # resumed after the last round: nothing left to run
         history = [_record_from_line(run.metrics_lines()[-1])]
-    arms: dict[str, ArmResult] = {Arm.FEDERATED: _final(history)}
+    arms: dict[str, ArmResult] = {
+        Arm.FEDERATED: _with_intervals(
+            _final(history),
+            strategy=strategy,
+            result=federated,
+            runtime=sites_runtime,
+            central=central,
+            config=config,
+        )
+    }
     single = dataclasses.replace(plan, fraction=1.0, min_sites=1)
     if config.baselines.pooled:
         pooled_hparams, pooled_plan = pooled_recipe(config, hparams, single)
@@ -525,8 +598,9 @@ def run_experiment(
             device=device,
             model=workspace,
         )
+        pooled_strategy = FedAvg(hparams=pooled_hparams)
         pooled = run_federation(
-            strategy=FedAvg(hparams=pooled_hparams),
+            strategy=pooled_strategy,
             runtime=InProcessRuntime(sites=[pooled_site]),
             initial_params=initial,
             plan=pooled_plan,
@@ -542,10 +616,18 @@ def run_experiment(
             evaluate_central=central,
             count_bytes=False,
         )
-        arms[Arm.POOLED] = _final(pooled.history)
+        arms[Arm.POOLED] = _with_intervals(
+            _final(pooled.history),
+            strategy=pooled_strategy,
+            result=pooled,
+            runtime=sites_runtime,
+            central=central,
+            config=config,
+        )
     if config.baselines.local:
         local_runs: dict[str, FederationResult] = {}
-        for site in make_sites():
+        local_sites = make_sites()
+        for site in local_sites:
             local_runs[site.name] = run_federation(
                 strategy=FedAvg(hparams=hparams),
                 runtime=InProcessRuntime(sites=[site]),
@@ -568,7 +650,20 @@ def run_experiment(
         )
         for record in merged:
             observer.on_round(record, {}, StateRecord(tensors={}))
-        arms[Arm.LOCAL] = _final(merged)
+        local_ci: dict[str, Mapping[str, tuple[float, float]]] = {}
+        for site in local_sites:
+            one = _with_intervals(
+                _final(merged),
+                strategy=FedAvg(hparams=hparams),
+                result=local_runs[site.name],
+                runtime=InProcessRuntime(sites=[site]),
+                central=None,
+                config=config,
+            )
+            local_ci.update(one.ci_per_site)
+        # Each local model is scored on its own site; there is no one local model to
+        # give a central interval for.
+        arms[Arm.LOCAL] = dataclasses.replace(_final(merged), ci_per_site=local_ci)
     summary: dict[str, Any] = {
         Record.ARMS: {arm: _arm_json(result) for arm, result in arms.items()},
         Record.ROUNDS: f.rounds,

@@ -35,6 +35,7 @@ def tiny_tables(**sections: dict[str, Any]) -> dict[str, Any]:
         },
         "baselines": {"pooled": False, "local": False},
         "runtime": {"device": "cpu", "torch_threads": 1},
+        "report": {"bootstrap_resamples": 20},
     }
     for name, values in sections.items():
         tables.setdefault(name, {}).update(values)

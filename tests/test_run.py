@@ -60,8 +60,13 @@ def test_run_writes_every_record_of_every_arm(tmp_path: Path) -> None:
     summary = _summary(out)
     assert set(summary["arms"]) == {"federated", "pooled", "local"}
     for arm in summary["arms"].values():
-        assert set(arm) == {"global", "per_site", "site_mean"}
+        assert set(arm) == {"global", "per_site", "site_mean", "ci"}
         assert set(arm["site_mean"]) == METRIC_KEYS
+        assert sorted(arm["ci"]["per_site"]) == sorted(arm["per_site"])
+    federated = summary["arms"]["federated"]
+    low, high = federated["ci"]["global"]["accuracy"]
+    assert low <= federated["global"]["accuracy"] <= high  # values stay plain numbers
+    assert summary["arms"]["local"]["ci"]["global"] is None
     assert summary["rounds"] == 2 and summary["seed"] == 0 and summary["torch_threads"] == 1
     assert {"flmi", "torch", "numpy", "monai"} <= set(summary["versions"])
     site = summary["sites"]["hospital_1"]

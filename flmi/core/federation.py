@@ -260,6 +260,8 @@ def evaluate_sites(
     personal: bool = False,
     site_params: Callable[[str], Params] | None = None,
     hparams: Mapping[str, HParamValue] | None = None,
+    ci_resamples: int = 0,
+    ci_seed: int = 0,
 ) -> tuple[dict[str, EvaluateResult], dict[str, ClientError]]:
     """Ask every site to score a model on its own ``split``.
 
@@ -275,6 +277,8 @@ def evaluate_sites(
                 split=split,
                 personal=personal,
                 hparams=hparams or {},
+                ci_resamples=ci_resamples,
+                ci_seed=ci_seed,
             )
             for site in runtime.site_names()
         }
@@ -284,6 +288,50 @@ def evaluate_sites(
     for site, err in sorted(errors.items()):
         log.warning("site %s could not evaluate: %s (%s)", site, err.code, err.message)
     return results, errors
+
+
+def is_personalised(strategy: object) -> bool:
+    """Whether ``strategy`` scores each site with its own model (and has no central score)."""
+    return isinstance(strategy, Personalised) and strategy.personalised
+
+
+def evaluate_strategy_sites(
+    *,
+    strategy: Strategy[Any],
+    state: Any,
+    runtime: Runtime,
+    params: Params,
+    rnd: int,
+    split: Split,
+    ci_resamples: int = 0,
+    ci_seed: int = 0,
+) -> tuple[dict[str, EvaluateResult], dict[str, ClientError]]:
+    """Score every site the way ``strategy`` defines its models.
+
+    Personalised strategies have each site restore what it keeps to itself,
+    strategies with one model per site or group send each site its own
+    (:class:`SiteModels`), and strategies with evaluation settings (local
+    fine-tuning) send those along.
+    """
+    models = (
+        functools.partial(strategy.site_params, state) if isinstance(strategy, SiteModels) else None
+    )
+    settings: dict[str, HParamValue] = (
+        {k: v for k, v in strategy.evaluation_hparams.items() if isinstance(v, int | float | str)}
+        if isinstance(strategy, EvaluationSettings)
+        else {}
+    )
+    return evaluate_sites(
+        runtime=runtime,
+        params=params,
+        rnd=rnd,
+        split=split,
+        personal=is_personalised(strategy),
+        site_params=models,
+        hparams=settings,
+        ci_resamples=ci_resamples,
+        ci_seed=ci_seed,
+    )
 
 
 def run_federation(
@@ -332,13 +380,7 @@ def run_federation(
         check_same_schema(expected=initial_params, actual=resume.params, where="checkpoint")
         state = strategy.state_from_record(resume.state)
         params, first = resume.params, resume.completed_round + 1
-    personal = isinstance(strategy, Personalised) and strategy.personalised
-    per_site_models = strategy if isinstance(strategy, SiteModels) else None
-    eval_hparams: dict[str, HParamValue] = (
-        {k: v for k, v in strategy.evaluation_hparams.items() if isinstance(v, int | float | str)}
-        if isinstance(strategy, EvaluationSettings)
-        else {}
-    )
+    personal = is_personalised(strategy)
     history: list[RoundRecord] = []
     for rnd in range(first, plan.rounds + 1):
         started = time.perf_counter()
@@ -366,28 +408,21 @@ def run_federation(
         val: dict[str, EvaluateResult] = {}
         central: Metrics | None = None
         if rnd % plan.eval_every == 0 or rnd == plan.rounds:
-            chosen = (
-                functools.partial(per_site_models.site_params, state)
-                if per_site_models is not None
-                else None
-            )
-            per_site, _ = evaluate_sites(
+            per_site, _ = evaluate_strategy_sites(
+                strategy=strategy,
+                state=state,
                 runtime=evaluators,
                 params=params,
                 rnd=rnd,
                 split=Split.TEST,
-                personal=personal,
-                site_params=chosen,
-                hparams=eval_hparams,
             )
-            val, _ = evaluate_sites(
+            val, _ = evaluate_strategy_sites(
+                strategy=strategy,
+                state=state,
                 runtime=evaluators,
                 params=params,
                 rnd=rnd,
                 split=Split.VAL,
-                personal=personal,
-                site_params=chosen,
-                hparams=eval_hparams,
             )
             if evaluate_central is not None and not personal:
                 central = evaluate_central(params)

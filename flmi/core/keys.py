@@ -51,6 +51,7 @@ class Record(StrEnum):
     SITES_SAMPLED = "sites_sampled"
     SITES_FAILED = "sites_failed"
     STRATEGY = "strategy"
+    CI = "ci"
     ARMS = "arms"
     ROUNDS = "rounds"
     SEED = "seed"

@@ -89,6 +89,7 @@ class EvaluateInstruction:
     (FedBN's normalisation layers, say), so it scores its own personalised model.
     With ``hparams[finetune_epochs] > 0`` it first fine-tunes the weights on its
     own training split with those settings (local fine-tuning after federation).
+    With ``ci_resamples > 0`` it also returns bootstrap 95 % intervals.
     """
 
     rnd: int
@@ -96,6 +97,8 @@ class EvaluateInstruction:
     split: str
     personal: bool = False
     hparams: Mapping[str, HParamValue] = field(default_factory=dict)
+    ci_resamples: int = 0
+    ci_seed: int = 0
 
     def payload_bytes(self) -> int:
         """Bytes of tensor payload this instruction carries."""
@@ -110,6 +113,7 @@ class EvaluateResult:
     split: str
     num_examples: int
     metrics: Mapping[str, float]
+    ci: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -355,6 +355,19 @@ class Site:
             if refused is not None:
                 return refused
         metrics = self._task.evaluate(model=self._model, data=data, device=self._device)
+        ci = self._task.confidence_intervals(
+            model=self._model,
+            data=data,
+            device=self._device,
+            resamples=instruction.ci_resamples,
+            seed=derive_seed(
+                seed=instruction.ci_seed, party=self.name, rnd=instruction.rnd, purpose="ci"
+            ),
+        )
         return EvaluateResult(
-            site=self.name, split=instruction.split, num_examples=len(data), metrics=metrics
+            site=self.name,
+            split=instruction.split,
+            num_examples=len(data),
+            metrics=metrics,
+            ci=ci,
         )

@@ -203,6 +203,18 @@ class Task(Protocol):
         """Aggregate metrics of ``model`` on ``data``."""
         ...
 
+    def confidence_intervals(
+        self,
+        *,
+        model: torch.nn.Module,
+        data: ArraySplit,
+        device: torch.device,
+        resamples: int,
+        seed: int,
+    ) -> dict[str, tuple[float, float]]:
+        """Bootstrap 95 % intervals of :meth:`evaluate`'s metrics on ``data``."""
+        ...
+
     def check_labels(self, *, data: ArraySplit, where: str) -> None:
         """Raise :class:`flmi.core.errors.LabelError` if a label lies outside the task."""
         ...

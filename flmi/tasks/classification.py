@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import Metric
 from flmi.data.arrays import ArraySplit
+from flmi.report.bootstrap import bootstrap_ci
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.loop import train_local
@@ -179,6 +180,33 @@ class ClassificationTask:
         ]
         out = torch.cat(logits) if logits else torch.zeros(0, self._outputs)
         return self._probs(out).numpy(), out
+
+    def confidence_intervals(
+        self,
+        *,
+        model: torch.nn.Module,
+        data: ArraySplit,
+        device: torch.device,
+        resamples: int,
+        seed: int,
+    ) -> dict[str, tuple[float, float]]:
+        """Percentile bootstrap 95 % intervals of every metric, resampling patients."""
+        if len(data) == 0 or resamples < 1:
+            return {}
+        probs, _ = self.predict_proba(model=model, x=data.x, device=device)
+
+        def metrics(labels: np.ndarray, p: np.ndarray) -> dict[str, float]:
+            picked = np.clip(p[np.arange(labels.shape[0]), labels], 1e-12, 1.0)
+            return classification_metrics(
+                labels=labels,
+                probs=p,
+                loss=float(-np.log(picked).mean()),
+                positive_label=self.positive_label,
+            )
+
+        return bootstrap_ci(
+            labels=data.y, scores=probs, metrics=metrics, resamples=resamples, seed=seed
+        )
 
     def evaluate(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
