@@ -62,7 +62,7 @@ def show_round(record: RoundRecord, rounds: int) -> None:
 
 def show_summary(arms: dict[str, object]) -> None:
     """A table of every arm: central test, each site's own test split, and site_mean."""
-    from flmi.simulation import ArmResult
+    from flmi.report.summary import ArmResult
 
     table = Table(title="Final-round test metrics")
     table.add_column("arm")

@@ -8,30 +8,23 @@ This wires the pieces together; the federation loop itself lives in
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from flmi import __version__
 from flmi.config import (
     Config,
     check_site_names,
-    config_from_dict,
     site_groups,
     training_hparams,
 )
-from flmi.core.errors import ConfigError, RunDirError
 from flmi.core.federation import (
     FederationPlan,
     FederationResult,
-    Metrics,
-    ResumePoint,
     RoundRecord,
     evaluate_strategy_sites,
     is_personalised,
@@ -43,12 +36,10 @@ from flmi.core.messages import HParamValue
 from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
-from flmi.data.heart_disease import load_heart_disease
-from flmi.data.medmnist import load_medmnist_npz
-from flmi.data.partition import check_min_examples, partition, site_label_summary
-from flmi.data.synthetic import generate_hospitals, make_profiles
-from flmi.data.tabular import load_csv_sites
+from flmi.data.sources import load_data
+from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
+from flmi.report.summary import ArmResult, arm_json, sites_json, versions
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.site.faults import Fault, FaultSpec, FaultySite, flip_labels
 from flmi.site.site import Site
@@ -60,57 +51,6 @@ from flmi.tasks.device import resolve_device
 from flmi.tasks.torch_params import load_params, params_copy
 
 ProgressFn = Callable[[RoundRecord, int], None]
-
-
-def load_data(config: Config) -> FederatedData:
-    """Load or generate the data and split it into sites, checking every site's size."""
-    d, p, seed = config.data, config.partition, config.federation.seed
-    if d.source == "medmnist":
-        splits = load_medmnist_npz(path=Path(d.path))
-        return partition(
-            train=splits.train,
-            val=splits.val,
-            test=splits.test,
-            method=p.method,
-            num_sites=p.num_sites,
-            seed=seed,
-            alpha=p.alpha,
-            min_examples_per_site=p.min_examples_per_site,
-        )
-    if d.source == "csv":
-        data, _classes = load_csv_sites(
-            path=Path(d.path),
-            label_column=d.label_column,
-            site_column=d.site_column,
-            feature_columns=d.feature_columns,
-            split_seed=d.split_seed,
-            test_fraction=d.test_fraction,
-            val_fraction=d.val_fraction,
-        )
-        if len(data.sites) != p.num_sites:
-            raise ConfigError(
-                f"partition.num_sites = {p.num_sites}, but column '{d.site_column}' names "
-                f"{len(data.sites)} sites ({', '.join(data.sites)}); set partition.num_sites = "
-                f"{len(data.sites)}"
-            )
-        check_min_examples(
-            data=data, min_examples_per_site=p.min_examples_per_site, require_val=d.val_fraction > 0
-        )
-        return data
-    if d.source == "heart_disease":
-        data = load_heart_disease(
-            directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction
-        )
-        check_min_examples(
-            data=data,
-            min_examples_per_site=p.min_examples_per_site,
-            require_val=d.val_fraction > 0,
-        )
-        return data
-    profiles = make_profiles(num_sites=p.num_sites, seed=seed, n_patients_total=d.n_patients)
-    data = generate_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
-    check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
-    return data
 
 
 def build_task(config: Config, data: FederatedData) -> ClassificationTask:
@@ -194,19 +134,6 @@ class _Observer:
 
 
 @dataclass(frozen=True)
-class ArmResult:
-    """One arm's final-round metrics and their bootstrap intervals."""
-
-    global_metrics: Metrics | None
-    per_site: Mapping[str, Metrics]
-    site_mean: Metrics
-    ci_global: Mapping[str, tuple[float, float]] | None = None
-    ci_per_site: Mapping[str, Mapping[str, tuple[float, float]]] = dataclasses.field(
-        default_factory=dict
-    )
-
-
-@dataclass(frozen=True)
 class RunResult:
     """What a simulated run produced."""
 
@@ -260,63 +187,6 @@ def _merge_local(
     return merged
 
 
-def _open_run(
-    *, config: Config, out: Path | None, resume: bool
-) -> tuple[RunDir | None, ResumePoint | None]:
-    """Create the run directory, or reopen it to resume after its last checkpoint."""
-    if out is None:
-        if resume:
-            raise RunDirError("--resume needs --out: the run directory to continue")
-        return None, None
-    if not resume:
-        run = RunDir.create(path=out)
-        run.write_config(config.to_dict())
-        return run, None
-    run = RunDir.open_for_resume(path=out)
-    snapshot = config_from_dict(run.read_config())
-    if snapshot != config:
-        theirs, ours = snapshot.to_dict(), config.to_dict()
-        differing = sorted(
-            f"{table}.{key}"
-            for table in set(theirs) | set(ours)
-            for key in set(theirs.get(table, {})) | set(ours.get(table, {}))
-            if theirs.get(table, {}).get(key) != ours.get(table, {}).get(key)
-        )
-        raise ConfigError(
-            f"--resume: the config differs from the run's snapshot at {', '.join(differing)}; "
-            f"resume with {out / 'config.toml'} or start a new run"
-        )
-    checkpoint = run.latest_checkpoint(arm=Arm.FEDERATED)
-    if checkpoint is None:
-        run.keep_metrics(arm=Arm.FEDERATED, up_to_round=0)
-        return run, None
-    completed, params, state = checkpoint
-    run.keep_metrics(arm=Arm.FEDERATED, up_to_round=completed)
-    return run, ResumePoint(completed_round=completed, params=params, state=state)
-
-
-def _record_from_line(line: Mapping[str, Any]) -> RoundRecord:
-    """A round record read back from ``metrics.jsonl`` (null metrics become NaN)."""
-
-    def metrics(values: Mapping[str, float | None] | None) -> dict[str, float]:
-        return {k: float("nan") if v is None else float(v) for k, v in (values or {}).items()}
-
-    return RoundRecord(
-        rnd=int(line["round"]),
-        arm=str(line["arm"]),
-        global_metrics=metrics(line["global"]) if line["global"] is not None else None,
-        per_site={s: metrics(m) for s, m in line["per_site"].items()},
-        site_mean=metrics(line["site_mean"]),
-        val=metrics(line["val"]),
-        wall_s=float(line["wall_s"]),
-        bytes_down=int(line["bytes_down"]),
-        bytes_up=int(line["bytes_up"]),
-        sites_sampled=list(line["sites_sampled"]),
-        sites_failed=dict(line["sites_failed"]),
-        strategy=dict(line.get("strategy", {})),
-    )
-
-
 def pooled_recipe(
     config: Config, hparams: Mapping[str, HParamValue], plan: FederationPlan
 ) -> tuple[dict[str, HParamValue], FederationPlan]:
@@ -367,50 +237,6 @@ def fault_of(config: Config, site: str) -> FaultSpec:
     )
 
 
-def versions() -> dict[str, str]:
-    """Versions of everything that shapes the numbers."""
-    import monai
-    import safetensors
-
-    return {
-        "flmi": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "safetensors": safetensors.__version__,
-    }
-
-
-def _json_metrics(metrics: Metrics | None) -> dict[str, float | None] | None:
-    if metrics is None:
-        return None
-    return {k: (None if np.isnan(v) else float(v)) for k, v in sorted(metrics.items())}
-
-
-def _json_intervals(
-    intervals: Mapping[str, tuple[float, float]] | None,
-) -> dict[str, list[float | None]] | None:
-    if intervals is None:
-        return None
-    return {
-        k: [None if np.isnan(v) else float(v) for v in pair]
-        for k, pair in sorted(intervals.items())
-    }
-
-
-def _arm_json(arm: ArmResult) -> dict[str, Any]:
-    return {
-        Record.GLOBAL: _json_metrics(arm.global_metrics),
-        Record.PER_SITE: {s: _json_metrics(m) for s, m in sorted(arm.per_site.items())},
-        Record.SITE_MEAN: _json_metrics(arm.site_mean),
-        Record.CI: {
-            Record.GLOBAL: _json_intervals(arm.ci_global),
-            Record.PER_SITE: {s: _json_intervals(c) for s, c in sorted(arm.ci_per_site.items())},
-        },
-    }
-
-
 def _with_intervals(
     arm: ArmResult,
     *,
@@ -443,21 +269,6 @@ def _with_intervals(
     return dataclasses.replace(
         arm, ci_global=central_ci, ci_per_site={s: r.ci for s, r in sites.items()}
     )
-
-
-def _sites_json(data: FederatedData) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for site, info in site_label_summary(data=data).items():
-        by_split = info["label_counts"]
-        assert isinstance(by_split, dict)
-        out[site] = {
-            Record.N_TRAIN: info["n_train"],
-            "n_val": info["n_val"],
-            "n_test": info["n_test"],
-            Record.LABEL_COUNTS: by_split["train"],
-            "label_counts_by_split": by_split,
-        }
-    return out
 
 
 def _pooled_splits(data: FederatedData) -> SiteSplits:
@@ -517,7 +328,7 @@ def run_experiment(
     overrides = site_overrides(config)
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
-    run, resume_point = _open_run(config=config, out=out, resume=resume)
+    run, resume_point = open_run(config=config, out=out, resume=resume)
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
 
@@ -576,7 +387,7 @@ def run_experiment(
     )
     history = list(federated.history)
     if not history and run is not None:  # resumed after the last round: nothing left to run
-        history = [_record_from_line(run.metrics_lines()[-1])]
+        history = [record_from_line(run.metrics_lines()[-1])]
     arms: dict[str, ArmResult] = {
         Arm.FEDERATED: _with_intervals(
             _final(history),
@@ -665,7 +476,7 @@ def run_experiment(
         # give a central interval for.
         arms[Arm.LOCAL] = dataclasses.replace(_final(merged), ci_per_site=local_ci)
     summary: dict[str, Any] = {
-        Record.ARMS: {arm: _arm_json(result) for arm, result in arms.items()},
+        Record.ARMS: {arm: arm_json(result) for arm, result in arms.items()},
         Record.ROUNDS: f.rounds,
         Record.WALL_S: round(time.perf_counter() - started, 3),
         Record.SEED: seed,
@@ -673,7 +484,7 @@ def run_experiment(
         "device": str(device),
         "strategy": strategy.name,
         Record.VERSIONS: versions(),
-        Record.SITES: _sites_json(data),
+        Record.SITES: sites_json(data),
     }
     if run is not None:
         run.write_model(

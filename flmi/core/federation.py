@@ -120,10 +120,10 @@ class RoundRecord:
         return {
             Record.ROUND: self.rnd,
             Record.ARM: self.arm,
-            Record.GLOBAL: _json_metrics(self.global_metrics),
-            Record.PER_SITE: {s: _json_metrics(m) for s, m in sorted(self.per_site.items())},
-            Record.SITE_MEAN: _json_metrics(self.site_mean),
-            Record.VAL: _json_metrics(self.val),
+            Record.GLOBAL: json_metrics(self.global_metrics),
+            Record.PER_SITE: {s: json_metrics(m) for s, m in sorted(self.per_site.items())},
+            Record.SITE_MEAN: json_metrics(self.site_mean),
+            Record.VAL: json_metrics(self.val),
             Record.WALL_S: round(self.wall_s, 6),
             Record.BYTES_DOWN: self.bytes_down,
             Record.BYTES_UP: self.bytes_up,
@@ -133,7 +133,8 @@ class RoundRecord:
         }
 
 
-def _json_metrics(metrics: Metrics | None) -> dict[str, float | None] | None:
+def json_metrics(metrics: Metrics | None) -> dict[str, float | None] | None:
+    """Metrics ready for JSON: sorted, NaN written as ``None``."""
     if metrics is None:
         return None
     return {k: (None if math.isnan(v) else float(v)) for k, v in sorted(metrics.items())}

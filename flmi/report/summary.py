@@ -1,0 +1,81 @@
+"""What ``summary.json`` holds: final numbers per arm, their intervals, sites, versions."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from flmi import __version__
+from flmi.core.federation import Metrics, json_metrics
+from flmi.core.keys import Record
+from flmi.data.arrays import FederatedData
+from flmi.data.partition import site_label_summary
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One arm's final-round metrics and their bootstrap intervals."""
+
+    global_metrics: Metrics | None
+    per_site: Mapping[str, Metrics]
+    site_mean: Metrics
+    ci_global: Mapping[str, tuple[float, float]] | None = None
+    ci_per_site: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that shapes the numbers."""
+    import monai
+    import safetensors
+
+    return {
+        "flmi": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def json_intervals(
+    intervals: Mapping[str, tuple[float, float]] | None,
+) -> dict[str, list[float | None]] | None:
+    if intervals is None:
+        return None
+    return {
+        k: [None if np.isnan(v) else float(v) for v in pair]
+        for k, pair in sorted(intervals.items())
+    }
+
+
+def arm_json(arm: ArmResult) -> dict[str, Any]:
+    return {
+        Record.GLOBAL: json_metrics(arm.global_metrics),
+        Record.PER_SITE: {s: json_metrics(m) for s, m in sorted(arm.per_site.items())},
+        Record.SITE_MEAN: json_metrics(arm.site_mean),
+        Record.CI: {
+            Record.GLOBAL: json_intervals(arm.ci_global),
+            Record.PER_SITE: {s: json_intervals(c) for s, c in sorted(arm.ci_per_site.items())},
+        },
+    }
+
+
+def sites_json(data: FederatedData) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for site, info in site_label_summary(data=data).items():
+        by_split = info["label_counts"]
+        assert isinstance(by_split, dict)
+        out[site] = {
+            Record.N_TRAIN: info["n_train"],
+            "n_val": info["n_val"],
+            "n_test": info["n_test"],
+            Record.LABEL_COUNTS: by_split["train"],
+            "label_counts_by_split": by_split,
+        }
+    return out
