@@ -381,7 +381,8 @@ def check_config(c: Config) -> None:
     _require(
         f.min_sites >= needed,
         f"strategy '{c.strategy.name}' needs at least {needed} updates a round with these "
-        f"options; raise federation.min_sites to {needed} (or change the strategy's options)",
+        f"options; raise federation.min_sites to {needed} if the federation has that many "
+        "sites, or change the strategy's options (for krum, lower strategy.num_byzantine)",
     )
     if spec.max_updates is not None:
         _require(

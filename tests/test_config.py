@@ -113,8 +113,11 @@ def test_relative_data_path_is_resolved_from_the_config_folder(tmp_path: Path) -
     assert config.data.path == str((tmp_path / "sub" / "file.npz").resolve())
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "breastmnist.toml"])
-def test_shipped_examples_are_valid_configs(name: str) -> None:
+EXAMPLES = sorted(p.relative_to(REPO / "examples") for p in (REPO / "examples").rglob("*.toml"))
+
+
+@pytest.mark.parametrize("name", EXAMPLES, ids=[str(n) for n in EXAMPLES])
+def test_shipped_examples_are_valid_configs(name: Path) -> None:
     load_config(REPO / "examples" / name)
 
 

@@ -134,10 +134,10 @@ class RoundRecord:
 
 
 def json_metrics(metrics: Metrics | None) -> dict[str, float | None] | None:
-    """Metrics ready for JSON: sorted, NaN written as ``None``."""
+    """Metrics ready for JSON: sorted, NaN and infinities written as ``None``."""
     if metrics is None:
         return None
-    return {k: (None if math.isnan(v) else float(v)) for k, v in sorted(metrics.items())}
+    return {k: (float(v) if math.isfinite(v) else None) for k, v in sorted(metrics.items())}
 
 
 class RoundObserver(Protocol):

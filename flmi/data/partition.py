@@ -184,9 +184,6 @@ def check_min_examples(
     require_val
         Whether an empty validation split is an error (``False`` for protocols
         without one, such as FLamby's Fed-Heart-Disease).
-    require_val
-        Whether an empty validation split is an error (``False`` for protocols
-        without one, such as FLamby's Fed-Heart-Disease).
 
     Raises
     ------

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from flmi.core.errors import ConfigError
+from flmi.core.keys import HParam
 from flmi.core.messages import HParamValue, UpdateKind
 from flmi.core.params import Params
 from flmi.strategies.base import (
@@ -89,6 +91,12 @@ class FedNova(ComposedStrategy[NoState]):
     """
 
     def __init__(self, *, hparams: Mapping[str, HParamValue]) -> None:
+        optimizer = hparams.get(HParam.OPTIMIZER, "sgd")
+        if optimizer != "sgd" or float(hparams.get(HParam.MOMENTUM, 0.0)):
+            raise ConfigError(
+                "strategy 'fednova' normalises by plain SGD steps: set federation.optimizer = "
+                "'sgd' and federation.momentum = 0"
+            )
         super().__init__(
             name="fednova", hparams=hparams, aggregator=NormalizedAveraging(), rule=Replace()
         )

@@ -62,3 +62,16 @@ def test_fedprox_sends_mu_to_every_site() -> None:
 def test_negative_mu_is_a_config_error_naming_the_key() -> None:
     with pytest.raises(ConfigError, match="strategy.mu"):
         config_from_dict({"strategy": {"name": "fedprox", "mu": -1.0}})
+
+
+@pytest.mark.parametrize("local", [{"optimizer": "adam"}, {"momentum": 0.9}])
+def test_fednova_with_anything_but_plain_sgd_is_a_config_error(local: dict) -> None:
+    with pytest.raises(ConfigError, match="fednova.*federation.momentum = 0"):
+        config_from_dict(
+            {"strategy": {"name": "fednova"}, "federation": {"momentum": 0.0, **local}}
+        )
+
+
+def test_krum_error_says_how_to_fit_a_small_federation() -> None:
+    with pytest.raises(ConfigError, match="lower strategy.num_byzantine"):
+        config_from_dict({"strategy": {"name": "krum"}, "federation": {"min_sites": 2}})
