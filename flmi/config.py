@@ -52,12 +52,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    """``[partition]``: how examples are split into sites."""
+    """``[partition]``: how examples are split into sites.
+
+    ``seed`` fixes the partition (and the generated hospitals) apart from
+    training; unset, ``federation.seed`` sets both, so seeds then vary the data
+    and the training together.
+    """
 
     method: Literal["iid", "dirichlet", "quantity", "natural"] = "natural"
     num_sites: int = 4
     alpha: float = 0.5
     min_examples_per_site: int = 1
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,8 @@ class Config:
         out = dataclasses.asdict(self)
         options = out["strategy"].pop("options")
         out["strategy"].update(options)
-        out["baselines"] = {k: v for k, v in out["baselines"].items() if v is not None}
+        for table in ("baselines", "partition"):
+            out[table] = {k: v for k, v in out[table].items() if v is not None}
         out["sites"] = {
             name: {k: v for k, v in table.items() if v is not None}
             for name, table in out["sites"].items()

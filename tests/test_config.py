@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flmi.config import Config, apply_overrides, config_from_dict, load_config
 from flmi.core.errors import ConfigError
+from flmi.data.sources import load_data
 from tests.conftest import REPO, tiny_tables, write_config
 
 
@@ -128,3 +130,23 @@ def test_config_round_trips_through_its_snapshot(tmp_path: Path, tiny_config: Pa
     snapshot = write_config(tmp_path / "snap.toml", config.to_dict())
     assert load_config(snapshot) == config
     assert tomli_w.dumps(config.to_dict())
+
+
+def test_partition_seed_fixes_the_data_while_the_training_seed_varies(tmp_path: Path) -> None:
+    fixed = [
+        load_data(
+            config_from_dict(
+                {"partition": {"seed": 7}, "federation": {"seed": s}, "data": {"n_patients": 200}}
+            )
+        )
+        for s in (0, 1)
+    ]
+    a, b = (d.sites["hospital_1"].train.x for d in fixed)
+    assert np.array_equal(a, b)
+    varying = [
+        load_data(config_from_dict({"federation": {"seed": s}, "data": {"n_patients": 200}}))
+        for s in (0, 1)
+    ]
+    assert not np.array_equal(
+        varying[0].sites["hospital_1"].train.x, varying[1].sites["hospital_1"].train.x
+    )

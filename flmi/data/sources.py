@@ -16,7 +16,8 @@ from flmi.data.tabular import load_csv_sites
 
 def load_data(config: Config) -> FederatedData:
     """Load or generate the data and split it into sites, checking every site's size."""
-    d, p, seed = config.data, config.partition, config.federation.seed
+    d, p = config.data, config.partition
+    seed = p.seed if p.seed is not None else config.federation.seed
     if d.source == "medmnist":
         splits = load_medmnist_npz(path=Path(d.path))
         return partition(
