@@ -133,7 +133,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="run directory to create (default: runs/demo-TIME)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("strategies", help="list the algorithm names [strategy] name accepts")
+    certs = sub.add_parser("certs", help="consortium certificates for a real deployment")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_sub.add_parser("init", help="create a consortium CA and the server's bundle")
+    init.add_argument("ca_dir", type=Path, help="folder for the CA (its key never leaves it)")
+    init.add_argument("--server-name", default="localhost", help="the server's DNS name")
+    init.add_argument("--days", type=int, default=365, help="certificate validity in days")
+    add = certs_sub.add_parser("add-site", help="write a site bundle signed by the CA")
+    add.add_argument("ca_dir", type=Path)
+    add.add_argument("name", help="the site's name: its certificate's common name")
+    add.add_argument("--out", type=Path, required=True, help="bundle folder to create")
+    add.add_argument("--csr", type=Path, help="a signing request made at the site (no key sent)")
+    add.add_argument("--days", type=int, default=365)
     return parser
+
+
+def _certs(args: argparse.Namespace) -> int:
+    try:
+        from flmi.runtime.grpc.provisioning import add_site, init_ca
+    except ImportError:
+        console.print(
+            "[red]error:[/red] `flmi certs` needs cryptography: pip install 'flmi[deploy]'"
+        )
+        return 2
+    if args.certs_command == "init":
+        server = init_ca(ca_dir=args.ca_dir, server_name=args.server_name, days=args.days)
+        console.print(f"CA in {args.ca_dir} (keep ca.key there); server bundle in {server}")
+        return 0
+    bundle = add_site(
+        ca_dir=args.ca_dir, name=args.name, out=args.out, csr=args.csr, days=args.days
+    )
+    console.print(f"site bundle for '{args.name}' in {bundle}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for key, option in spec.options.items():
                     print(f"{'':<19}{key} = {option.default!r}  ({option.help})")
             return 0
+        if args.command == "certs":
+            return _certs(args)
         if args.command == "demo":
             config = load_config(demo_config_path(), overrides=args.overrides)
             return _run(config, args.out or _default_out("demo"))

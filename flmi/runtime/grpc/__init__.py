@@ -1,0 +1,1 @@
+"""The deployment runtime: gRPC with mutual TLS between a server and hospital clients."""
