@@ -243,6 +243,19 @@ class FedAvgM(ComposedStrategy[MomentumState]):
         )
 
 
+def _adaptive_rule(
+    variant: Literal["adam", "yogi", "adagrad"], options: AdaptiveOptions | AdagradOptions
+) -> AdaptiveServerOpt:
+    """The server optimiser of one FedOpt variant (Adagrad keeps no ``beta2``)."""
+    return AdaptiveServerOpt(
+        variant=variant,
+        server_lr=options.server_lr,
+        beta1=options.beta1,
+        beta2=options.beta2 if isinstance(options, AdaptiveOptions) else 0.0,
+        tau=options.tau,
+    )
+
+
 class FedAdam(ComposedStrategy[AdaptiveState]):
     """FedAdam: Adam on the server's pseudo-gradient (Reddi et al. 2021).
 
@@ -266,18 +279,11 @@ class FedAdam(ComposedStrategy[AdaptiveState]):
     def __init__(
         self, *, hparams: Mapping[str, HParamValue], options: AdaptiveOptions | None = None
     ) -> None:
-        options = options or AdaptiveOptions()
         super().__init__(
             name="fedadam",
             hparams=hparams,
             aggregator=WeightedMean(),
-            rule=AdaptiveServerOpt(
-                variant="adam",
-                server_lr=options.server_lr,
-                beta1=options.beta1,
-                beta2=options.beta2,
-                tau=options.tau,
-            ),
+            rule=_adaptive_rule("adam", options or AdaptiveOptions()),
         )
 
 
@@ -302,18 +308,11 @@ class FedYogi(ComposedStrategy[AdaptiveState]):
     def __init__(
         self, *, hparams: Mapping[str, HParamValue], options: AdaptiveOptions | None = None
     ) -> None:
-        options = options or AdaptiveOptions()
         super().__init__(
             name="fedyogi",
             hparams=hparams,
             aggregator=WeightedMean(),
-            rule=AdaptiveServerOpt(
-                variant="yogi",
-                server_lr=options.server_lr,
-                beta1=options.beta1,
-                beta2=options.beta2,
-                tau=options.tau,
-            ),
+            rule=_adaptive_rule("yogi", options or AdaptiveOptions()),
         )
 
 
@@ -338,16 +337,9 @@ class FedAdagrad(ComposedStrategy[AdaptiveState]):
     def __init__(
         self, *, hparams: Mapping[str, HParamValue], options: AdagradOptions | None = None
     ) -> None:
-        options = options or AdagradOptions()
         super().__init__(
             name="fedadagrad",
             hparams=hparams,
             aggregator=WeightedMean(),
-            rule=AdaptiveServerOpt(
-                variant="adagrad",
-                server_lr=options.server_lr,
-                beta1=options.beta1,
-                beta2=0.0,
-                tau=options.tau,
-            ),
+            rule=_adaptive_rule("adagrad", options or AdagradOptions()),
         )
