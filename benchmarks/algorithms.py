@@ -73,7 +73,13 @@ ALGORITHMS = (
     "geometric_median",
     "cyclic",
 )
-ROBUST_STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum")
+ROBUST_STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum", "multi_krum")
+# Robustness rows that are a strategy with options: row name -> (strategy, overrides).
+ROBUST_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "krum": ("krum", ("strategy.num_byzantine=1",)),
+    # Multi-Krum: average the 3 updates with the best Krum scores (n - f - 1 with f = 1).
+    "multi_krum": ("krum", ("strategy.num_byzantine=1", "strategy.num_selected=3")),
+}
 CONDITIONS = ("clean", "scale", "noise")
 CONDITION_LABELS = {"clean": "clean", "scale": "scale x10", "noise": "noise"}
 
@@ -620,6 +626,7 @@ def largest_site(config: Config) -> tuple[str, int, int]:
 def run_robustness(
     *,
     seeds: Sequence[int],
+    partition_seed: int | None,
     rounds: int | None,
     noise_std: float,
     strategies: Sequence[str],
@@ -630,7 +637,10 @@ def run_robustness(
     Parameters
     ----------
     seeds
-        Seeds (each changes the partition, hence possibly the faulty site).
+        Training seeds (``federation.seed``).
+    partition_seed
+        ``partition.seed``: one fixed partition (hence one faulty site) for every
+        training seed; ``None`` lets each seed draw its own partition.
     rounds
         ``federation.rounds``, or ``None`` for the config's own.
     noise_std
@@ -643,19 +653,24 @@ def run_robustness(
     dataset = DATASETS["breastmnist"]
     for seed in seeds:
         base = [*BREAST_PARTITION, f"federation.seed={seed}"]
+        # A partition seed equal to the training seed is the default behaviour:
+        # such runs share their cache key with runs made without one.
+        fixed = partition_seed if partition_seed not in (None, seed) else None
+        if fixed is not None:
+            base.append(f"partition.seed={fixed}")
         site, n_site, n_total = largest_site(load_config(dataset.config, overrides=base))
         print(f"seed {seed}: faulty site {site} ({n_site} of {n_total} training examples)")
-        for strategy in strategies:
+        for row_name in strategies:
+            strategy, options = ROBUST_VARIANTS.get(row_name, (row_name, ()))
             for condition in CONDITIONS:
                 overrides = [
                     *base,
                     f"strategy.name={strategy}",
+                    *options,
                     "federation.min_sites=5",
                     "baselines.pooled=false",
                     "baselines.local=false",
                 ]
-                if strategy == "krum":
-                    overrides.append("strategy.num_byzantine=1")
                 if condition == "scale":
                     overrides += [
                         f'sites.{site}.fault="scale"',
@@ -670,9 +685,10 @@ def run_robustness(
                     overrides.append(f"federation.rounds={rounds}")
                 key: dict[str, Any] = {
                     "table": "robustness",
-                    "algorithm": strategy,
+                    "algorithm": row_name,
                     "condition": condition,
                     "seed": seed,
+                    "partition_seed": fixed,
                     "rounds_override": rounds,
                     "noise_std": noise_std if condition == "noise" else None,
                 }
@@ -689,7 +705,9 @@ def run_robustness(
                 print(_progress_line(results.add(outcome)), flush=True)
 
 
-def robustness_table(rows: Sequence[dict[str, Any]], *, strategies: Sequence[str]) -> str:
+def robustness_table(
+    rows: Sequence[dict[str, Any]], *, strategies: Sequence[str], partition_seed: int | None
+) -> str:
     """Strategy x {clean, scale x10, noise}, with the change from clean and the goal.
 
     Parameters
@@ -698,13 +716,22 @@ def robustness_table(rows: Sequence[dict[str, Any]], *, strategies: Sequence[str
         Results-file rows of the robustness table.
     strategies
         Rows to show, in order.
+    partition_seed
+        Only runs on this fixed partition (a run whose training seed equals it
+        counts); ``None``: only runs whose partition followed their seed.
 
     Returns
     -------
     str
         Markdown text.
     """
-    rows = [r for r in rows if r.get("table") == "robustness"]
+    def on_partition(row: dict[str, Any]) -> bool:
+        fixed = row.get("partition_seed")
+        if partition_seed is None:
+            return fixed is None
+        return (fixed if fixed is not None else row["seed"]) == partition_seed
+
+    rows = [r for r in rows if r.get("table") == "robustness" and on_partition(r)]
     ok = [r for r in rows if r.get("error") is None]
     lines = [
         "| strategy | clean | scale x10 | noise | change (scale / noise) | goal met |",
@@ -751,8 +778,9 @@ def robustness_table(rows: Sequence[dict[str, Any]], *, strategies: Sequence[str
         f"`x + N(0, std^2)` with std {', '.join(f'{v:g}' for v in noise) or '?'} "
         f"(`fault_noise_std`; the framework's default is {DEFAULT_NOISE_STD:g}), "
         "x the global model.",
-        "- Krum: `num_byzantine = 1`, `num_selected = 1`; trimmed mean: `trim_fraction = 0.2` "
-        "(one update cut at each end of 5).",
+        "- Krum: `num_byzantine = 1`, `num_selected = 1`; multi_krum: Krum with "
+        "`num_selected = 3` (the mean of the 3 best-scored updates); trimmed mean: "
+        "`trim_fraction = 0.2` (one update cut at each end of 5).",
         f"- Goal: FedAvg at least {COLLAPSE_DROP:.2f} AUC below clean under both faults; "
         f"robust rules within {ROBUST_TOLERANCE:.2f} of their clean run.",
     ]
@@ -799,6 +827,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=DEFAULT_NOISE_STD,
         help="fault_noise_std of the noise condition (robustness table)",
     )
+    parser.add_argument(
+        "--partition-seed",
+        type=int,
+        help="robustness: one fixed partition (partition.seed) for every training seed",
+    )
     parser.add_argument("--results", type=Path, help="JSON-lines file of runs (read and appended)")
     parser.add_argument(
         "--table-only", action="store_true", help="build the table from --results, train nothing"
@@ -813,12 +846,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.table_only:
             run_robustness(
                 seeds=args.seeds,
+                partition_seed=args.partition_seed,
                 rounds=args.rounds,
                 noise_std=args.noise_std,
                 strategies=ROBUST_STRATEGIES,
                 results=results,
             )
-        text = robustness_table(results.rows, strategies=ROBUST_STRATEGIES)
+        text = robustness_table(
+            results.rows, strategies=ROBUST_STRATEGIES, partition_seed=args.partition_seed
+        )
     else:
         if not args.table_only:
             run_algorithms(
