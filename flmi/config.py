@@ -23,6 +23,31 @@ from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
 
 
 @dataclass(frozen=True)
+class TransformsConfig:
+    """``[data.transforms]``: what every image of a manifest goes through, in this order.
+
+    Read (DICOM rescale slope and intercept applied: CT in Hounsfield units),
+    channels first, then ``orientation`` (axis codes such as ``"RAS"``; 3D
+    only), ``spacing`` (target voxel size in mm, one value per spatial axis),
+    ``channels`` (0: keep; 1: average to one channel; 3: repeat a grey channel),
+    ``intensity`` (``"minmax"`` to ``[0, 1]`` per image, ``"zscore"`` per
+    image, ``"window"``: CT window ``window_center`` / ``window_width``
+    mapped to ``[0, 1]`` and clipped, ``"none"``), and ``spatial_size``
+    (resize; 2 values for images, 3 for volumes; a 2D image in a 3D pipeline
+    becomes a one-slice volume). Masks go through the same spatial steps,
+    with nearest-neighbour interpolation and no intensity step.
+    """
+
+    spatial_size: list[int] = field(default_factory=list)
+    spacing: list[float] = field(default_factory=list)
+    orientation: str = ""
+    channels: int = 0
+    intensity: Literal["minmax", "zscore", "window", "none"] = "minmax"
+    window_center: float = 40.0
+    window_width: float = 400.0
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """``[data]``: where the images come from.
 
@@ -36,9 +61,23 @@ class DataConfig:
     each row's site (a natural split), with ``label_column`` and numeric
     ``feature_columns`` (default: every other column), each site split by
     ``test_fraction`` and ``val_fraction``.
+
+    ``source = "manifest"`` reads a CSV of image paths (``image_column``;
+    PNG, JPEG, DICOM files, DICOM series folders, NIfTI; relative to the CSV)
+    with a ``label_column`` (or a ``mask_column`` of mask paths), and an
+    optional ``site_column`` (the natural split) or ``split_column``
+    (``train``/``val``/``test`` per row). Every image goes through
+    ``[data.transforms]``. A file that cannot be read stops the run
+    (``on_unreadable = "error"``) or is left out and counted
+    (``on_unreadable = "skip"``).
+
+    MedMNIST by name: ``source = "medmnist"`` with ``name`` (e.g.
+    ``"breastmnist"``) and no ``path`` reads ``cache_dir/NAME.npz``; with
+    ``allow_download`` the official file is downloaded there first (from
+    ``download_url`` when set: a mirror) and its MD5 checked.
     """
 
-    source: Literal["medmnist", "synthetic", "heart_disease", "csv"] = "synthetic"
+    source: Literal["medmnist", "synthetic", "heart_disease", "csv", "manifest"] = "synthetic"
     path: str = ""
     image_size: int = 28
     n_patients: int = 1600
@@ -48,6 +87,15 @@ class DataConfig:
     label_column: str = ""
     site_column: str = ""
     feature_columns: list[str] = field(default_factory=list)
+    name: str = ""
+    allow_download: bool = False
+    cache_dir: str = ""
+    download_url: str = ""
+    image_column: str = "image"
+    mask_column: str = ""
+    split_column: str = ""
+    on_unreadable: Literal["error", "skip"] = "error"
+    transforms: TransformsConfig = field(default_factory=TransformsConfig)
 
 
 @dataclass(frozen=True)
@@ -232,6 +280,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+    elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, dict):
+            return _build_table(tp, value, key)
     elif origin is list:
         (item,) = typing.get_args(tp)
         if isinstance(value, list):
@@ -439,12 +490,18 @@ def check_config(c: Config) -> None:
             "and partition.num_sites = 4",
         )
     elif d.source == "medmnist":
-        _require(bool(d.path), "data.path is required when data.source = 'medmnist'")
+        _require(
+            bool(d.path) or bool(d.name),
+            "data.source = 'medmnist' needs data.path (a .npz file) or data.name "
+            "(e.g. 'breastmnist', read from data.cache_dir)",
+        )
         _require(
             p.method in ("iid", "dirichlet", "quantity"),
             f"partition.method = '{p.method}' does not apply to MedMNIST; "
             "use 'iid', 'dirichlet' or 'quantity'",
         )
+    elif d.source == "manifest":
+        check_manifest_config(d, p)
     else:
         _require(
             p.method == "natural",
@@ -460,6 +517,62 @@ def check_config(c: Config) -> None:
             d.n_patients >= 10 * p.num_sites,
             f"data.n_patients = {d.n_patients} is too few for {p.num_sites} hospitals",
         )
+
+
+def check_manifest_config(d: DataConfig, p: PartitionConfig) -> None:
+    """Cross-field checks of ``source = "manifest"`` and its ``[data.transforms]``."""
+    _require(bool(d.path), "data.path is required when data.source = 'manifest' (the CSV file)")
+    _require(bool(d.image_column), "data.image_column must name the column of image paths")
+    _require(
+        bool(d.label_column) or bool(d.mask_column),
+        "data.source = 'manifest' needs data.label_column (classification) or "
+        "data.mask_column (segmentation masks)",
+    )
+    if d.site_column:
+        _require(
+            p.method == "natural",
+            "a manifest with a site column comes split already: set partition.method = 'natural'",
+        )
+    else:
+        _require(
+            p.method in ("iid", "dirichlet", "quantity"),
+            f"partition.method = '{p.method}' needs data.site_column; without one, use "
+            "'iid', 'dirichlet' or 'quantity'",
+        )
+    t = d.transforms
+    _require(
+        len(t.spatial_size) in (0, 2, 3) and all(v >= 1 for v in t.spatial_size),
+        f"data.transforms.spatial_size must hold 2 (images) or 3 (volumes) positive sizes, "
+        f"got {t.spatial_size}",
+    )
+    _require(
+        len(t.spacing) in (0, 2, 3) and all(v > 0 for v in t.spacing),
+        f"data.transforms.spacing must hold 2 or 3 positive voxel sizes in mm, got {t.spacing}",
+    )
+    _require(
+        not (t.spatial_size and t.spacing) or len(t.spatial_size) == len(t.spacing),
+        f"data.transforms.spacing {t.spacing} and spatial_size {t.spatial_size} must have "
+        "one value per spatial axis each",
+    )
+    if t.orientation:
+        _require(
+            len(t.orientation) == 3 and set(t.orientation.upper()) <= set("LRAPSI"),
+            f"data.transforms.orientation must be three axis codes such as 'RAS', "
+            f"got {t.orientation!r}",
+        )
+        _require(
+            len(t.spatial_size) != 2 and len(t.spacing) != 2,
+            "data.transforms.orientation applies to volumes: give spatial_size (or spacing) "
+            "3 values, or leave orientation out",
+        )
+    _require(
+        t.channels in (0, 1, 3),
+        f"data.transforms.channels must be 0 (keep), 1 or 3, got {t.channels}",
+    )
+    _require(
+        t.window_width > 0,
+        f"data.transforms.window_width must be positive, got {t.window_width}",
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -505,12 +618,24 @@ def read_toml(path: Path) -> dict[str, Any]:
 def load_config(path: Path, *, overrides: list[str] | None = None) -> Config:
     """Read, override and validate a config file.
 
-    A relative ``data.path`` is resolved against the config file's folder, so a
-    config runs the same from any working directory.
+    A relative ``data.path`` or ``data.cache_dir`` is resolved against the
+    config file's folder (after ``~`` expansion), so a config runs the same
+    from any working directory.
     """
     raw = apply_overrides(read_toml(path), overrides or [])
     config = config_from_dict(raw)
-    if config.data.path and not Path(config.data.path).is_absolute():
-        resolved = str((path.parent / config.data.path).resolve())
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=resolved))
-    return config
+    d = config.data
+    data = dataclasses.replace(
+        d, path=_from_config_dir(d.path, path), cache_dir=_from_config_dir(d.cache_dir, path)
+    )
+    return dataclasses.replace(config, data=data)
+
+
+def _from_config_dir(value: str, config_file: Path) -> str:
+    """``value`` as a path, ``~`` expanded, relative ones taken from the config file's folder."""
+    if not value:
+        return value
+    expanded = Path(value).expanduser()
+    if expanded.is_absolute():
+        return str(expanded)
+    return str((config_file.parent / expanded).resolve())
