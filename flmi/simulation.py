@@ -486,6 +486,8 @@ def run_experiment(
         Record.VERSIONS: versions(),
         Record.SITES: sites_json(data),
     }
+    if data.unreadable:
+        summary[Record.UNREADABLE] = {k: dict(v) for k, v in sorted(data.unreadable.items())}
     if run is not None:
         run.write_model(
             params=federated.params,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -62,10 +62,14 @@ class FederatedData:
     """Every site's private splits, plus the central test set of a simulation.
 
     ``central_test`` exists only in simulation; a deployment has none.
+    ``unreadable`` counts the files each site left out, per reason code
+    (``"all"`` for one collection split into simulated sites): counts and
+    codes only, never file names.
     """
 
     sites: Mapping[str, SiteSplits]
     central_test: ArraySplit
+    unreadable: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 def concat_splits(splits: list[ArraySplit]) -> ArraySplit:

@@ -113,10 +113,13 @@ def read_image(path: Path) -> tuple[Any, list[Path]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            image = LoadImage(reader=reader, image_only=True)(str(path))
+            # The reader given at call time is the only one tried: no fallback through
+            # every registered reader, whose failures MONAI logs with the file's name.
+            image = LoadImage(image_only=True)(str(path), reader=reader)
         except Exception as exc:  # a reader can fail in many ways on a damaged file
+            reason = (str(exc).strip().splitlines() or [""])[0]
             raise UnreadableImage(
-                code=UnreadableCode.CORRUPT, detail=f"{path}: {type(exc).__name__}: {exc}"
+                code=UnreadableCode.CORRUPT, detail=f"{path}: {type(exc).__name__}: {reason}"
             ) from None
     for warning in caught:
         site_log.debug("reading %s: %s", path, warning.message)

@@ -4,7 +4,8 @@ Order: channels first (``EnsureChannelFirst``), a 2D image made a one-slice
 volume when the pipeline is 3D, ``Orientation``, ``Spacing``, channel
 handling (average to grey, or ``RepeatChannel`` to RGB), intensity
 (``ScaleIntensity`` to ``[0, 1]``, ``NormalizeIntensity`` (z-score) or a CT
-window with ``ScaleIntensityRange``, clipped), then ``Resize``. A mask goes
+window with ``ScaleIntensityRange``, clipped), then ``Resize`` (area averaging
+along axes that shrink, linear interpolation along axes that grow). A mask goes
 through the same spatial steps with nearest-neighbour interpolation and keeps
 its label values.
 """
@@ -41,7 +42,7 @@ class ImagePipeline:
             ScaleIntensity,
             ScaleIntensityRange,
         )
-        from monai.transforms.spatial.array import Orientation, Resize, Spacing
+        from monai.transforms.spatial.array import Orientation, Spacing
         from monai.transforms.utility.array import EnsureChannelFirst
 
         self.spec, self.mask = spec, mask
@@ -67,15 +68,7 @@ class ImagePipeline:
                 self._intensity = ScaleIntensity(minv=0.0, maxv=1.0)
             elif spec.intensity == "zscore":
                 self._intensity = NormalizeIntensity()
-        self._resize: Any = None
-        if spec.spatial_size:
-            dims = len(spec.spatial_size)
-            smooth = "bilinear" if dims == _IMAGE_DIMS else "trilinear"
-            self._resize = Resize(
-                spatial_size=tuple(spec.spatial_size),
-                mode="nearest" if mask else smooth,
-                anti_aliasing=not mask,
-            )
+        self._size = tuple(spec.spatial_size)
 
     def __call__(self, image: Any, *, where: str) -> np.ndarray:
         """Apply the pipeline to one image read by :func:`flmi.data.readers.read_image`.
@@ -122,13 +115,33 @@ class ImagePipeline:
         x = self._channels(x, where=where)
         if self._intensity is not None:
             x = self._intensity(x)
-        if self._resize is not None:
-            x = self._resize(x)
+        if self._size:
+            x = self._resized(x)
         array: np.ndarray = torch.as_tensor(x).detach().cpu().numpy()
         if self.mask:
             labels: np.ndarray = np.rint(array).astype(np.int64)
             return labels
         return np.ascontiguousarray(array, dtype=np.float32)
+
+    def _resized(self, x: Any) -> Any:
+        """Resize to ``spatial_size``: area averaging along shrinking axes, then linear growth.
+
+        Area averaging is exact anti-aliasing for shrinking (no dark borders, as
+        Gaussian smoothing with zero padding gives); axes that grow are then
+        interpolated linearly. Masks use nearest neighbours throughout.
+        """
+        from monai.transforms.spatial.array import Resize
+
+        if self.mask:
+            return Resize(spatial_size=self._size, mode="nearest")(x)
+        have = tuple(int(v) for v in x.shape[1:])
+        shrunk = tuple(min(h, w) for h, w in zip(have, self._size, strict=True))
+        if shrunk != have:
+            x = Resize(spatial_size=shrunk, mode="area")(x)
+        if shrunk != self._size:
+            linear = "bilinear" if len(self._size) == _IMAGE_DIMS else "trilinear"
+            x = Resize(spatial_size=self._size, mode=linear, align_corners=True)(x)
+        return x
 
     def _channels(self, x: Any, *, where: str) -> Any:
         from monai.transforms.utility.array import RepeatChannel

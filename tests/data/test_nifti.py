@@ -58,7 +58,8 @@ def test_resampling_to_1mm_interpolates_new_slices_linearly(
     # 6 slices 2 mm apart span 10 mm: 11 slices at 1 mm; a linear ramp stays a ramp.
     assert out.shape == (1, 4, 5, 11)
     np.testing.assert_allclose(out[0][..., ::2], volume, atol=1e-4)
-    np.testing.assert_allclose(out[0][..., 1::2], (volume[..., :-1] + volume[..., 1:]) / 2, atol=1e-4)
+    midway = (volume[..., :-1] + volume[..., 1:]) / 2
+    np.testing.assert_allclose(out[0][..., 1::2], midway, atol=1e-4)
 
 
 def test_zscore_normalisation_gives_mean_0_and_std_1(ramp: tuple[Path, np.ndarray]) -> None:
