@@ -95,7 +95,7 @@ class ImagePipeline:
         x = self._channel_first(image)
         spatial = x.ndim - 1
         if self.spatial_dims == _VOLUME_DIMS and spatial == _IMAGE_DIMS:
-            x = x.unsqueeze(-1)  # a one-slice volume; the 4x4 affine already has a slice axis
+            x = _one_slice_volume(x)
         elif self.spatial_dims == _IMAGE_DIMS and spatial == _VOLUME_DIMS:
             raise DataError(
                 f"{where}: a 3D volume of shape {tuple(x.shape[1:])}, but data.transforms "
@@ -162,3 +162,22 @@ class ImagePipeline:
             f"{where}: has {have} channels, which cannot become data.transforms.channels = "
             f"{want}; set channels = 1 (average) or 0 (keep)"
         )
+
+
+def _one_slice_volume(x: Any) -> Any:
+    """A 2D image as a volume of one slice, its slice axis normal to the image plane.
+
+    MONAI gives a single 2D slice a slice axis of ``(0, 0, 1)`` whatever the
+    plane; for a sagittal or coronal slice that axis lies in the plane itself
+    and no orientation can be derived. The normal (the cross product of the
+    row and column axes) is the slice axis DICOM defines.
+    """
+    volume = x.unsqueeze(-1)
+    affine = volume.affine.clone()
+    normal = torch.linalg.cross(affine[:3, 0], affine[:3, 1])
+    length = torch.linalg.norm(normal)
+    if float(length) > 0:
+        thickness = torch.linalg.norm(affine[:3, 2])
+        affine[:3, 2] = normal / length * (thickness if float(thickness) > 0 else 1.0)
+        volume.affine = affine
+    return volume

@@ -33,10 +33,12 @@ def write_slice(
     pixel_mm: tuple[float, float] = (1.0, 1.0),
     patient: Patient | None = None,
     series_uid: str | None = None,
+    orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
 ) -> Path:
     """Write one CT slice whose stored values are ``stored`` (int16, rows x columns).
 
-    The real values are ``stored * slope + intercept`` (Hounsfield units).
+    The real values are ``stored * slope + intercept`` (Hounsfield units);
+    ``orientation`` is the ImageOrientationPatient (row and column directions).
     """
     patient = patient or Patient()
     meta = FileMetaDataset()
@@ -58,7 +60,7 @@ def write_slice(
     ds.AcquisitionDate = patient.study_date
     ds.InstanceNumber = instance
     ds.ImagePositionPatient = [0.0, 0.0, z_mm]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.ImageOrientationPatient = list(orientation)
     ds.PixelSpacing = [pixel_mm[0], pixel_mm[1]]
     ds.SliceThickness = 1.0
     ds.RescaleSlope = slope

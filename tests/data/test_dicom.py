@@ -185,6 +185,22 @@ def test_single_slice_becomes_a_one_slice_volume_in_a_3d_pipeline(tmp_path: Path
     np.testing.assert_allclose(out[0, ..., 0], HU[1].T, atol=1e-4)
 
 
+def test_sagittal_slice_as_a_volume_gets_its_normal_as_slice_axis_and_can_be_oriented(
+    tmp_path: Path,
+) -> None:
+    # Rows run anterior-posterior (+y in LPS), columns foot-ward (-z): a sagittal plane.
+    sagittal = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+    path = write_slice(tmp_path / "sag.dcm", stored=STORED[0], orientation=sagittal)
+    image, _ = read_image(path)
+
+    out = pipeline(intensity="none", spatial_size=[1, 5, 4], orientation="RAS")
+
+    volume = out(image, where="t")
+    # In RAS the one-slice axis is left-right, so it comes first; the resize keeps every value.
+    assert volume.shape == (1, 1, 5, 4)
+    assert sorted(volume.ravel().tolist()) == sorted((STORED[0].astype(float)).ravel().tolist())
+
+
 def test_volume_in_a_2d_pipeline_is_refused_with_the_setting_to_change(series: Path) -> None:
     image, _ = read_image(series)
 
