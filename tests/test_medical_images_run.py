@@ -298,3 +298,34 @@ def test_manifest_of_the_real_dicom_and_nifti_samples_trains_one_round(tmp_path:
     assert meta["spatial_dims"] == 3 and meta["in_channels"] == 1
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [1]
+
+
+def test_unreadable_file_stops_the_run_before_the_run_directory_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    rows = []
+    for k in range(6):
+        Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(tmp_path / f"img_{k}.png")
+        rows.append([f"img_{k}.png", str(k % 2), "north" if k < 3 else "south"])
+    (tmp_path / "img_4.png").write_bytes(b"damaged")
+    manifest = _write_manifest(tmp_path / "m.csv", rows)
+    tables = tiny_tables(
+        data={
+            "source": "manifest",
+            "path": str(manifest),
+            "label_column": "label",
+            "site_column": "site",
+            "test_fraction": 0.34,
+        },
+        partition={"method": "natural", "num_sites": 2},
+    )
+    out = tmp_path / "run"
+
+    code = main(["run", str(write_config(tmp_path / "c.toml", tables)), "--out", str(out)])
+
+    assert code == 2
+    assert not out.exists()
+    message = " ".join(capsys.readouterr().out.split())
+    assert "img_4.png" in message and "on_unreadable = 'skip'" in message
