@@ -19,6 +19,7 @@ from typing import Any, Literal
 from flmi.core.errors import ConfigError
 from flmi.core.keys import HParam
 from flmi.core.messages import HParamValue
+from flmi.data.download import medmnist_file
 from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
 
 
@@ -475,6 +476,13 @@ def check_config(c: Config) -> None:
     _require(
         0.0 < d.test_fraction < 1.0, f"data.test_fraction must be in (0, 1), got {d.test_fraction}"
     )
+    _require(
+        not d.name or d.source == "medmnist",
+        f"data.name = '{d.name}' names a MedMNIST data set: set data.source = 'medmnist' "
+        "or leave data.name out",
+    )
+    if d.name:
+        medmnist_file(d.name)  # an unknown name is an error now, not after start-up
     if d.source == "csv":
         for key in ("path", "label_column", "site_column"):
             _require(bool(getattr(d, key)), f"data.{key} is required when data.source = 'csv'")

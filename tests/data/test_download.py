@@ -247,3 +247,17 @@ def test_path_with_a_name_must_have_that_data_sets_official_md5(tmp_path: Path) 
 
     with pytest.raises(DataError, match="is not the official MD5 of 'breastmnist'"):
         load_data(config_from_dict(tables))
+
+
+def test_unknown_name_is_refused_when_the_config_is_read() -> None:
+    tables = tiny_tables(
+        data={"source": "medmnist", "name": "breastmnst"}, partition={"method": "iid"}
+    )
+
+    with pytest.raises(ConfigError, match="unknown MedMNIST data set 'breastmnst'"):
+        config_from_dict(tables)
+
+
+def test_name_without_the_medmnist_source_is_refused() -> None:
+    with pytest.raises(ConfigError, match="set data.source = 'medmnist'"):
+        config_from_dict(tiny_tables(data={"name": "breastmnist"}))

@@ -366,3 +366,22 @@ def test_manifest_with_a_site_column_needs_the_natural_partition(two_sites: Path
 
     with pytest.raises(ConfigError, match="partition.method = 'natural'"):
         config_from_dict(tables)
+
+
+def test_transforms_table_survives_the_run_snapshot_and_set_overrides(
+    two_sites: Path, tmp_path: Path
+) -> None:
+    import tomli_w
+
+    from flmi.config import load_config
+
+    tables = tables_for(two_sites, transforms={"spatial_size": [16, 16], "intensity": "zscore"})
+    path = tmp_path / "c.toml"
+    path.write_text(tomli_w.dumps(tables))
+
+    config = load_config(path, overrides=["data.transforms.spatial_size=[12, 12]"])
+    snapshot = tmp_path / "snapshot.toml"
+    snapshot.write_text(tomli_w.dumps(config.to_dict()))
+
+    assert config.data.transforms == TransformsConfig(spatial_size=[12, 12], intensity="zscore")
+    assert load_config(snapshot) == config
