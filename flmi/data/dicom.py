@@ -61,6 +61,21 @@ def series_files(folder: Path) -> SeriesFiles:
     return SeriesFiles(slices=tuple(slices), other=tuple(other))
 
 
+def series_uids(files: tuple[Path, ...]) -> set[str]:
+    """The distinct ``SeriesInstanceUID`` values of ``files``, read without pixel data.
+
+    A folder is one series; several UIDs mean several series were put in one
+    folder, which stacking would mix into one volume.
+    """
+    from pydicom import dcmread
+
+    uids: set[str] = set()
+    for path in files:
+        header = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        uids.add(str(header.get("SeriesInstanceUID", "")))
+    return uids
+
+
 def pydicom_reader() -> object:
     """MONAI's ``PydicomReader`` as flmi uses it.
 

@@ -20,7 +20,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from flmi.data.dicom import DICOM_SUFFIXES, is_dicom, pydicom_reader, series_files
+from flmi.data.dicom import (
+    DICOM_SUFFIXES,
+    is_dicom,
+    pydicom_reader,
+    series_files,
+    series_uids,
+)
 
 site_log = logging.getLogger("flmi.site.data")
 
@@ -35,6 +41,7 @@ class UnreadableCode(StrEnum):
     NOT_DICOM = "not_dicom"
     UNSUPPORTED = "unsupported"
     CORRUPT = "corrupt"
+    MIXED_SERIES = "mixed_series"
 
 
 class UnreadableImage(Exception):  # noqa: N818 - a condition, caught by the manifest loader
@@ -69,6 +76,17 @@ def _reader_for(path: Path) -> tuple[Any, list[Path]]:
             raise UnreadableImage(
                 code=UnreadableCode.NOT_DICOM,
                 detail=f"{path}: folder holds no DICOM file ({len(files.other)} other files)",
+            )
+        try:
+            uids = series_uids(files.slices)
+        except Exception as exc:  # a damaged header; pydicom raises many kinds
+            raise UnreadableImage(
+                code=UnreadableCode.CORRUPT, detail=f"{path}: {type(exc).__name__}: {exc}"
+            ) from None
+        if len(uids) > 1:
+            raise UnreadableImage(
+                code=UnreadableCode.MIXED_SERIES,
+                detail=f"{path}: holds {len(uids)} series; put each series in its own folder",
             )
         return pydicom_reader(), list(files.other)
     if not path.is_file():

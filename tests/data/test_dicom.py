@@ -136,6 +136,16 @@ def test_series_files_separates_dicom_slices_from_other_files(series: Path) -> N
     assert [p.name for p in files.other] == ["readme.md"]
 
 
+def test_folder_holding_two_series_is_refused_as_mixed(series: Path) -> None:
+    write_series(series, stored=STORED[:2], file_stem="other")  # a second series, same folder
+
+    with pytest.raises(UnreadableImage) as caught:
+        read_image(series)
+
+    assert caught.value.code == UnreadableCode.MIXED_SERIES
+    assert "own folder" in caught.value.detail
+
+
 def test_folder_without_any_dicom_file_is_unreadable_not_dicom(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("x")
