@@ -14,6 +14,7 @@ the site's log too, never to the console.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from enum import StrEnum
@@ -105,6 +106,18 @@ def _reader_for(path: Path) -> tuple[Any, list[Path]]:
     )
 
 
+@functools.cache
+def _load_image() -> Any:
+    """One ``LoadImage`` per process.
+
+    Building one registers every MONAI reader, and one of them logs a warning
+    each time when nvImageCodec is absent: once, not once per image.
+    """
+    from monai.transforms.io.array import LoadImage
+
+    return LoadImage(image_only=True)
+
+
 def read_image(path: Path) -> tuple[Any, list[Path]]:
     """Read one image with MONAI's ``LoadImage``.
 
@@ -125,15 +138,13 @@ def read_image(path: Path) -> tuple[Any, list[Path]]:
     UnreadableImage
         The path is missing, is no image flmi reads, or its reader failed.
     """
-    from monai.transforms.io.array import LoadImage
-
     reader, skipped = _reader_for(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             # The reader given at call time is the only one tried: no fallback through
             # every registered reader, whose failures MONAI logs with the file's name.
-            image = LoadImage(image_only=True)(str(path), reader=reader)
+            image = _load_image()(str(path), reader=reader)
         except Exception as exc:  # a reader can fail in many ways on a damaged file
             reason = (str(exc).strip().splitlines() or [""])[0]
             raise UnreadableImage(
