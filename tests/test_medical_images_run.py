@@ -33,7 +33,7 @@ from flmi.core.messages import (
     TrainReply,
 )
 from flmi.runtime.inprocess import InProcessRuntime
-from tests.conftest import SHARED_DATA, tiny_tables, write_config
+from tests.conftest import REPO, SHARED_DATA, tiny_tables, write_config
 from tests.data.dicom_factory import Patient, write_series, write_slice
 
 DICOM_DIR = SHARED_DATA / "dicom"
@@ -329,3 +329,17 @@ def test_unreadable_file_stops_the_run_before_the_run_directory_exists(
     assert not out.exists()
     message = " ".join(capsys.readouterr().out.split())
     assert "img_4.png" in message and "on_unreadable = 'skip'" in message
+
+
+@requires_real_samples
+def test_the_medical_samples_example_loads_every_file_over_two_sites() -> None:
+    from flmi.config import load_config
+    from flmi.data.sources import load_data
+
+    config = load_config(REPO / "examples" / "medical_samples.toml")
+
+    data = load_data(config)
+
+    assert sorted(data.sites) == ["scanner_a", "scanner_b"]
+    assert sum(len(s.train) + len(s.test) for s in data.sites.values()) == 7
+    assert data.central_test.x.shape[1:] == (1, 16, 16, 8)

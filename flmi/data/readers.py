@@ -110,12 +110,21 @@ def _reader_for(path: Path) -> tuple[Any, list[Path]]:
 def _load_image() -> Any:
     """One ``LoadImage`` per process.
 
-    Building one registers every MONAI reader, and one of them logs a warning
-    each time when nvImageCodec is absent: once, not once per image.
+    Building one registers every MONAI reader, and the GPU DICOM decoder's
+    reader logs a warning each time nvImageCodec is absent, which says
+    nothing about the images: that logger is held at ERROR while it is built.
     """
     from monai.transforms.io.array import LoadImage
 
-    return LoadImage(image_only=True)
+    notice = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        loader = LoadImage(image_only=True)
+    finally:
+        notice.setLevel(level)
+    site_log.debug("MONAI readers registered: %s", [type(r).__name__ for r in loader.readers])
+    return loader
 
 
 def read_image(path: Path) -> tuple[Any, list[Path]]:
