@@ -117,7 +117,15 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """``[task]``: what is learnt, with which model."""
+    """``[task]``: what is learnt, with which model.
+
+    Transfer learning: ``init_weights`` (a local ``.safetensors`` file, such
+    as a previous run's ``model.safetensors``; relative to the config file)
+    starts every arm from those weights instead of a random initialisation;
+    tensors under the ``init_skip`` name prefixes keep their fresh
+    initialisation (a new head for another class count, say). ``freeze``
+    name prefixes are not trained: their updates are zero.
+    """
 
     name: Literal["classification"] = "classification"
     num_classes: int = 2
@@ -126,6 +134,9 @@ class TaskConfig:
     width: int = 32
     augment: bool = False
     dtype: Literal["float32", "float64"] = "float32"
+    init_weights: str = ""
+    init_skip: list[str] = field(default_factory=list)
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,15 @@ class StrategyConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """``[federation]``: rounds, site sampling, local training and the seed."""
+    """``[federation]``: rounds, site sampling, local training and the seed.
+
+    ``semi_supervised`` (``"none"``, ``"fixmatch"``, ``"pseudo_label"``) is
+    how sites with unlabeled training images (``[sites.NAME] labeled =
+    false`` or ``labeled_fraction``) learn from them: a prediction at least
+    ``pseudo_label_threshold`` confident becomes the target, and the
+    unlabeled loss counts ``unlabeled_loss_weight`` times the supervised one.
+    With ``"none"``, a site without any labeled training example sits out.
+    """
 
     rounds: int = 10
     fraction: float = 1.0
@@ -152,6 +171,9 @@ class FederationConfig:
     weight_decay: float = 0.0
     eval_every: int = 1
     seed: int = 0
+    semi_supervised: Literal["none", "fixmatch", "pseudo_label"] = "none"
+    pseudo_label_threshold: float = 0.95
+    unlabeled_loss_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -202,6 +224,9 @@ class SiteConfig:
     ("variable local training"); ``group`` names the site's modality or other
     group (FedNorm keeps one normalisation branch per group); the fault keys make a simulated site
     misbehave, to show what robust aggregation and update checks are for.
+    ``labeled = false`` hides every training label of the site (a hospital
+    whose images were never annotated), ``labeled_fraction`` all but that
+    share of them; see ``federation.semi_supervised``.
     """
 
     local_epochs: int | None = None
@@ -212,6 +237,8 @@ class SiteConfig:
     fault: Literal["none", "label_flip", "noise", "scale", "nan", "inf"] = "none"
     fault_scale: float = 10.0
     fault_noise_std: float = 1.0
+    labeled: bool = True
+    labeled_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -374,9 +401,12 @@ def _require(ok: bool, message: str) -> None:
 
 
 def training_hparams(config: Config) -> dict[str, HParamValue]:
-    """The local-training settings every site receives, from ``[federation]``."""
+    """The local-training settings every site receives, from ``[federation]``.
+
+    Semi-supervised settings and ``[task] freeze`` are sent only when set.
+    """
     f = config.federation
-    return {
+    out: dict[str, HParamValue] = {
         HParam.LR: f.lr,
         HParam.LOCAL_EPOCHS: f.local_epochs,
         HParam.LOCAL_STEPS: f.local_steps,
@@ -385,6 +415,23 @@ def training_hparams(config: Config) -> dict[str, HParamValue]:
         HParam.MOMENTUM: f.momentum,
         HParam.WEIGHT_DECAY: f.weight_decay,
     }
+    if f.semi_supervised != "none":
+        out[HParam.SEMI_SUPERVISED] = f.semi_supervised
+        out[HParam.PSEUDO_LABEL_THRESHOLD] = f.pseudo_label_threshold
+        out[HParam.UNLABELED_LOSS_WEIGHT] = f.unlabeled_loss_weight
+    if config.task.freeze:
+        out[HParam.FREEZE] = ",".join(config.task.freeze)
+    return out
+
+
+def labeled_fractions(config: Config) -> dict[str, float]:
+    """``{site: share of training labels kept}`` for the sites that hide some (simulation)."""
+    out: dict[str, float] = {}
+    for name, site in sorted(config.sites.items()):
+        fraction = 0.0 if not site.labeled else site.labeled_fraction
+        if fraction < 1.0:
+            out[name] = fraction
+    return out
 
 
 def site_groups(config: Config) -> dict[str, str]:
@@ -450,6 +497,30 @@ def check_config(c: Config) -> None:
             f"set federation.min_sites = {spec.max_updates}",
         )
     _require(
+        0.0 <= f.pseudo_label_threshold <= 1.0,
+        f"federation.pseudo_label_threshold must be in [0, 1], got {f.pseudo_label_threshold}",
+    )
+    _require(
+        f.unlabeled_loss_weight >= 0,
+        f"federation.unlabeled_loss_weight must not be negative, got {f.unlabeled_loss_weight}",
+    )
+    for key in ("freeze", "init_skip"):
+        for prefix in getattr(t, key):
+            _require(
+                bool(prefix.strip()) and "," not in prefix,
+                f"task.{key}: {prefix!r} is not a tensor name prefix; give module paths such "
+                "as 'features.0' or 'head'",
+            )
+    _require(
+        not t.init_skip or bool(t.init_weights),
+        "task.init_skip names tensors to leave out of task.init_weights, which is not set",
+    )
+    _require(
+        not t.init_weights or t.init_weights.endswith(".safetensors"),
+        f"task.init_weights = '{t.init_weights}': only .safetensors files are read "
+        "(nothing pickled is ever loaded); convert the weights to safetensors",
+    )
+    _require(
         c.report.bootstrap_resamples >= 0,
         f"report.bootstrap_resamples must not be negative, got {c.report.bootstrap_resamples}",
     )
@@ -465,6 +536,15 @@ def check_config(c: Config) -> None:
                 f"sites.{name}.{key} must be positive, got {value}",
             )
         _require(site.fault_scale > 0, f"sites.{name}.fault_scale must be positive")
+        _require(
+            0.0 <= site.labeled_fraction <= 1.0,
+            f"sites.{name}.labeled_fraction must be in [0, 1], got {site.labeled_fraction}",
+        )
+        _require(
+            site.labeled or site.labeled_fraction == 1.0,
+            f"sites.{name}: labeled = false hides every label; leave labeled_fraction out, "
+            "or set labeled = true to keep that share of the labels",
+        )
         _require(site.fault_noise_std > 0, f"sites.{name}.fault_noise_std must be positive")
     _require(
         c.runtime.torch_threads >= 1,
@@ -626,7 +706,7 @@ def read_toml(path: Path) -> dict[str, Any]:
 def load_config(path: Path, *, overrides: list[str] | None = None) -> Config:
     """Read, override and validate a config file.
 
-    A relative ``data.path`` or ``data.cache_dir`` is resolved against the
+    A relative ``data.path``, ``data.cache_dir`` or ``task.init_weights`` is resolved against the
     config file's folder (after ``~`` expansion), so a config runs the same
     from any working directory.
     """
@@ -636,7 +716,10 @@ def load_config(path: Path, *, overrides: list[str] | None = None) -> Config:
     data = dataclasses.replace(
         d, path=_from_config_dir(d.path, path), cache_dir=_from_config_dir(d.cache_dir, path)
     )
-    return dataclasses.replace(config, data=data)
+    task = dataclasses.replace(
+        config.task, init_weights=_from_config_dir(config.task.init_weights, path)
+    )
+    return dataclasses.replace(config, data=data, task=task)
 
 
 def _from_config_dir(value: str, config_file: Path) -> str:

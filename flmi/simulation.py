@@ -8,20 +8,24 @@ This wires the pieces together; the federation loop itself lives in
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from flmi.config import (
     Config,
     check_site_names,
+    labeled_fractions,
     site_groups,
     training_hparams,
 )
+from flmi.core.errors import ConfigError
 from flmi.core.federation import (
     FederationPlan,
     FederationResult,
@@ -37,6 +41,7 @@ from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
+from flmi.data.unlabeled import hide_labels, without_unlabeled_sites
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import ArmResult, arm_json, sites_json, versions
@@ -49,6 +54,9 @@ from flmi.strategies.registry import BuildContext, build_strategy
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.device import resolve_device
 from flmi.tasks.torch_params import load_params, params_copy
+from flmi.tasks.transfer import frozen_names, load_init_weights
+
+log = logging.getLogger("flmi.simulation")
 
 ProgressFn = Callable[[RoundRecord, int], None]
 
@@ -273,11 +281,60 @@ def _with_intervals(
 
 def _pooled_splits(data: FederatedData) -> SiteSplits:
     names = sorted(data.sites)
+    unlabeled = [u for s in names if (u := data.sites[s].unlabeled) is not None]
     return SiteSplits(
         train=concat_splits([data.sites[s].train for s in names]),
         val=concat_splits([data.sites[s].val for s in names]),
         test=concat_splits([data.sites[s].test for s in names]),
+        unlabeled=np.concatenate(unlabeled) if unlabeled else None,
     )
+
+
+def semi_supervised_data(config: Config, data: FederatedData) -> tuple[FederatedData, list[str]]:
+    """Hide the training labels ``[sites.NAME]`` asks to hide; drop sites that cannot train.
+
+    Which examples keep their labels is drawn from the partition seed, so it
+    stays fixed when only training seeds vary. Without
+    ``federation.semi_supervised``, a site left with no labeled training
+    example sits out of training (it has nothing to train on): the returned
+    names. Their removal must leave ``federation.min_sites`` sites.
+    """
+    fractions = labeled_fractions(config)
+    if not fractions:
+        return data, []
+    p = config.partition
+    seed = p.seed if p.seed is not None else config.federation.seed
+    data = hide_labels(data=data, labeled_fractions=fractions, seed=seed)
+    if config.federation.semi_supervised != "none":
+        return data, []
+    data, left_out = without_unlabeled_sites(data)
+    if left_out:
+        log.warning(
+            "sites %s hold no labeled training example and federation.semi_supervised = "
+            "'none': they sit out",
+            ", ".join(left_out),
+        )
+    if len(data.sites) < config.federation.min_sites:
+        raise ConfigError(
+            f"only {len(data.sites)} site(s) hold labeled training examples, fewer than "
+            f"federation.min_sites = {config.federation.min_sites}; set "
+            "federation.semi_supervised = 'fixmatch' (or 'pseudo_label') so unlabeled sites "
+            "take part, or lower federation.min_sites"
+        )
+    return data, left_out
+
+
+def initial_model(config: Config, task: ClassificationTask, *, seed: int) -> torch.nn.Module:
+    """The starting model of every arm: seeded, then ``[task] init_weights`` when set.
+
+    ``[task] freeze`` is checked against it here, before anything runs.
+    """
+    model = task.build_model(seed=seed)
+    t = config.task
+    if t.init_weights:
+        load_init_weights(model=model, path=Path(t.init_weights), skip=t.init_skip)
+    frozen_names(model=model, prefixes=t.freeze)
+    return model
 
 
 def run_experiment(
@@ -311,6 +368,7 @@ def run_experiment(
     device = resolve_device(config.runtime.device)
     data = load_data(config)
     check_site_names(config, list(data.sites))
+    data, left_out = semi_supervised_data(config, data)
     task = build_task(config, data)
     seed, f = config.federation.seed, config.federation
     hparams = training_hparams(config)
@@ -325,9 +383,10 @@ def run_experiment(
             site_names=tuple(sorted(data.sites)),
         ),
     )
-    overrides = site_overrides(config)
+    overrides = {s: v for s, v in site_overrides(config).items() if s in data.sites}
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    initial = params_copy(initial_model(config, task, seed=seed))
     run, resume_point = open_run(config=config, out=out, resume=resume)
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
@@ -363,7 +422,6 @@ def run_experiment(
             endpoints.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
         return endpoints
 
-    initial = params_copy(task.build_model(seed=seed))
     central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
     sites_runtime = InProcessRuntime(sites=make_federated_sites())
     plan = FederationPlan(
@@ -486,6 +544,8 @@ def run_experiment(
         Record.VERSIONS: versions(),
         Record.SITES: sites_json(data),
     }
+    if left_out:
+        summary["sites_left_out"] = {s: "no_labeled_training_data" for s in left_out}
     if data.unreadable:
         summary[Record.UNREADABLE] = {k: dict(v) for k, v in sorted(data.unreadable.items())}
     if run is not None:

@@ -79,6 +79,27 @@ class HParam(StrEnum):
     PERSONAL = "personal"
     DITTO_LAMBDA = "ditto_lambda"
     FINETUNE_EPOCHS = "finetune_epochs"
+    SEMI_SUPERVISED = "semi_supervised"
+    PSEUDO_LABEL_THRESHOLD = "pseudo_label_threshold"
+    UNLABELED_LOSS_WEIGHT = "unlabeled_loss_weight"
+    FREEZE = "freeze"
+
+
+class SemiSupervised(StrEnum):
+    """How a site learns from training images without labels."""
+
+    NONE = "none"
+    FIXMATCH = "fixmatch"
+    PSEUDO_LABEL = "pseudo_label"
+
+
+class TrainMetric(StrEnum):
+    """Training metrics a site reports beside the loss (semi-supervised training)."""
+
+    UNLABELED_LOSS = "unlabeled_loss"
+    PSEUDO_LABEL_RATE = "pseudo_label_rate"
+    NUM_LABELED = "num_labeled"
+    NUM_UNLABELED = "num_unlabeled"
 
 
 class Personal(StrEnum):

@@ -50,11 +50,22 @@ class ArraySplit:
 
 @dataclass(frozen=True)
 class SiteSplits:
-    """The train, validation and test splits one site holds."""
+    """The train, validation and test splits one site holds.
+
+    ``unlabeled`` holds training images that have no labels at all (a
+    semi-supervised site): images only, ``(M, C, ...)`` like ``train.x``;
+    ``None`` when the site has none.
+    """
 
     train: ArraySplit
     val: ArraySplit
     test: ArraySplit
+    unlabeled: np.ndarray | None = None
+
+    @property
+    def num_unlabeled(self) -> int:
+        """How many unlabeled training images the site holds."""
+        return 0 if self.unlabeled is None else int(self.unlabeled.shape[0])
 
 
 @dataclass(frozen=True)

@@ -78,4 +78,7 @@ def sites_json(data: FederatedData) -> dict[str, Any]:
             Record.LABEL_COUNTS: by_split["train"],
             "label_counts_by_split": by_split,
         }
+        unlabeled = data.sites[site].num_unlabeled
+        if unlabeled:
+            out[site]["n_unlabeled"] = unlabeled  # a count; there are no labels to count
     return out

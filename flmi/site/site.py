@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from flmi.core.errors import NonFiniteError, SchemaError
-from flmi.core.keys import ClientAlgorithm, Extra, HParam, KeepLocal, Personal, Split
+from flmi.core.keys import (
+    ClientAlgorithm,
+    Extra,
+    HParam,
+    KeepLocal,
+    Personal,
+    SemiSupervised,
+    Split,
+)
 from flmi.core.messages import (
     ClientError,
     ClientUpdate,
@@ -40,7 +48,15 @@ from flmi.site.hooks import (
     server_variate,
 )
 from flmi.site.state import SiteState
-from flmi.tasks.base import FitHooks, FitResult, HParamError, LocalTraining, Task
+from flmi.tasks.base import (
+    FitHooks,
+    FitResult,
+    HParamError,
+    LocalTraining,
+    Task,
+    matches_prefix,
+)
+from flmi.tasks.semisup import SemiSupervisedTask
 from flmi.tasks.torch_params import (
     float_entries,
     head_names,
@@ -148,8 +164,25 @@ class Site:
 
     @property
     def num_train(self) -> int:
-        """Training examples this site holds (a count is all the server learns)."""
+        """Labeled training examples this site holds (a count is all the server learns)."""
         return len(self._data.train)
+
+    @property
+    def num_unlabeled(self) -> int:
+        """Unlabeled training images this site holds."""
+        return self._data.num_unlabeled
+
+    def _uses_unlabeled(self, training: LocalTraining) -> bool:
+        """Whether this round's training learns from the site's unlabeled images."""
+        return training.semi_supervised != SemiSupervised.NONE and self.num_unlabeled > 0
+
+    def _examples(self, training: LocalTraining) -> int:
+        """The honest count of examples a round trains on: labeled, plus unlabeled when used.
+
+        It is the update's ``num_examples``, so FedAvg-like rules weight an
+        unlabeled image like a labeled one.
+        """
+        return self.num_train + (self.num_unlabeled if self._uses_unlabeled(training) else 0)
 
     def _error(self, code: ErrorCode, message: str) -> ClientError:
         return ClientError(site=self.name, code=code, message=message)
@@ -162,6 +195,24 @@ class Site:
         except HParamError as exc:
             log.warning("site %s refused round %d: %s", self.name, instruction.rnd, exc)
             return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
+        if self._examples(training) == 0:
+            return self._error(
+                ErrorCode.DATA_ERROR,
+                "this site holds no labeled training example; it can take part only with "
+                "semi_supervised = 'fixmatch' or 'pseudo_label'",
+            )
+        if self._uses_unlabeled(training) and not isinstance(self._task, SemiSupervisedTask):
+            return self._error(
+                ErrorCode.HPARAM_REFUSED,
+                f"task '{self._task.name}' cannot learn from unlabeled images; "
+                "set semi_supervised = 'none'",
+            )
+        if self.num_unlabeled and not self._uses_unlabeled(training):
+            log.info(
+                "site %s: %d unlabeled training images left unused (semi_supervised = 'none')",
+                self.name,
+                self.num_unlabeled,
+            )
         cluster: int | None = None
         try:
             self._load(instruction.params, where="instruction from the server")
@@ -193,7 +244,11 @@ class Site:
             hooks.append(scaffold.hooks())
         try:
             result = self._fit(
-                training, rnd=instruction.rnd, purpose="train", hooks=merge_hooks(hooks)
+                training,
+                rnd=instruction.rnd,
+                purpose="train",
+                hooks=merge_hooks(hooks),
+                unlabeled=self._uses_unlabeled(training),
             )
         except Exception:  # a site reports failures as data, never as a crash of the loop
             log.exception("site %s: local training failed in round %d", self.name, instruction.rnd)
@@ -236,7 +291,7 @@ class Site:
             site=self.name,
             params=params,
             kind=UpdateKind.FULL,
-            num_examples=self.num_train,
+            num_examples=self._examples(training),
             num_steps=result.num_steps,
             metrics=result.metrics if cluster is None else {**result.metrics, "cluster": cluster},
             extras=extras,
@@ -293,22 +348,71 @@ class Site:
         return params_copy(self._model)
 
     def _fit(
-        self, training: LocalTraining, *, rnd: int, purpose: str, hooks: FitHooks | None
+        self,
+        training: LocalTraining,
+        *,
+        rnd: int,
+        purpose: str,
+        hooks: FitHooks | None,
+        unlabeled: bool = False,
     ) -> FitResult:
-        """Train the working model on the site's training split, seeded per site and round."""
+        """Train the working model on the site's training split, seeded per site and round.
+
+        With ``unlabeled`` the site's unlabeled images take part too
+        (semi-supervised training). Tensors under ``training.freeze`` are not
+        trained, and after training hold exactly the values they held before.
+        """
         generator = torch.Generator().manual_seed(
             derive_seed(seed=self._seed, party=self.name, rnd=rnd, purpose=purpose)
         )
-        result = self._task.fit(
+        frozen = {
+            name: value.detach().clone()
+            for name, value in float_entries(self._model).items()
+            if matches_prefix(name, training.freeze)
+        }
+        grads = {name: p.requires_grad for name, p in self._model.named_parameters()}
+        for name, param in self._model.named_parameters():
+            param.requires_grad_(grads[name] and name not in frozen)
+        try:
+            if unlabeled:
+                result = self._fit_unlabeled(training, generator=generator, hooks=hooks)
+            else:
+                result = self._task.fit(
+                    model=self._model,
+                    data=self._data.train,
+                    training=training,
+                    generator=generator,
+                    device=self._device,
+                    hooks=hooks,
+                )
+        finally:
+            for name, param in self._model.named_parameters():
+                param.requires_grad_(grads[name])
+            entries = float_entries(self._model)
+            with torch.no_grad():
+                for name, value in frozen.items():
+                    entries[name].copy_(value)
+        self._model.zero_grad(set_to_none=True)  # free gradient memory between uses
+        return result
+
+    def _fit_unlabeled(
+        self, training: LocalTraining, *, generator: torch.Generator, hooks: FitHooks | None
+    ) -> FitResult:
+        """Semi-supervised local training on the labeled split and the unlabeled images."""
+        if not isinstance(self._task, SemiSupervisedTask) or self._data.unlabeled is None:
+            raise HParamError(
+                f"task '{self._task.name}' cannot learn from unlabeled images; "
+                "set semi_supervised = 'none'"
+            )
+        return self._task.fit_semi_supervised(
             model=self._model,
-            data=self._data.train,
+            labeled=self._data.train,
+            unlabeled=self._data.unlabeled,
             training=training,
             generator=generator,
             device=self._device,
             hooks=hooks,
         )
-        self._model.zero_grad(set_to_none=True)  # free gradient memory between uses
-        return result
 
     def _kept_names(self, keep_local: str) -> set[str]:
         """Names of the tensors this site keeps to itself under ``keep_local``."""

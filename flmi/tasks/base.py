@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from flmi.core.keys import ClientAlgorithm, HParam, KeepLocal, Personal
+from flmi.core.keys import ClientAlgorithm, HParam, KeepLocal, Personal, SemiSupervised
 from flmi.core.messages import HParamValue
 from flmi.data.arrays import ArraySplit
 
@@ -50,6 +50,17 @@ class LocalTraining:
         ``"none"``, or ``"ditto"``: the site also trains its own personal model.
     ditto_lambda
         Ditto's pull of the personal model toward the global one.
+    semi_supervised
+        ``"none"``, ``"fixmatch"`` or ``"pseudo_label"``: how a site with
+        unlabeled training images learns from them (see
+        :mod:`flmi.tasks.semisup`).
+    pseudo_label_threshold
+        Confidence a prediction needs to become a pseudo-label.
+    unlabeled_loss_weight
+        Weight of the unlabeled loss beside the supervised one (FixMatch's lambda).
+    freeze
+        ``state_dict`` name prefixes (module paths) of tensors that are not
+        trained: their values after local training are the received ones.
     """
 
     lr: float
@@ -64,6 +75,10 @@ class LocalTraining:
     keep_local: str = KeepLocal.NONE
     personal: str = Personal.NONE
     ditto_lambda: float = 0.0
+    semi_supervised: str = SemiSupervised.NONE
+    pseudo_label_threshold: float = 0.95
+    unlabeled_loss_weight: float = 1.0
+    freeze: tuple[str, ...] = ()
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, HParamValue]) -> LocalTraining:
@@ -88,6 +103,10 @@ class LocalTraining:
                 keep_local=str(hparams.get(HParam.KEEP_LOCAL, KeepLocal.NONE)),
                 personal=str(hparams.get(HParam.PERSONAL, Personal.NONE)),
                 ditto_lambda=float(hparams.get(HParam.DITTO_LAMBDA, 0.0)),
+                semi_supervised=str(hparams.get(HParam.SEMI_SUPERVISED, SemiSupervised.NONE)),
+                pseudo_label_threshold=float(hparams.get(HParam.PSEUDO_LABEL_THRESHOLD, 0.95)),
+                unlabeled_loss_weight=float(hparams.get(HParam.UNLABELED_LOSS_WEIGHT, 1.0)),
+                freeze=split_prefixes(str(hparams.get(HParam.FREEZE, ""))),
             )
         except KeyError as exc:
             raise HParamError(f"hyperparameter {exc.args[0]!r} is missing") from None
@@ -137,14 +156,50 @@ class LocalTraining:
             raise HParamError(f"ditto_lambda must not be negative, got {self.ditto_lambda}")
         if self.weight_decay < 0:
             raise HParamError(f"weight_decay must not be negative, got {self.weight_decay}")
+        methods = [m.value for m in SemiSupervised]
+        if self.semi_supervised not in methods:
+            raise HParamError(
+                f"semi_supervised must be one of {methods}, got '{self.semi_supervised}'"
+            )
+        if not 0.0 <= self.pseudo_label_threshold <= 1.0:
+            raise HParamError(
+                f"pseudo_label_threshold must be in [0, 1], got {self.pseudo_label_threshold}"
+            )
+        if not self.unlabeled_loss_weight >= 0:
+            raise HParamError(
+                f"unlabeled_loss_weight must not be negative, got {self.unlabeled_loss_weight}"
+            )
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """A fresh optimiser for one round of local training."""
+        """A fresh optimiser for one round of local training (frozen tensors left out)."""
+        params = [p for p in model.parameters() if p.requires_grad]
         if self.optimizer == "adam":
-            return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(
-            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
+
+
+def split_prefixes(text: str) -> tuple[str, ...]:
+    """``"a.b,c"`` -> ``("a.b", "c")``: the wire form of a list of name prefixes."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def join_prefixes(prefixes: Sequence[str]) -> str:
+    """The wire form of name prefixes: comma-separated, in the given order."""
+    return ",".join(prefixes)
+
+
+def matches_prefix(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``name`` is one of ``prefixes`` or lies inside one (module-path semantics).
+
+    ``"features.0"`` matches ``"features.0.weight"`` but not ``"features.03.weight"``.
+    """
+    for prefix in prefixes:
+        stem = prefix if prefix.endswith(".") else prefix + "."
+        if name == prefix or name.startswith(stem):
+            return True
+    return False
 
 
 @dataclass(frozen=True)

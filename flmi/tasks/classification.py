@@ -15,6 +15,7 @@ from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.loop import train_local
 from flmi.tasks.metrics import classification_metrics
 from flmi.tasks.models import SmallCNN
+from flmi.tasks.semisup import train_semi_supervised
 
 MODELS = ("small_cnn", "logistic")
 
@@ -123,6 +124,13 @@ class ClassificationTask:
             return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype))
         return F.cross_entropy(logits, y)
 
+    def _example_losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:
+            return F.binary_cross_entropy_with_logits(
+                logits[:, 0], y.to(logits.dtype), reduction="none"
+            )
+        return F.cross_entropy(logits, y, reduction="none")
+
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.shape[1] == 1:
             p = torch.sigmoid(logits[:, 0])
@@ -164,6 +172,37 @@ class ClassificationTask:
             generator=generator,
             device=device,
             loss_fn=lambda m, xb, yb: self._loss(m(xb), yb),
+            transform=_augment if self.augment else None,
+            hooks=hooks,
+        )
+
+    def fit_semi_supervised(
+        self,
+        *,
+        model: torch.nn.Module,
+        labeled: ArraySplit,
+        unlabeled: np.ndarray,
+        training: LocalTraining,
+        generator: torch.Generator,
+        device: torch.device,
+        hooks: FitHooks | None = None,
+    ) -> FitResult:
+        """Cross-entropy on labeled batches plus FixMatch or pseudo-label loss on unlabeled ones.
+
+        See :func:`flmi.tasks.semisup.train_semi_supervised`. Labeled batches
+        are augmented as in :meth:`fit` (``augment``); unlabeled images always
+        get the weak (and, for FixMatch, the strong) view.
+        """
+        return train_semi_supervised(
+            model=model,
+            x=self._tensor(labeled.x),
+            y=torch.from_numpy(labeled.y),
+            unlabeled=self._tensor(unlabeled),
+            training=training,
+            generator=generator,
+            device=device,
+            loss_fn=self._example_losses,
+            probs_fn=self._probs,
             transform=_augment if self.augment else None,
             hooks=hooks,
         )

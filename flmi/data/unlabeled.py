@@ -1,0 +1,85 @@
+"""Semi-supervised sites in simulation: hide a site's training labels.
+
+A hospital whose images were never annotated has images and no labels. The
+simulation makes one from a labeled data set by moving a seeded share of a
+site's training examples into :attr:`SiteSplits.unlabeled`, which holds images
+only: the labels of those examples are dropped here and reach no array the
+site gets. The site's validation and test splits keep their labels, so the
+simulation can still score every site's model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from flmi.core.errors import ConfigError
+from flmi.core.rng import generator
+from flmi.data.arrays import FederatedData, SiteSplits
+
+
+def hide_labels(
+    *, data: FederatedData, labeled_fractions: Mapping[str, float], seed: int
+) -> FederatedData:
+    """Keep the labels of ``labeled_fractions[site]`` of each named site's training split.
+
+    Parameters
+    ----------
+    data
+        The federation's sites, fully labeled.
+    labeled_fractions
+        ``{site: fraction}`` with fractions in ``[0, 1]``; sites not named keep
+        every label. ``0`` makes the whole training split unlabeled.
+    seed
+        Chooses which examples keep their labels, per site (the same seed
+        gives the same choice).
+
+    Returns
+    -------
+    FederatedData
+        The same data, where each named site's training split holds only the
+        examples that kept their labels and ``unlabeled`` holds the images of
+        the rest (in their original order), without labels.
+    """
+    sites: dict[str, SiteSplits] = dict(data.sites)
+    for name, fraction in sorted(labeled_fractions.items()):
+        if name not in sites:
+            raise ConfigError(
+                f"[sites.{name}]: no site is named '{name}'; "
+                f"the sites are {', '.join(sorted(sites))}"
+            )
+        if not 0.0 <= fraction <= 1.0:
+            raise ConfigError(f"sites.{name}.labeled_fraction must be in [0, 1], got {fraction}")
+        if fraction == 1.0:
+            continue
+        splits = sites[name]
+        n = len(splits.train)
+        keep = round(fraction * n)
+        order = generator(seed=seed, party=name, rnd=0, purpose="labeled").permutation(n)
+        labeled = np.sort(order[:keep])
+        hidden = np.sort(order[keep:])
+        images = np.ascontiguousarray(splits.train.x[hidden])
+        if splits.unlabeled is not None:
+            images = np.concatenate([splits.unlabeled, images])
+        sites[name] = dataclasses.replace(
+            splits, train=splits.train.take(labeled), unlabeled=images
+        )
+    return FederatedData(sites=sites, central_test=data.central_test, unreadable=data.unreadable)
+
+
+def without_unlabeled_sites(data: FederatedData) -> tuple[FederatedData, list[str]]:
+    """Leave out the sites whose training images are all unlabeled.
+
+    Without semi-supervised training such a site has nothing to train on.
+    Returns the remaining data and the names left out, sorted.
+    """
+    left_out = sorted(
+        name for name, s in data.sites.items() if len(s.train) == 0 and s.num_unlabeled > 0
+    )
+    kept = {name: s for name, s in data.sites.items() if name not in left_out}
+    return (
+        FederatedData(sites=kept, central_test=data.central_test, unreadable=data.unreadable),
+        left_out,
+    )

@@ -1,0 +1,184 @@
+"""Local training with unlabeled images: FixMatch or thresholded pseudo-labels.
+
+A site whose training images are partly or wholly without labels still helps
+the federation (FedMatch, Jeong et al., ICLR 2021; FedPerl, Bdair et al.,
+MICCAI 2021). Each step it takes a batch of unlabeled images and
+
+- ``"fixmatch"`` (Sohn et al., NeurIPS 2020): predicts a weakly augmented
+  view; where the top class probability reaches ``pseudo_label_threshold``,
+  that class becomes the target of a strongly augmented view of the same image;
+- ``"pseudo_label"`` (Lee, ICML-W 2013, with a confidence threshold): the
+  confident prediction on the weak view becomes the target of that same view.
+
+The unlabeled loss, cross-entropy averaged over the whole unlabeled batch with
+the unconfident images masked out, is weighted by ``unlabeled_loss_weight``
+and added to the supervised loss of a labeled batch when the site has labels.
+No gradient flows through the targets.
+
+One round is ``local_steps`` steps, or ``local_epochs`` passes over the larger
+of the two sets (labeled, unlabeled), the smaller one cycling with a fresh
+shuffle each pass. Batches, augmentations and targets come from the site's
+generator for the round, so a round is reproducible and a resumed run repeats
+it bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from flmi.core.keys import Metric, SemiSupervised, TrainMetric
+from flmi.data.arrays import ArraySplit
+from flmi.tasks.augment import random_flip_shift
+from flmi.tasks.base import FitHooks, FitResult, LocalTraining
+from flmi.tasks.batches import batch_indices
+from flmi.tasks.strong_augment import strong_augment
+
+#: ``(logits, targets) -> per-example loss``.
+PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``logits -> class probabilities (N, C)``.
+ProbsFn = Callable[[torch.Tensor], torch.Tensor]
+BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@runtime_checkable
+class SemiSupervisedTask(Protocol):
+    """A task that can also learn from unlabeled images."""
+
+    def fit_semi_supervised(
+        self,
+        *,
+        model: torch.nn.Module,
+        labeled: ArraySplit,
+        unlabeled: np.ndarray,
+        training: LocalTraining,
+        generator: torch.Generator,
+        device: torch.device,
+        hooks: FitHooks | None = None,
+    ) -> FitResult:
+        """Train ``model`` in place on labeled and unlabeled images."""
+        ...
+
+
+def _weak(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return random_flip_shift(x, generator=generator)
+
+
+def _strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return strong_augment(x, generator=generator)
+
+
+def _cycle(
+    n: int, batch_size: int, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    return batch_indices(
+        n=n, batch_size=batch_size, local_epochs=1, local_steps=steps, generator=generator
+    )
+
+
+def train_semi_supervised(
+    *,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    unlabeled: torch.Tensor,
+    training: LocalTraining,
+    generator: torch.Generator,
+    device: torch.device,
+    loss_fn: PerExampleLoss,
+    probs_fn: ProbsFn,
+    transform: BatchTransform | None = None,
+    hooks: FitHooks | None = None,
+) -> FitResult:
+    """One round of semi-supervised local training, in place.
+
+    Parameters
+    ----------
+    model
+        The model, holding the weights to start from.
+    x, y
+        Labeled training images and labels (CPU tensors; may be empty).
+    unlabeled
+        Unlabeled training images (CPU tensor, at least one).
+    training
+        Local-training settings, with ``semi_supervised`` set to ``"fixmatch"``
+        or ``"pseudo_label"``.
+    generator
+        The site's generator for this round.
+    device
+        Where the batches are moved.
+    loss_fn
+        Per-example loss of logits against integer targets.
+    probs_fn
+        Class probabilities from logits.
+    transform
+        Augmentation of the labeled batches (as in supervised training).
+    hooks
+        Algorithm hooks (FedProx's penalty, SCAFFOLD's correction).
+
+    Returns
+    -------
+    FitResult
+        Steps taken, and the metrics: ``loss`` (supervised, only when the
+        site has labels), ``unlabeled_loss``, ``pseudo_label_rate`` (share of
+        unlabeled images confident enough to be used), ``num_labeled`` and
+        ``num_unlabeled``.
+    """
+    if training.semi_supervised not in (SemiSupervised.FIXMATCH, SemiSupervised.PSEUDO_LABEL):
+        raise ValueError(f"semi_supervised = '{training.semi_supervised}' trains no unlabeled data")
+    n_labeled, n_unlabeled = int(y.shape[0]), int(unlabeled.shape[0])
+    if n_unlabeled < 1:
+        raise ValueError("semi-supervised training needs at least one unlabeled image")
+    passes = math.ceil(max(n_labeled, n_unlabeled) / training.batch_size)
+    steps = training.local_steps if training.local_steps > 0 else passes * training.local_epochs
+    labeled_batches = (
+        _cycle(n_labeled, training.batch_size, steps, generator) if n_labeled else None
+    )
+    unlabeled_batches = _cycle(n_unlabeled, training.batch_size, steps, generator)
+    fixmatch = training.semi_supervised == SemiSupervised.FIXMATCH
+    model.train()
+    optimizer = training.make_optimizer(model)
+    sup_sum, sup_seen, unsup_sum, confident, unsup_seen = 0.0, 0, 0.0, 0, 0
+    for _ in range(steps):
+        objective = torch.zeros((), device=device)
+        if labeled_batches is not None:
+            index = next(labeled_batches)
+            xb = x[index]
+            if transform is not None:
+                xb = transform(xb, generator)
+            xb, yb = xb.to(device, non_blocking=True), y[index].to(device, non_blocking=True)
+            sup = loss_fn(model(xb), yb).mean()
+            objective = objective + sup
+            sup_sum += float(sup.detach()) * len(index)
+            sup_seen += len(index)
+        u = unlabeled[next(unlabeled_batches)]
+        weak = _weak(u, generator).to(device, non_blocking=True)
+        with torch.no_grad():
+            confidence, target = probs_fn(model(weak)).max(dim=1)
+            mask = (confidence >= training.pseudo_label_threshold).to(weak.dtype)
+        view = _strong(u, generator).to(device, non_blocking=True) if fixmatch else weak
+        unsup = (loss_fn(model(view), target) * mask).mean()
+        objective = objective + training.unlabeled_loss_weight * unsup
+        unsup_sum += float(unsup.detach()) * u.shape[0]
+        confident += int(mask.sum())
+        unsup_seen += int(u.shape[0])
+        if hooks is not None and hooks.penalty is not None:
+            objective = objective + hooks.penalty(model)
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()  # type: ignore[no-untyped-call]
+        if hooks is not None and hooks.before_step is not None:
+            hooks.before_step(model)
+        optimizer.step()
+    metrics: dict[str, float] = {
+        TrainMetric.UNLABELED_LOSS: unsup_sum / unsup_seen if unsup_seen else float("nan"),
+        TrainMetric.PSEUDO_LABEL_RATE: confident / unsup_seen if unsup_seen else float("nan"),
+        TrainMetric.NUM_LABELED: float(n_labeled),
+        TrainMetric.NUM_UNLABELED: float(n_unlabeled),
+    }
+    if sup_seen:
+        metrics[Metric.LOSS] = sup_sum / sup_seen
+    return FitResult(num_steps=steps, metrics=metrics)

@@ -1,0 +1,139 @@
+"""FixMatch and pseudo-label local training, and the strong augmentation they use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from flmi.core.keys import Metric, TrainMetric
+from flmi.data.arrays import ArraySplit
+from flmi.tasks.base import LocalTraining
+from flmi.tasks.classification import ClassificationTask
+from flmi.tasks.strong_augment import strong_augment
+from flmi.tasks.torch_params import params_copy
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: tiny models train fastest that way on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _task() -> ClassificationTask:
+    return ClassificationTask(
+        num_classes=2, in_channels=1, spatial_dims=2, positive_label=1, width=4
+    )
+
+
+def _training(method: str = "fixmatch", threshold: float = 0.0, **extra: float) -> LocalTraining:
+    values = {
+        "lr": 0.1,
+        "local_epochs": 1,
+        "local_steps": 0,
+        "batch_size": 8,
+        "optimizer": "sgd",
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "semi_supervised": method,
+        "pseudo_label_threshold": threshold,
+        "unlabeled_loss_weight": 1.0,
+    }
+    values.update(extra)
+    return LocalTraining.from_hparams(values)
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 16, 16), dtype=np.float32)
+
+
+def _labeled(n: int) -> ArraySplit:
+    return ArraySplit(x=_images(n, 1), y=(np.arange(n) % 2).astype(np.int64))
+
+
+def _fit(training: LocalTraining, labeled: ArraySplit, seed: int = 0) -> tuple[dict, dict]:
+    task = _task()
+    model = task.build_model(seed=0)
+    result = task.fit_semi_supervised(
+        model=model,
+        labeled=labeled,
+        unlabeled=_images(20, 2),
+        training=training,
+        generator=torch.Generator().manual_seed(seed),
+        device=torch.device("cpu"),
+    )
+    return params_copy(model), {"steps": result.num_steps, **result.metrics}
+
+
+def test_an_unlabeled_only_round_reports_no_supervised_loss_and_counts_its_images() -> None:
+    _, metrics = _fit(_training(), _labeled(0))
+    assert Metric.LOSS not in metrics
+    assert metrics[TrainMetric.NUM_LABELED] == 0 and metrics[TrainMetric.NUM_UNLABELED] == 20
+    assert metrics[TrainMetric.PSEUDO_LABEL_RATE] == 1.0  # threshold 0: every image is used
+    assert metrics["steps"] == 3  # ceil(20 / 8) steps for one epoch over the unlabeled images
+
+
+def test_a_mixed_round_reports_the_supervised_loss_and_passes_over_the_larger_set() -> None:
+    _, metrics = _fit(_training(), _labeled(4))
+    assert np.isfinite(metrics[Metric.LOSS])
+    assert metrics["steps"] == 3  # the 4 labeled images cycle while 20 unlabeled are seen once
+
+
+def test_the_same_generator_seed_gives_the_same_weights_bit_for_bit() -> None:
+    a, _ = _fit(_training(), _labeled(4), seed=5)
+    b, _ = _fit(_training(), _labeled(4), seed=5)
+    c, _ = _fit(_training(), _labeled(4), seed=6)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_no_confident_prediction_means_no_unlabeled_gradient() -> None:
+    # Threshold 1.0 cannot be reached by a softmax over 2 untrained classes: all masked.
+    start = params_copy(_task().build_model(seed=0))
+    after, metrics = _fit(_training(threshold=1.0), _labeled(0))
+    assert metrics[TrainMetric.PSEUDO_LABEL_RATE] == 0.0
+    assert metrics[TrainMetric.UNLABELED_LOSS] == 0.0
+    assert all(np.array_equal(start[k], after[k]) for k in start)
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "pseudo_label"])
+def test_confident_pseudo_labels_move_the_model(method: str) -> None:
+    start = params_copy(_task().build_model(seed=0))
+    after, metrics = _fit(_training(method), _labeled(0))
+    assert metrics[TrainMetric.UNLABELED_LOSS] > 0
+    assert any(not np.array_equal(start[k], after[k]) for k in start)
+
+
+def test_zero_unlabeled_weight_trains_like_the_labeled_loss_alone() -> None:
+    # With lambda = 0 the unlabeled branch adds nothing to the gradient.
+    weightless, _ = _fit(_training(unlabeled_loss_weight=0.0), _labeled(0))
+    start = params_copy(_task().build_model(seed=0))
+    assert all(np.array_equal(start[k], weightless[k]) for k in start)
+
+
+def test_semi_supervised_settings_out_of_range_are_refused_by_name() -> None:
+    from flmi.tasks.base import HParamError
+
+    with pytest.raises(HParamError, match="pseudo_label_threshold"):
+        _training(threshold=1.5)
+    with pytest.raises(HParamError, match="unlabeled_loss_weight"):
+        _training(unlabeled_loss_weight=-1.0)
+    with pytest.raises(HParamError, match="semi_supervised"):
+        _training(method="mixmatch")
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 16, 16), (3, 1, 8, 8, 8)])
+def test_strong_augmentation_is_seeded_and_keeps_shape_and_dtype(shape: tuple[int, ...]) -> None:
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    a = strong_augment(x, generator=torch.Generator().manual_seed(1))
+    b = strong_augment(x, generator=torch.Generator().manual_seed(1))
+    c = strong_augment(x, generator=torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.allclose(a, x, atol=1e-3)
+    assert torch.isfinite(a).all()
