@@ -156,6 +156,8 @@ class FederationConfig:
     false`` or ``labeled_fraction``) learn from them: a prediction at least
     ``pseudo_label_threshold`` confident becomes the target, and the
     unlabeled loss counts ``unlabeled_loss_weight`` times the supervised one.
+    In aggregation an unlabeled image a site trained on counts
+    ``unlabeled_weight`` of a labeled one (1: the same).
     With ``"none"``, a site without any labeled training example sits out.
     """
 
@@ -174,6 +176,7 @@ class FederationConfig:
     semi_supervised: Literal["none", "fixmatch", "pseudo_label"] = "none"
     pseudo_label_threshold: float = 0.95
     unlabeled_loss_weight: float = 1.0
+    unlabeled_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -503,6 +506,10 @@ def check_config(c: Config) -> None:
     _require(
         f.unlabeled_loss_weight >= 0,
         f"federation.unlabeled_loss_weight must not be negative, got {f.unlabeled_loss_weight}",
+    )
+    _require(
+        0.0 < f.unlabeled_weight <= 1.0,
+        f"federation.unlabeled_weight must be in (0, 1], got {f.unlabeled_weight}",
     )
     for key in ("freeze", "init_skip"):
         for prefix in getattr(t, key):

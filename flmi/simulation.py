@@ -38,7 +38,12 @@ from flmi.core.federation import (
 from flmi.core.keys import Arm, HParam, Record, Split
 from flmi.core.messages import HParamValue
 from flmi.core.params import Params
-from flmi.core.strategy import StateRecord, Strategy
+from flmi.core.strategy import (
+    EvaluationSettings,
+    SiteModels,
+    StateRecord,
+    Strategy,
+)
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
 from flmi.data.unlabeled import hide_labels, without_unlabeled_sites
@@ -51,6 +56,7 @@ from flmi.site.site import Site
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.per_site import PerSiteSettings
 from flmi.strategies.registry import BuildContext, build_strategy
+from flmi.strategies.unlabeled_weight import UnlabeledWeight
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.device import resolve_device
 from flmi.tasks.torch_params import load_params, params_copy
@@ -386,6 +392,13 @@ def run_experiment(
     overrides = {s: v for s, v in site_overrides(config).items() if s in data.sites}
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    if f.unlabeled_weight < 1.0:
+        if is_personalised(strategy) or isinstance(strategy, SiteModels | EvaluationSettings):
+            raise ConfigError(
+                f"federation.unlabeled_weight applies to strategies with one global model; "
+                f"'{strategy.name}' keeps models per site: leave unlabeled_weight at 1"
+            )
+        strategy = UnlabeledWeight(inner=strategy, weight=f.unlabeled_weight)
     initial = params_copy(initial_model(config, task, seed=seed))
     run, resume_point = open_run(config=config, out=out, resume=resume)
 

@@ -25,7 +25,7 @@ def _tables(method: str = "fixmatch", strategy: str = "fedavg", **federation: An
         strategy={"name": strategy},
         federation={
             "semi_supervised": method,
-            "pseudo_label_threshold": 0.6,
+            "pseudo_label_threshold": 0.5,  # binary: every prediction is confident enough
             "unlabeled_loss_weight": 1.0,
             **federation,
         },
@@ -129,3 +129,15 @@ def test_a_resumed_semi_supervised_run_ends_bit_for_bit_as_a_straight_one(tmp_pa
     assert all(np.array_equal(a[k], b[k]) for k in a)
     federated = [x["round"] for x in _lines(crashed) if x["arm"] == "federated"]
     assert federated == [1, 2, 3]
+
+
+def test_unlabeled_weight_changes_the_model_and_is_refused_for_per_site_models() -> None:
+    full = run_experiment(config=config_from_dict(_tables()), out=None).params
+    half = run_experiment(config=config_from_dict(_tables(unlabeled_weight=0.5)), out=None).params
+    assert not all(np.array_equal(full[k], half[k]) for k in full)
+    with pytest.raises(ConfigError, match="federation.unlabeled_weight"):
+        run_experiment(
+            config=config_from_dict(_tables(strategy="fedbn", unlabeled_weight=0.5)), out=None
+        )
+    with pytest.raises(ConfigError, match="federation.unlabeled_weight must be in"):
+        config_from_dict(_tables(unlabeled_weight=0.0))

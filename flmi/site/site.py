@@ -25,6 +25,7 @@ from flmi.core.keys import (
     Personal,
     SemiSupervised,
     Split,
+    TrainMetric,
 )
 from flmi.core.messages import (
     ClientError,
@@ -177,12 +178,17 @@ class Site:
         return training.semi_supervised != SemiSupervised.NONE and self.num_unlabeled > 0
 
     def _examples(self, training: LocalTraining) -> int:
-        """The honest count of examples a round trains on: labeled, plus unlabeled when used.
-
-        It is the update's ``num_examples``, so FedAvg-like rules weight an
-        unlabeled image like a labeled one.
-        """
+        """The most examples a round can train on: labeled, plus unlabeled when used."""
         return self.num_train + (self.num_unlabeled if self._uses_unlabeled(training) else 0)
+
+    def _trained_on(self, result: FitResult) -> int:
+        """The honest count of examples a round trained on: the update's ``num_examples``.
+
+        Labeled examples, plus the unlabeled images that got a pseudo-label at
+        least once (the others taught nothing), so FedAvg-like rules weight an
+        unlabeled image the site learnt from like a labeled one.
+        """
+        return self.num_train + int(result.metrics.get(TrainMetric.NUM_UNLABELED, 0))
 
     def _error(self, code: ErrorCode, message: str) -> ClientError:
         return ClientError(site=self.name, code=code, message=message)
@@ -253,6 +259,12 @@ class Site:
         except Exception:  # a site reports failures as data, never as a crash of the loop
             log.exception("site %s: local training failed in round %d", self.name, instruction.rnd)
             return self._error(ErrorCode.TRAINING_FAILED, "local training failed; see the site log")
+        if self._trained_on(result) == 0:
+            log.info("site %s: no confident pseudo-label in round %d", self.name, instruction.rnd)
+            return self._error(
+                ErrorCode.DATA_ERROR,
+                "no unlabeled image reached pseudo_label_threshold this round: nothing learnt",
+            )
         params = params_copy(self._model)
         extras: Params = {}
         tensors = {k: v for k, v in self.state.tensors.items() if not k.startswith(Extra.LOCAL)}
@@ -291,7 +303,7 @@ class Site:
             site=self.name,
             params=params,
             kind=UpdateKind.FULL,
-            num_examples=self._examples(training),
+            num_examples=self._trained_on(result),
             num_steps=result.num_steps,
             metrics=result.metrics if cluster is None else {**result.metrics, "cluster": cluster},
             extras=extras,

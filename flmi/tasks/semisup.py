@@ -13,7 +13,11 @@ MICCAI 2021). Each step it takes a batch of unlabeled images and
 The unlabeled loss, cross-entropy averaged over the whole unlabeled batch with
 the unconfident images masked out, is weighted by ``unlabeled_loss_weight``
 and added to the supervised loss of a labeled batch when the site has labels.
-No gradient flows through the targets.
+No gradient flows through the targets. A step with nothing to learn from (no
+labeled batch, no confident image) is skipped rather than taken: with weight
+decay or Adam, a step on a zero loss still moves the weights, and a site
+without labels would otherwise shrink the model round after round before it
+is ever confident.
 
 One round is ``local_steps`` steps, or ``local_epochs`` passes over the larger
 of the two sets (labeled, unlabeled), the smaller one cycling with a fresh
@@ -125,8 +129,9 @@ def train_semi_supervised(
     FitResult
         Steps taken, and the metrics: ``loss`` (supervised, only when the
         site has labels), ``unlabeled_loss``, ``pseudo_label_rate`` (share of
-        unlabeled images confident enough to be used), ``num_labeled`` and
-        ``num_unlabeled``.
+        unlabeled draws confident enough to be used), ``num_labeled`` and
+        ``num_unlabeled`` (the unlabeled images that got a pseudo-label at
+        least once this round: the ones the site trained on).
     """
     if training.semi_supervised not in (SemiSupervised.FIXMATCH, SemiSupervised.PSEUDO_LABEL):
         raise ValueError(f"semi_supervised = '{training.semi_supervised}' trains no unlabeled data")
@@ -142,7 +147,8 @@ def train_semi_supervised(
     fixmatch = training.semi_supervised == SemiSupervised.FIXMATCH
     model.train()
     optimizer = training.make_optimizer(model)
-    sup_sum, sup_seen, unsup_sum, confident, unsup_seen = 0.0, 0, 0.0, 0, 0
+    sup_sum, sup_seen, unsup_sum, confident, unsup_seen, taken = 0.0, 0, 0.0, 0, 0, 0
+    used = torch.zeros(n_unlabeled, dtype=torch.bool)
     for _ in range(steps):
         objective = torch.zeros((), device=device)
         if labeled_batches is not None:
@@ -155,17 +161,23 @@ def train_semi_supervised(
             objective = objective + sup
             sup_sum += float(sup.detach()) * len(index)
             sup_seen += len(index)
-        u = unlabeled[next(unlabeled_batches)]
+        u_index = next(unlabeled_batches)
+        u = unlabeled[u_index]
         weak = _weak(u, generator).to(device, non_blocking=True)
         with torch.no_grad():
             confidence, target = probs_fn(model(weak)).max(dim=1)
-            mask = (confidence >= training.pseudo_label_threshold).to(weak.dtype)
+            chosen = confidence >= training.pseudo_label_threshold
+            mask = chosen.to(weak.dtype)
         view = _strong(u, generator).to(device, non_blocking=True) if fixmatch else weak
+        unsup_seen += int(u.shape[0])
+        chosen_cpu = chosen.cpu()
+        if not bool(chosen_cpu.any()) and labeled_batches is None:
+            continue  # nothing to learn from: no step (see the module notes)
+        used[u_index[chosen_cpu]] = True
         unsup = (loss_fn(model(view), target) * mask).mean()
         objective = objective + training.unlabeled_loss_weight * unsup
         unsup_sum += float(unsup.detach()) * u.shape[0]
-        confident += int(mask.sum())
-        unsup_seen += int(u.shape[0])
+        confident += int(chosen_cpu.sum())
         if hooks is not None and hooks.penalty is not None:
             objective = objective + hooks.penalty(model)
         optimizer.zero_grad(set_to_none=True)
@@ -173,12 +185,13 @@ def train_semi_supervised(
         if hooks is not None and hooks.before_step is not None:
             hooks.before_step(model)
         optimizer.step()
+        taken += 1
     metrics: dict[str, float] = {
-        TrainMetric.UNLABELED_LOSS: unsup_sum / unsup_seen if unsup_seen else float("nan"),
-        TrainMetric.PSEUDO_LABEL_RATE: confident / unsup_seen if unsup_seen else float("nan"),
+        TrainMetric.UNLABELED_LOSS: unsup_sum / unsup_seen,
+        TrainMetric.PSEUDO_LABEL_RATE: confident / unsup_seen,
         TrainMetric.NUM_LABELED: float(n_labeled),
-        TrainMetric.NUM_UNLABELED: float(n_unlabeled),
+        TrainMetric.NUM_UNLABELED: float(int(used.sum())),
     }
     if sup_seen:
         metrics[Metric.LOSS] = sup_sum / sup_seen
-    return FitResult(num_steps=steps, metrics=metrics)
+    return FitResult(num_steps=taken, metrics=metrics)

@@ -95,3 +95,10 @@ def test_a_labeled_site_trains_exactly_as_before_when_semi_supervision_is_on() -
     assert isinstance(with_ssl, ClientUpdate) and isinstance(without, ClientUpdate)
     assert all(np.array_equal(with_ssl.params[k], without.params[k]) for k in without.params)
     assert with_ssl.metrics == without.metrics and with_ssl.num_examples == 20
+
+
+def test_an_unlabeled_site_with_no_confident_image_sends_nothing_but_a_code() -> None:
+    ssl = {**SSL, "pseudo_label_threshold": 1.0}
+    reply = _site(0, 20).train(_instruction(**ssl))
+    assert isinstance(reply, ClientError)
+    assert reply.code == ErrorCode.DATA_ERROR and "pseudo_label_threshold" in reply.message

@@ -31,8 +31,10 @@ def _task() -> ClassificationTask:
     )
 
 
-def _training(method: str = "fixmatch", threshold: float = 0.0, **extra: float) -> LocalTraining:
-    values = {
+def _training(
+    method: str = "fixmatch", threshold: float = 0.0, **extra: float | str
+) -> LocalTraining:
+    values: dict[str, float | int | str] = {
         "lr": 0.1,
         "local_epochs": 1,
         "local_steps": 0,
@@ -98,6 +100,17 @@ def test_no_confident_prediction_means_no_unlabeled_gradient() -> None:
     after, metrics = _fit(_training(threshold=1.0), _labeled(0))
     assert metrics[TrainMetric.PSEUDO_LABEL_RATE] == 0.0
     assert metrics[TrainMetric.UNLABELED_LOSS] == 0.0
+    assert metrics[TrainMetric.NUM_UNLABELED] == 0  # no image was trained on
+    assert metrics["steps"] == 0  # no step taken: a zero loss must not move the weights
+    assert all(np.array_equal(start[k], after[k]) for k in start)
+
+
+def test_a_step_without_a_confident_image_is_skipped_even_with_adam_and_weight_decay() -> None:
+    # Adam with weight decay moves every weight on a zero loss; a skipped step does not.
+    start = params_copy(_task().build_model(seed=0))
+    training = _training(threshold=1.0, optimizer="adam", weight_decay=0.1)
+    after, metrics = _fit(training, _labeled(0))
+    assert metrics["steps"] == 0
     assert all(np.array_equal(start[k], after[k]) for k in start)
 
 
