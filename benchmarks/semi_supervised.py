@@ -15,10 +15,11 @@ It prints the central test AUC (and balanced accuracy) of the final round as
 mean +- sd over the seeds and the ratio of the semi-supervised AUC to the
 labeled-only AUC, measured in the same run.
 
-With ``--tune``, the pseudo-label threshold and the unlabeled loss weight are
-chosen first on validation data only (the final-round validation AUC, the
-example-weighted mean over the hospitals' validation splits, averaged over the
-tuning seeds); test data is never looked at to choose anything.
+With ``--tune``, the pseudo-label threshold and the aggregation weight of an
+unlabeled image (``federation.unlabeled_weight``) are chosen first on
+validation data only (the final-round validation AUC, the example-weighted
+mean over the hospitals' validation splits, averaged over the tuning seeds);
+test data is never looked at to choose anything.
 
 Usage::
 
@@ -41,9 +42,18 @@ from flmi.simulation import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "breastmnist_semi_supervised.toml"
-THRESHOLDS = (0.8, 0.95)
+THRESHOLDS = (0.9, 0.95)
 WEIGHTS = (0.5, 1.0)
-ALL_LABELED = ("sites.site_3.labeled=true", "sites.site_4.labeled=true")
+
+
+def all_labeled(lr: float) -> list[str]:
+    """The reference: hospitals 3 and 4 keep their labels and train like 1 and 2."""
+    return [
+        "sites.site_3.labeled=true",
+        "sites.site_4.labeled=true",
+        f"sites.site_3.lr={lr}",
+        f"sites.site_4.lr={lr}",
+    ]
 
 
 def run(seed: int, overrides: Sequence[str]) -> dict[str, float]:
@@ -64,7 +74,7 @@ def run(seed: int, overrides: Sequence[str]) -> dict[str, float]:
 
 
 def tune(seeds: Sequence[int], method: str) -> tuple[float, float]:
-    """The (threshold, weight) with the best mean validation AUC over ``seeds``."""
+    """The (threshold, unlabeled_weight) with the best mean validation AUC over ``seeds``."""
     scores: dict[tuple[float, float], float] = {}
     for threshold, weight in itertools.product(THRESHOLDS, WEIGHTS):
         overrides = _ssl(method, threshold, weight)
@@ -78,7 +88,7 @@ def _ssl(method: str, threshold: float, weight: float) -> list[str]:
     return [
         f"federation.semi_supervised={method}",
         f"federation.pseudo_label_threshold={threshold}",
-        f"federation.unlabeled_loss_weight={weight}",
+        f"federation.unlabeled_weight={weight}",
     ]
 
 
@@ -98,16 +108,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     base = load_config(CONFIG)
     threshold = base.federation.pseudo_label_threshold
-    weight = base.federation.unlabeled_loss_weight
+    weight = base.federation.unlabeled_weight
     if args.tune:
         print(f"tuning on validation AUC, seeds {args.tune_seeds}")
         threshold, weight = tune(args.tune_seeds, args.method)
     arms = {
-        f"semi-supervised ({args.method}, threshold {threshold}, weight {weight})": _ssl(
+        f"semi-supervised ({args.method}, threshold {threshold}, unlabeled_weight {weight})": _ssl(
             args.method, threshold, weight
         ),
         "labeled only (2 labeled hospitals)": ["federation.semi_supervised=none"],
-        "all labeled (reference)": [*ALL_LABELED, "federation.semi_supervised=none"],
+        "all labeled (reference)": [
+            *all_labeled(base.federation.lr),
+            "federation.semi_supervised=none",
+        ],
     }
     results: dict[str, list[dict[str, float]]] = {}
     for name, overrides in arms.items():
