@@ -56,9 +56,13 @@ def all_labeled(lr: float) -> list[str]:
     ]
 
 
+#: ``--set`` overrides applied to every arm.
+EXTRA: list[str] = []
+
+
 def run(seed: int, overrides: Sequence[str]) -> dict[str, float]:
     """One run: central test AUC and balanced accuracy, validation AUC, wall time."""
-    config = load_config(CONFIG, overrides=[f"federation.seed={seed}", *overrides])
+    config = load_config(CONFIG, overrides=[f"federation.seed={seed}", *EXTRA, *overrides])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = run_experiment(config=config, out=Path(tmp) / "run")
@@ -104,9 +108,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tune", action="store_true", help="choose threshold and weight on val")
     parser.add_argument("--tune-seeds", type=int, nargs="+", default=[10])
     parser.add_argument("--out", type=Path, help="also write the table as Markdown here")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every arm"
+    )
     args = parser.parse_args(argv)
+    EXTRA.extend(args.set)
 
-    base = load_config(CONFIG)
+    base = load_config(CONFIG, overrides=EXTRA)
     threshold = base.federation.pseudo_label_threshold
     weight = base.federation.unlabeled_weight
     if args.tune:
@@ -134,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ratio = statistics.fmean(aucs[ssl_name]) / statistics.fmean(aucs[labeled_name])
     lines = [
         f"BreastMNIST, 4 hospitals (iid), hospitals 3 and 4 without labels; "
-        f"{base.federation.rounds} rounds of {base.strategy.name}; seeds {args.seeds}",
+        f"{base.federation.rounds} rounds of {base.strategy.name}, "
+        f"{base.federation.local_epochs} local epoch(s); seeds {args.seeds}",
         "",
         "| arm | central test AUC | central test balanced accuracy | mean wall s |",
         "| --- | --- | --- | --- |",
