@@ -37,6 +37,7 @@ from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
+from flmi.privacy.setup import build_secure, protect_sites
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import ArmResult, arm_json, sites_json, versions
@@ -361,11 +362,12 @@ def run_experiment(
             )
             faulty = spec.kind not in (Fault.NONE, Fault.LABEL_FLIP)
             endpoints.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
-        return endpoints
+        return protect_sites(config.privacy, endpoints)
 
     initial = params_copy(task.build_model(seed=seed))
     central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
     sites_runtime = InProcessRuntime(sites=make_federated_sites())
+    secure = build_secure(config.privacy, strategy=strategy.name, site_names=sorted(data.sites))
     plan = FederationPlan(
         rounds=f.rounds,
         fraction=f.fraction,
@@ -384,6 +386,7 @@ def run_experiment(
         arm=Arm.FEDERATED,
         evaluate_central=central,
         resume=resume_point,
+        secure=secure,
     )
     history = list(federated.history)
     if not history and run is not None:  # resumed after the last round: nothing left to run
@@ -483,6 +486,7 @@ def run_experiment(
         Record.TORCH_THREADS: torch.get_num_threads(),
         "device": str(device),
         "strategy": strategy.name,
+        Record.PRIVACY: dataclasses.asdict(config.privacy),
         Record.VERSIONS: versions(),
         Record.SITES: sites_json(data),
     }

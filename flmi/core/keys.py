@@ -60,6 +60,7 @@ class Record(StrEnum):
     SITES = "sites"
     N_TRAIN = "n_train"
     LABEL_COUNTS = "label_counts"
+    PRIVACY = "privacy"
 
 
 class HParam(StrEnum):
