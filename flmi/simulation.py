@@ -329,6 +329,7 @@ def run_experiment(
     overrides = site_overrides(config)
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    secure = build_secure(config.privacy, strategy=strategy.name, site_names=sorted(data.sites))
     run, resume_point = open_run(config=config, out=out, resume=resume)
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
@@ -367,7 +368,6 @@ def run_experiment(
     initial = params_copy(task.build_model(seed=seed))
     central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
     sites_runtime = InProcessRuntime(sites=make_federated_sites())
-    secure = build_secure(config.privacy, strategy=strategy.name, site_names=sorted(data.sites))
     plan = FederationPlan(
         rounds=f.rounds,
         fraction=f.fraction,
