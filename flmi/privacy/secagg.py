@@ -226,7 +226,10 @@ class SecAggClient:
         self._vector = quantised_vector(terms, self._fixed)
         self._share_key = X25519PrivateKey.generate()
         self._mask_key = X25519PrivateKey.generate()
+        self._advertised_roster = roster
         self._roster: list[str] = []
+        self._senders: list[str] = []
+        self._seed = b""
         self._mask_peers: dict[str, bytes] = {}
         self._share_peers: dict[str, bytes] = {}
         self._own_shares: tuple[int, int] = (0, 0)
@@ -253,6 +256,8 @@ class SecAggClient:
                 f"{where}: roster of {len(roster)} is below the threshold {self._threshold} "
                 "or leaves this site out"
             )
+        if not set(roster) <= set(self._advertised_roster):
+            raise ProtocolError(f"{where}: the roster names sites outside the advertised one")
         layout = Layout.from_json(request.header.get("layout"), where=where)
         if layout != self._layout:
             raise ProtocolError(f"{where}: the round's layout differs from this site's update")
@@ -705,21 +710,22 @@ class SecAggServer:
                     code=ErrorCode.REJECTED_BY_SERVER,
                     message="sent its update in the clear under secure aggregation; discarded",
                 )
+        threshold = self.threshold_for(len(roster))
         state = SecAggRound(
-            rnd=rnd,
-            roster=roster,
-            threshold=self.threshold_for(len(roster)),
-            fixed=self._fixed,
-            rule=self._rule,
+            rnd=rnd, roster=roster, threshold=threshold, fixed=self._fixed, rule=self._rule
         )
         update: ClientUpdate | None = None
         count = 0
-        if len(roster) >= 2:
+        if len(roster) >= max(2, threshold):
             drive(state, exchange)
             update, count = state.result(reference)
         else:
             log.warning(
-                "secagg round %d: %d sites hold an update; at least 2 needed", rnd, len(roster)
+                "secagg round %d: %d sites hold an update; the threshold is %d (and at least "
+                "2 are needed): no update is aggregated this round",
+                rnd,
+                len(roster),
+                threshold,
             )
         errors.update(state.errors)
         return SecureRound(

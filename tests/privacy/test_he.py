@@ -77,6 +77,31 @@ def test_every_context_the_server_holds_has_no_secret_key() -> None:
                         ts.context_from(blob)
 
 
+def test_the_server_receives_no_site_update_in_the_clear() -> None:
+    sites, reference = fixed_sites(count=3, size=2000, seed=6)
+    recorder = Recorder(InProcessRuntime(sites=[SecureSite(site=s) for s in sites]))
+
+    outcome = _server().aggregate(
+        rnd=1,
+        exchange=recorder,
+        replies=train_all(recorder._runtime, reference, 1),
+        reference=reference,
+    )
+
+    assert outcome.update is not None
+    received = b"".join(data for _, _, data in recorder.received)
+    for site in sites:
+        n_delta = site.n * site.delta["a.weight"].astype(np.float64)
+        assert n_delta.astype("<f8").tobytes()[:128] not in received
+        assert site.delta["a.weight"].astype("<f4").tobytes()[:128] not in received
+    decrypted = [
+        Payload.decode(data, where="test")
+        for stage, _, data in recorder.received
+        if stage == Stage.DECRYPT
+    ]
+    assert len(decrypted) == 1  # one plaintext comes back: the sum
+
+
 def test_a_context_with_a_secret_key_is_refused_by_the_server() -> None:
     context = CkksSettings().make_context()
 

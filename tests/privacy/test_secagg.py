@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from flmi.core.messages import ClientError, ErrorCode, TrainInstruction
+from flmi.core.messages import ClientError, ClientUpdate, ErrorCode, TrainInstruction
 from flmi.core.params import Params
 from flmi.privacy.linear import LinearRule, linear_terms
 from flmi.privacy.secagg import (
@@ -153,6 +153,18 @@ def test_a_dropped_sites_late_masked_input_is_ignored() -> None:
         np.testing.assert_allclose(value, expected[name], rtol=0, atol=1e-6)
 
 
+def test_a_round_with_fewer_sites_than_the_threshold_runs_no_stage() -> None:
+    runtime, _, reference, _ = _dropping_runtime(3, {})
+    recorder = Recorder(runtime)
+
+    outcome = _server(threshold=4).aggregate(
+        rnd=1, exchange=recorder, replies=train_all(runtime, reference, 1), reference=reference
+    )
+
+    assert outcome.update is None and outcome.contributors == 0
+    assert recorder.received == [] and outcome.bytes_down == 0
+
+
 def test_a_reply_of_another_round_is_ignored() -> None:
     state = SecAggRound(
         rnd=2, roster=["a", "b"], threshold=2, fixed=FIXED, rule=LinearRule.WEIGHTED_MEAN
@@ -235,11 +247,14 @@ def test_the_server_never_receives_an_unmasked_update_nor_both_shares_of_a_site(
     runtime, sites, reference, _ = _dropping_runtime(5, {4: Stage.MASKED})
     recorder = Recorder(runtime)
 
+    replies = train_all(runtime, reference, 1)
     outcome = _server(threshold=3).aggregate(
-        rnd=1, exchange=recorder, replies=train_all(runtime, reference, 1), reference=reference
+        rnd=1, exchange=recorder, replies=replies, reference=reference
     )
 
     assert outcome.update is not None
+    for reply in replies.values():  # training replies carry metrics only
+        assert isinstance(reply, ClientUpdate) and not reply.params and not reply.extras
     received = b"".join(data for _, _, data in recorder.received)
     for site in sites:
         update = site.train(_instruction(reference))
