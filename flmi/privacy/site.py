@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flmi.core.errors import ConfigError, NonFiniteError
 from flmi.core.exchange import StageReply
@@ -26,12 +27,16 @@ from flmi.core.messages import (
     TrainReply,
 )
 from flmi.core.params import Params
-from flmi.privacy import he, secagg
+from flmi.privacy import secagg
 from flmi.privacy.linear import LinearRule, LinearTerms, linear_terms
 from flmi.privacy.wire import Payload, ProtocolError
 from flmi.runtime.inprocess import SiteEndpoint
 
+if TYPE_CHECKING:
+    from flmi.privacy.he import CkksSettings, HEClient
+
 log = logging.getLogger("flmi.privacy.site")
+HE_STAGE_PREFIX = "he/"
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,9 @@ class SecureSite:
     site
         The site underneath (it trains and evaluates).
     ckks
-        CKKS parameters, used when this site is the homomorphic key holder.
+        CKKS parameters, used when this site is the homomorphic key holder
+        (``None``: TenSEAL's defaults of :class:`flmi.privacy.he.CkksSettings`;
+        TenSEAL is imported only when a homomorphic stage arrives).
     policy
         The site's own bounds on secure aggregation rounds.
     """
@@ -60,7 +67,7 @@ class SecureSite:
         self,
         *,
         site: SiteEndpoint,
-        ckks: he.CkksSettings | None = None,
+        ckks: CkksSettings | None = None,
         policy: secagg.SecAggPolicy | None = None,
     ) -> None:
         self.name = site.name
@@ -68,12 +75,20 @@ class SecureSite:
         self._policy = policy if policy is not None else secagg.SecAggPolicy()
         self._held: _Held | None = None
         self._secagg: secagg.SecAggClient | None = None
-        self._he = he.HEClient(site=site.name, settings=ckks or he.CkksSettings())
+        self._ckks = ckks
+        self._he: HEClient | None = None
 
     @property
     def has_secret_key(self) -> bool:
         """Whether this site holds the homomorphic secret key."""
-        return self._he.has_secret_key
+        return self._he is not None and self._he.has_secret_key
+
+    def _he_client(self) -> HEClient:
+        if self._he is None:
+            from flmi.privacy.he import CkksSettings, HEClient
+
+            self._he = HEClient(site=self.name, settings=self._ckks or CkksSettings())
+        return self._he
 
     def train(self, instruction: TrainInstruction) -> TrainReply:
         """Train, hold the update back, and reply with the training metrics alone."""
@@ -151,18 +166,26 @@ class SecureSite:
             reply = client.unmask(request)
             self._held, self._secagg = None, None  # this round's update is spent
             return reply
-        if stage == he.Stage.HELLO:
-            return self._he.hello(request, rnd=rnd)
-        if stage == he.Stage.KEYGEN:
-            return self._he.keygen(request, rnd=rnd)
-        if stage == he.Stage.INSTALL:
-            return self._he.install(request, rnd=rnd)
-        if stage == he.Stage.ENCRYPT:
-            reply = self._he.encrypt(self._terms(rnd, request, where=where), rnd=rnd)
+        if stage.startswith(HE_STAGE_PREFIX):
+            return self._answer_he(stage, rnd, request, where=where)
+        raise ProtocolError(f"{where}: unknown stage")
+
+    def _answer_he(self, stage: str, rnd: int, request: Payload, *, where: str) -> Payload:
+        from flmi.privacy.he import Stage
+
+        client = self._he_client()
+        if stage == Stage.HELLO:
+            return client.hello(request, rnd=rnd)
+        if stage == Stage.KEYGEN:
+            return client.keygen(request, rnd=rnd)
+        if stage == Stage.INSTALL:
+            return client.install(request, rnd=rnd)
+        if stage == Stage.ENCRYPT:
+            reply = client.encrypt(self._terms(rnd, request, where=where), rnd=rnd)
             self._held = None
             return reply
-        if stage == he.Stage.DECRYPT:
-            return self._he.decrypt(request, rnd=rnd)
+        if stage == Stage.DECRYPT:
+            return client.decrypt(request, rnd=rnd)
         raise ProtocolError(f"{where}: unknown stage")
 
 

@@ -91,3 +91,17 @@ def test_unknown_key_holder_stops_the_run_before_anything_is_written(tmp_path: P
         run_experiment(config=load_config(path), out=out)
 
     assert not out.exists()
+
+
+def test_a_plain_run_imports_neither_cryptography_nor_tenseal() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flmi.privacy.setup, flmi.config; "
+        "print('tenseal' in sys.modules, 'cryptography' in sys.modules)"
+    )
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert done.stdout.split() == ["False", "False"]
