@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from flmi.cli import main
-from flmi.config import load_config
+from flmi.config import config_from_dict, load_config
 from flmi.simulation import run_experiment
 from tests.conftest import tiny_tables, write_config
 
@@ -79,3 +80,21 @@ def test_a_site_outside_the_clip_range_drops_out_and_the_rest_aggregate(tmp_path
     for line in _lines(tmp_path / "run"):
         assert line["sites_failed"] == {"hospital_2": "non_finite_update"}
         assert line["global"]["loss"] is not None
+
+
+@pytest.mark.parametrize("strategy", ["scaffold", "fednova", "fedbn", "fedadam"])
+def test_linear_strategies_under_secagg_end_where_their_plain_runs_do(strategy: str) -> None:
+    sections = {
+        "report": {"bootstrap_resamples": 0},
+        "federation": {"min_sites": 2, "optimizer": "sgd", "momentum": 0.0},
+        "strategy": {"name": strategy},
+    }
+    plain = run_experiment(config=config_from_dict(tiny_tables(**sections)), out=None)
+
+    secure = run_experiment(
+        config=config_from_dict(tiny_tables(**sections, privacy={"aggregation": "secagg"})),
+        out=None,
+    )
+
+    for name, value in plain.params.items():
+        np.testing.assert_allclose(secure.params[name], value, rtol=0, atol=1e-5)
