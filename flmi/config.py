@@ -8,6 +8,7 @@ expected, before anything runs or is written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -20,6 +21,7 @@ from flmi.core.errors import ConfigError
 from flmi.core.keys import HParam
 from flmi.core.messages import HParamValue
 from flmi.data.download import medmnist_file
+from flmi.privacy.linear import linear_rule
 from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
 
 
@@ -195,6 +197,28 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """``[privacy]``: what protects the updates on their way to the server.
+
+    ``aggregation`` is ``"plain"`` (the server sees each site's update),
+    ``"secagg"`` (secure aggregation: the server sees only the sum of masked,
+    fixed-point updates, recovered when up to ``n - secagg_threshold`` sites
+    drop out) or ``"he"`` (CKKS homomorphic encryption: the server adds
+    ciphertexts under a public context; ``he_key_holder`` makes the keys).
+    Only strategies linear in the updates may run under ``"secagg"`` or
+    ``"he"`` (see :mod:`flmi.privacy.linear`).
+    """
+
+    aggregation: Literal["plain", "secagg", "he"] = "plain"
+    secagg_threshold: int = 0
+    secagg_clip: float = 1.0
+    secagg_bits: int = 32
+    he_key_holder: str = ""
+    he_poly_modulus_degree: int = 8192
+    he_scale_bits: int = 40
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """``[sites.NAME]``: one site's own settings (simulation).
 
@@ -226,6 +250,7 @@ class Config:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     sites: dict[str, SiteConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -449,6 +474,7 @@ def check_config(c: Config) -> None:
             f"strategy '{c.strategy.name}' receives {spec.max_updates} update(s) a round; "
             f"set federation.min_sites = {spec.max_updates}",
         )
+    check_privacy(c)
     _require(
         c.report.bootstrap_resamples >= 0,
         f"report.bootstrap_resamples must not be negative, got {c.report.bootstrap_resamples}",
@@ -580,6 +606,39 @@ def check_manifest_config(d: DataConfig, p: PartitionConfig) -> None:
     _require(
         t.window_width > 0,
         f"data.transforms.window_width must be positive, got {t.window_width}",
+    )
+
+
+def check_privacy(c: Config) -> None:
+    """``[privacy]``: a secure or homomorphic sum needs a linear strategy and sound settings."""
+    v = c.privacy
+    if v.aggregation == "plain":
+        return
+    linear_rule(c.strategy.name, aggregation=v.aggregation)
+    n = c.partition.num_sites
+    _require(n >= 2, f"privacy.aggregation = '{v.aggregation}' needs at least 2 sites")
+    f = c.federation
+    sampled = min(n, max(f.min_sites, math.ceil(f.fraction * n)))
+    t = v.secagg_threshold
+    _require(
+        t == 0 or sampled // 2 < t <= sampled,
+        f"privacy.secagg_threshold = {t} must exceed half of the {sampled} sites sampled "
+        f"each round and not exceed them (choose {sampled // 2 + 1}..{sampled}, or 0 for "
+        "a strict majority)",
+    )
+    _require(
+        v.secagg_clip > 0 and math.isfinite(v.secagg_clip),
+        f"privacy.secagg_clip must be positive, got {v.secagg_clip}",
+    )
+    _require(8 <= v.secagg_bits <= 48, f"privacy.secagg_bits must be in 8..48, got {v.secagg_bits}")
+    _require(
+        v.he_poly_modulus_degree in (8192, 16384, 32768),
+        "privacy.he_poly_modulus_degree must be 8192, 16384 or 32768, "
+        f"got {v.he_poly_modulus_degree}",
+    )
+    _require(
+        20 <= v.he_scale_bits <= 50,
+        f"privacy.he_scale_bits must be in 20..50, got {v.he_scale_bits}",
     )
 
 

@@ -37,6 +37,7 @@ from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
+from flmi.privacy.setup import build_secure, protect_sites
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import ArmResult, arm_json, sites_json, versions
@@ -328,6 +329,7 @@ def run_experiment(
     overrides = site_overrides(config)
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    secure = build_secure(config.privacy, strategy=strategy.name, site_names=sorted(data.sites))
     run, resume_point = open_run(config=config, out=out, resume=resume)
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
@@ -361,7 +363,7 @@ def run_experiment(
             )
             faulty = spec.kind not in (Fault.NONE, Fault.LABEL_FLIP)
             endpoints.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
-        return endpoints
+        return protect_sites(config.privacy, endpoints)
 
     initial = params_copy(task.build_model(seed=seed))
     central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
@@ -384,6 +386,7 @@ def run_experiment(
         arm=Arm.FEDERATED,
         evaluate_central=central,
         resume=resume_point,
+        secure=secure,
     )
     history = list(federated.history)
     if not history and run is not None:  # resumed after the last round: nothing left to run
@@ -483,6 +486,7 @@ def run_experiment(
         Record.TORCH_THREADS: torch.get_num_threads(),
         "device": str(device),
         "strategy": strategy.name,
+        Record.PRIVACY: dataclasses.asdict(config.privacy),
         Record.VERSIONS: versions(),
         Record.SITES: sites_json(data),
     }

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from flmi.core.errors import ConfigError, FlmiError, SchemaError
+from flmi.core.exchange import SecureAggregation, SecureRound, StagedExchange
 from flmi.core.keys import Arm, Record, Split
 from flmi.core.messages import (
     ClientError,
@@ -347,6 +348,7 @@ def run_federation(
     evaluate_central: Callable[[Params], Metrics] | None = None,
     count_bytes: bool = True,
     resume: ResumePoint | None = None,
+    secure: SecureAggregation | None = None,
 ) -> FederationResult:
     """Run every round of one arm and return the final weights.
 
@@ -373,7 +375,17 @@ def run_federation(
     resume
         Continue after a checkpointed round instead of starting from round 1;
         ``initial_params`` then only fixes the schema.
+    secure
+        Aggregate through a secure protocol (secure sum or homomorphic
+        encryption): sites hold their updates back, ``runtime`` carries the
+        protocol's stages (it must be a :class:`StagedExchange`), and the
+        strategy receives one update equivalent to the sum, never a site's own.
     """
+    if secure is not None and not isinstance(runtime, StagedExchange):
+        raise ConfigError(
+            f"privacy.aggregation = '{secure.name}' needs a runtime that carries protocol "
+            f"stages; {type(runtime).__name__} does not"
+        )
     evaluators = eval_runtime if eval_runtime is not None else runtime
     if resume is None:
         state, params, first = strategy.init(initial_params), initial_params, 1
@@ -394,15 +406,24 @@ def run_federation(
         )
         instructions = strategy.configure(rnd, state, sampled)
         replies = runtime.train(instructions)
-        updates, errors = split_replies(replies, params, allow_partial=personal)
-        if len(updates) >= plan.min_sites:
+        protocol_down = protocol_up = 0
+        if secure is None:
+            updates, errors = split_replies(replies, params, allow_partial=personal)
+            contributors = len(updates)
+        else:
+            assert isinstance(runtime, StagedExchange)  # checked before round 1
+            outcome = secure.aggregate(rnd=rnd, exchange=runtime, replies=replies, reference=params)
+            updates, errors = _secure_update(outcome, params, personal=personal)
+            contributors = outcome.contributors if updates else 0
+            protocol_down, protocol_up = outcome.bytes_down, outcome.bytes_up
+        if updates and contributors >= plan.min_sites:
             state, params = strategy.aggregate(rnd, state, updates)
         else:
             log.warning(
                 "round %d: %d valid updates, fewer than federation.min_sites = %d; "
                 "the global model is left unchanged this round",
                 rnd,
-                len(updates),
+                contributors,
                 plan.min_sites,
             )
         per_site: dict[str, EvaluateResult] = {}
@@ -435,8 +456,16 @@ def run_federation(
             site_mean=weighted_site_mean(per_site),
             val=weighted_site_mean(val),
             wall_s=time.perf_counter() - started,
-            bytes_down=sum(i.payload_bytes() for i in instructions.values()) if count_bytes else 0,
-            bytes_up=sum(u.payload_bytes() for u in updates) if count_bytes else 0,
+            bytes_down=(
+                sum(i.payload_bytes() for i in instructions.values()) + protocol_down
+                if count_bytes
+                else 0
+            ),
+            bytes_up=(
+                (protocol_up if secure is not None else sum(u.payload_bytes() for u in updates))
+                if count_bytes
+                else 0
+            ),
             sites_sampled=sampled,
             sites_failed={s: e.code.value for s, e in errors.items()},
             strategy=strategy.state_to_record(state).meta,
@@ -444,6 +473,20 @@ def run_federation(
         history.append(record)
         observer.on_round(record, params, strategy.state_to_record(state))
     return FederationResult(params=params, state=strategy.state_to_record(state), history=history)
+
+
+def _secure_update(
+    outcome: SecureRound, reference: Params, *, personal: bool
+) -> tuple[list[ClientUpdate], dict[str, ClientError]]:
+    """The protocol's one aggregate update, checked like any update, and the sites' errors."""
+    errors = dict(outcome.errors)
+    if outcome.update is None:
+        return [], errors
+    rejected = _validate_update(outcome.update, reference, allow_partial=personal)
+    if rejected is not None:
+        log.warning("rejected the secure aggregate: %s", rejected.message)
+        return [], errors
+    return [outcome.update], errors
 
 
 def mean_metrics(items: Sequence[tuple[float, Metrics]]) -> dict[str, float]:

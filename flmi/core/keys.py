@@ -61,6 +61,7 @@ class Record(StrEnum):
     N_TRAIN = "n_train"
     LABEL_COUNTS = "label_counts"
     UNREADABLE = "unreadable"
+    PRIVACY = "privacy"
 
 
 class HParam(StrEnum):

@@ -33,6 +33,8 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"
     REJECTED_BY_SERVER = "rejected_by_server"
+    UPDATE_OUT_OF_RANGE = "update_out_of_range"
+    PROTOCOL_ERROR = "protocol_error"
     INTERNAL = "internal"
 
 

@@ -1,0 +1,1 @@
+"""Privacy protocols: secure aggregation (masked sums) and homomorphic aggregation."""
