@@ -32,11 +32,12 @@ from flmi.core.federation import (
     run_federation,
 )
 from flmi.core.keys import Arm, HParam, Record, Split
-from flmi.core.messages import HParamValue
+from flmi.core.messages import EvaluateResult, HParamValue, ScoreHistogram
 from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
+from flmi.report.operating import ArmCurves, arm_curves, curves_json
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import ArmResult, arm_json, sites_json, versions
@@ -92,6 +93,13 @@ class CentralEvaluator:
         """Metrics of ``params`` on the central test set."""
         load_params(self._model, params, where="central evaluation")
         return self._task.evaluate(model=self._model, data=self._data, device=self._device)
+
+    def histogram(self, params: Params, *, bins: int) -> ScoreHistogram | None:
+        """Counts per predicted-probability bin of ``params`` on the central test set."""
+        load_params(self._model, params, where="central evaluation")
+        return self._task.score_histogram(
+            model=self._model, data=self._data, device=self._device, bins=bins
+        )
 
     def confidence_intervals(
         self, params: Params, *, resamples: int, seed: int
@@ -237,7 +245,7 @@ def fault_of(config: Config, site: str) -> FaultSpec:
     )
 
 
-def _with_intervals(
+def _final_evaluation(
     arm: ArmResult,
     *,
     strategy: Strategy[Any],
@@ -246,29 +254,69 @@ def _with_intervals(
     central: CentralEvaluator | None,
     config: Config,
 ) -> ArmResult:
-    """``arm`` with bootstrap 95 % intervals of its final model, per site and central."""
+    """``arm`` with what its final model gives beyond the metrics.
+
+    Bootstrap 95 % intervals per site and central; each site's score
+    histograms on its test and validation splits (counts only); the operating
+    threshold, chosen on the validation histograms alone.
+    """
     resamples, seed = config.report.bootstrap_resamples, config.report.bootstrap_seed
-    if resamples < 1:
-        return arm
+    bins = config.report.histogram_bins
     state = strategy.state_from_record(result.state)
-    sites, _ = evaluate_strategy_sites(
-        strategy=strategy,
-        state=state,
-        runtime=runtime,
-        params=result.params,
-        rnd=config.federation.rounds,
-        split=Split.TEST,
-        ci_resamples=resamples,
-        ci_seed=seed,
-    )
+
+    def ask(split: Split, ci: int) -> dict[str, EvaluateResult]:
+        sites, _ = evaluate_strategy_sites(
+            strategy=strategy,
+            state=state,
+            runtime=runtime,
+            params=result.params,
+            rnd=config.federation.rounds,
+            split=split,
+            ci_resamples=ci,
+            ci_seed=seed,
+            histogram_bins=bins,
+        )
+        return sites
+
+    test, val = ask(Split.TEST, resamples), ask(Split.VAL, 0)
+    scored_centrally = central is not None and not is_personalised(strategy)
     central_ci = (
         central.confidence_intervals(result.params, resamples=resamples, seed=seed)
-        if central is not None and not is_personalised(strategy)
+        if central is not None and scored_centrally and resamples > 0
         else None
     )
-    return dataclasses.replace(
-        arm, ci_global=central_ci, ci_per_site={s: r.ci for s, r in sites.items()}
+    curves = arm_curves(
+        test_per_site={s: r.histogram for s, r in test.items() if r.histogram is not None},
+        val_per_site={s: r.histogram for s, r in val.items() if r.histogram is not None},
+        test_central=(
+            central.histogram(result.params, bins=bins)
+            if central is not None and scored_centrally
+            else None
+        ),
+        bins=bins,
+        target_sensitivity=config.report.target_sensitivity,
     )
+    return dataclasses.replace(
+        arm,
+        ci_global=central_ci,
+        ci_per_site={s: r.ci for s, r in test.items()} if resamples > 0 else {},
+        curves=curves,
+    )
+
+
+def curves_document(config: Config, arms: Mapping[str, ArmResult]) -> dict[str, Any]:
+    """``curves.json``: every arm's final-round histograms and what they give."""
+    t = config.task
+    return {
+        "bins": config.report.histogram_bins,
+        "positive_label": t.positive_label,
+        "num_classes": t.num_classes,
+        "score": (
+            f"predicted probability of class {t.positive_label}"
+            + (" (one-vs-rest)" if t.num_classes > 2 else "")
+        ),
+        "arms": {arm: curves_json(r.curves) for arm, r in arms.items() if r.curves is not None},
+    }
 
 
 def _pooled_splits(data: FederatedData) -> SiteSplits:
@@ -389,7 +437,7 @@ def run_experiment(
     if not history and run is not None:  # resumed after the last round: nothing left to run
         history = [record_from_line(run.metrics_lines()[-1])]
     arms: dict[str, ArmResult] = {
-        Arm.FEDERATED: _with_intervals(
+        Arm.FEDERATED: _final_evaluation(
             _final(history),
             strategy=strategy,
             result=federated,
@@ -427,7 +475,7 @@ def run_experiment(
             evaluate_central=central,
             count_bytes=False,
         )
-        arms[Arm.POOLED] = _with_intervals(
+        arms[Arm.POOLED] = _final_evaluation(
             _final(pooled.history),
             strategy=pooled_strategy,
             result=pooled,
@@ -462,8 +510,9 @@ def run_experiment(
         for record in merged:
             observer.on_round(record, {}, StateRecord(tensors={}))
         local_ci: dict[str, Mapping[str, tuple[float, float]]] = {}
+        local_curves: list[ArmCurves] = []
         for site in local_sites:
-            one = _with_intervals(
+            one = _final_evaluation(
                 _final(merged),
                 strategy=FedAvg(hparams=hparams),
                 result=local_runs[site.name],
@@ -472,9 +521,22 @@ def run_experiment(
                 config=config,
             )
             local_ci.update(one.ci_per_site)
+            if one.curves is not None:
+                local_curves.append(one.curves)
         # Each local model is scored on its own site; there is no one local model to
-        # give a central interval for.
-        arms[Arm.LOCAL] = dataclasses.replace(_final(merged), ci_per_site=local_ci)
+        # give a central interval or histogram for. The threshold is chosen on every
+        # local model's validation histogram together.
+        arms[Arm.LOCAL] = dataclasses.replace(
+            _final(merged),
+            ci_per_site=local_ci,
+            curves=arm_curves(
+                test_per_site={s: h for c in local_curves for s, h in c.test_per_site.items()},
+                val_per_site={s: h for c in local_curves for s, h in c.val_per_site.items()},
+                test_central=None,
+                bins=config.report.histogram_bins,
+                target_sensitivity=config.report.target_sensitivity,
+            ),
+        )
     summary: dict[str, Any] = {
         Record.ARMS: {arm: arm_json(result) for arm, result in arms.items()},
         Record.ROUNDS: f.rounds,
@@ -486,6 +548,7 @@ def run_experiment(
         Record.VERSIONS: versions(),
         Record.SITES: sites_json(data),
     }
+    fed_curves = arms[Arm.FEDERATED].curves
     if run is not None:
         run.write_model(
             params=federated.params,
@@ -496,7 +559,10 @@ def run_experiment(
                 "rounds": f.rounds,
                 "strategy": strategy.name,
                 "seed": seed,
+                "input_shape": list(data.central_test.x.shape[1:]),
+                "threshold": (fed_curves.threshold.to_json() if fed_curves is not None else None),
             },
         )
         run.write_summary(summary)
+        run.write_curves(curves_document(config, arms))
     return RunResult(path=out, arms=arms, params=federated.params, summary=summary)

@@ -60,7 +60,7 @@ def test_run_writes_every_record_of_every_arm(tmp_path: Path) -> None:
     summary = _summary(out)
     assert set(summary["arms"]) == {"federated", "pooled", "local"}
     for arm in summary["arms"].values():
-        assert set(arm) == {"global", "per_site", "site_mean", "ci"}
+        assert set(arm) == {"global", "per_site", "site_mean", "ci", "threshold", "at_threshold"}
         assert set(arm["site_mean"]) == METRIC_KEYS
         assert sorted(arm["ci"]["per_site"]) == sorted(arm["per_site"])
     federated = summary["arms"]["federated"]
