@@ -1,4 +1,4 @@
-"""Command line: ``flmi run | demo | strategies``."""
+"""Command line: ``flmi run | demo | strategies | report | predict | certs``."""
 
 from __future__ import annotations
 
@@ -97,8 +97,17 @@ def _run(config: Config, out: Path, *, resume: bool = False) -> int:
     )
     result = run_experiment(config=config, out=out, progress=show_round, resume=resume)
     show_summary(dict(result.arms))
+    _write_report(out)
     console.print(f"run directory: {out}")
     return 0
+
+
+def _write_report(run_dir: Path) -> Path:
+    from flmi.report.html import build_report
+
+    path = build_report(run_dir)
+    console.print(f"report: {path}")
+    return path
 
 
 def demo_config_path() -> Path:
@@ -133,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="run directory to create (default: runs/demo-TIME)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("strategies", help="list the algorithm names [strategy] name accepts")
+    report = sub.add_parser("report", help="write RUN_DIR/report.html (plots, intervals)")
+    report.add_argument("run_dir", type=Path, help="a finished run directory")
     certs = sub.add_parser("certs", help="consortium certificates for a real deployment")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_sub.add_parser("init", help="create a consortium CA and the server's bundle")
@@ -183,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "certs":
             return _certs(args)
+        if args.command == "report":
+            _write_report(args.run_dir)
+            return 0
         if args.command == "demo":
             config = load_config(demo_config_path(), overrides=args.overrides)
             return _run(config, args.out or _default_out("demo"))

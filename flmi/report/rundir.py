@@ -160,7 +160,8 @@ class RunDir:
 
     def write_curves(self, curves: Mapping[str, Any]) -> None:
         """Write ``curves.json``: histogram counts and what they give (never a patient's score)."""
-        atomic_write_json(self.path / CURVES, curves)
+        text = json.dumps(curves, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        atomic_write_bytes(self.path / CURVES, (text + "\n").encode())
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write ``summary.json`` (NaN is not JSON: callers pass ``None`` instead)."""
