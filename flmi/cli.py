@@ -110,6 +110,17 @@ def _write_report(run_dir: Path) -> Path:
     return path
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from flmi.predict import predict_files
+
+    out = args.out or args.run_dir / "predictions.csv"
+    count = predict_files(
+        run_dir=args.run_dir, paths=args.images, out=out, device=args.device, split=args.split
+    )
+    console.print(f"{count} images scored -> {out}")
+    return 0
+
+
 def demo_config_path() -> Path:
     """The bundled demo config (also at ``examples/demo.toml`` in the repository)."""
     return Path(__file__).resolve().parent / "examples" / "demo.toml"
@@ -144,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("strategies", help="list the algorithm names [strategy] name accepts")
     report = sub.add_parser("report", help="write RUN_DIR/report.html (plots, intervals)")
     report.add_argument("run_dir", type=Path, help="a finished run directory")
+    predict = sub.add_parser("predict", help="score images with a run's final model")
+    predict.add_argument("run_dir", type=Path, help="a finished run directory")
+    predict.add_argument("images", type=Path, nargs="+", help=".npz, .png, .jpg or .jpeg files")
+    predict.add_argument("--out", type=Path, help="CSV to write (default: RUN_DIR/predictions.csv)")
+    predict.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        help="for a MedMNIST .npz: score only this split (default: every split it holds)",
+    )
+    predict.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="default: the run's [runtime] device"
+    )
     certs = sub.add_parser("certs", help="consortium certificates for a real deployment")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_sub.add_parser("init", help="create a consortium CA and the server's bundle")
@@ -197,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             _write_report(args.run_dir)
             return 0
+        if args.command == "predict":
+            return _predict(args)
         if args.command == "demo":
             config = load_config(demo_config_path(), overrides=args.overrides)
             return _run(config, args.out or _default_out("demo"))
