@@ -42,6 +42,7 @@ from flmi.report.operating import ArmCurves, arm_curves, curves_json
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import ArmResult, arm_json, sites_json, versions
+from flmi.report.trackers import Tracker, check_trackers, close_all, open_trackers
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.site.faults import Fault, FaultSpec, FaultySite, flip_labels
 from flmi.site.site import Site
@@ -123,9 +124,10 @@ class _Observer:
         progress: ProgressFn | None,
         rounds: int,
         checkpoint: bool,
+        trackers: Sequence[Tracker] = (),
     ) -> None:
         self._run, self._strategy, self._progress = run, strategy, progress
-        self._rounds, self._checkpoint = rounds, checkpoint
+        self._rounds, self._checkpoint, self._trackers = rounds, checkpoint, trackers
 
     def on_round(self, record: RoundRecord, params: Params, state: StateRecord) -> None:
         if self._run is not None:
@@ -138,6 +140,8 @@ class _Observer:
                     state=state,
                     strategy=self._strategy,
                 )
+        for tracker in self._trackers:
+            tracker.log_round(record)
         if self._progress is not None:
             self._progress(record, self._rounds)
 
@@ -377,7 +381,17 @@ def run_experiment(
     overrides = site_overrides(config)
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    r = config.runtime
+    check_trackers(tensorboard=r.tensorboard, mlflow=r.mlflow)
     run, resume_point = open_run(config=config, out=out, resume=resume)
+    # Flushed every round; a run that dies leaves its trackers as of its last round.
+    trackers = (
+        open_trackers(
+            run_dir=run.path, tensorboard=r.tensorboard, mlflow=r.mlflow, config=config.to_dict()
+        )
+        if run is not None
+        else []
+    )
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
 
@@ -428,7 +442,12 @@ def run_experiment(
         initial_params=initial,
         plan=plan,
         observer=_Observer(
-            run=run, strategy=strategy.name, progress=progress, rounds=f.rounds, checkpoint=True
+            run=run,
+            strategy=strategy.name,
+            progress=progress,
+            rounds=f.rounds,
+            checkpoint=True,
+            trackers=trackers,
         ),
         arm=Arm.FEDERATED,
         evaluate_central=central,
@@ -470,6 +489,7 @@ def run_experiment(
                 progress=progress,
                 rounds=pooled_plan.rounds,
                 checkpoint=False,
+                trackers=trackers,
             ),
             arm=Arm.POOLED,
             eval_runtime=sites_runtime,
@@ -506,7 +526,12 @@ def run_experiment(
             test_sizes={s: len(v.test) for s, v in data.sites.items()},
         )
         observer = _Observer(
-            run=run, strategy="local", progress=progress, rounds=f.rounds, checkpoint=False
+            run=run,
+            strategy="local",
+            progress=progress,
+            rounds=f.rounds,
+            checkpoint=False,
+            trackers=trackers,
         )
         for record in merged:
             observer.on_round(record, {}, StateRecord(tensors={}))
@@ -567,4 +592,5 @@ def run_experiment(
         run.write_summary(summary)
         run.write_curves(curves_document(config, arms))
         write_model_card(run.path)
+    close_all(trackers)
     return RunResult(path=out, arms=arms, params=federated.params, summary=summary)
