@@ -268,8 +268,21 @@ def build_report(run_dir: Path) -> Path:
             if curves
             else missing_curves,
         ),
-        "threshold": ("Operating threshold", threshold_table(summary)),
-        "ci-table": ("Confidence intervals", ci_table(summary)),
+        "threshold": (
+            "Operating threshold",
+            "<p class='note'>Chosen on every site's validation split together (never on test "
+            "data): Youden's J, or [report] target_sensitivity. Test sensitivity and "
+            "specificity at that threshold, central, all sites together and per site.</p>"
+            + threshold_table(summary),
+        ),
+        "ci-table": (
+            "Confidence intervals",
+            "<p class='note'>Final-round test metrics with percentile bootstrap 95 % intervals "
+            "(each site resamples its own patients). Sensitivity and specificity here call "
+            "the most probable class; the table above gives them at the operating threshold. "
+            "The local arm's central row is the mean of the local models, with no interval.</p>"
+            + ci_table(summary),
+        ),
     }
     body = "".join(
         f'<section id="{key}"><h2>{html.escape(parts[key][0])}</h2>{parts[key][1]}</section>'

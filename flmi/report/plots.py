@@ -216,6 +216,7 @@ def roc_curves(curves: Mapping[str, Any], summary: Mapping[str, Any]) -> Figure:
         for site, h in sorted(arm["test"]["per_site"].items()):
             roc = h["roc"]
             if roc["auc"] is None:
+                ax.plot([], [], " ", label=f"{site}: one class only, no curve")
                 continue
             value = auc(name, site, roc)
             ax.plot(roc["fpr"], roc["tpr"], lw=1, alpha=0.7, label=f"{site} (AUC {value:.3f})")
@@ -229,8 +230,10 @@ def roc_curves(curves: Mapping[str, Any], summary: Mapping[str, Any]) -> Figure:
                 ax.plot(
                     [1 - point["specificity"]],
                     [point["sensitivity"]],
-                    "r*",
-                    ms=12,
+                    "*",
+                    color="gold",
+                    markeredgecolor="k",
+                    ms=14,
                     label=f"threshold {t['value']:.2f} ({t['method']})",
                 )
         ax.plot([0, 1], [0, 1], ":", color="gray", label="chance")
@@ -249,7 +252,7 @@ def confusion_matrices(curves: Mapping[str, Any]) -> Figure:
     """The confusion matrix of each arm at its operating threshold, on its main test set."""
     arms = curves["arms"]
     positive = curves["positive_label"]
-    fig, axes = _grid(len(arms), cols=min(3, len(arms)), width=4.2, height=3.8)
+    fig, axes = _grid(len(arms), cols=min(3, len(arms)), width=5.2, height=4.0)
     for ax, (name, arm) in zip(axes, sorted(arms.items()), strict=True):
         label, _ = _headline(arm)
         c = arm["at_threshold"]["global" if arm["test"].get("global") else "overall"]
@@ -261,7 +264,8 @@ def confusion_matrices(curves: Mapping[str, Any]) -> Figure:
         for (i, j), count in np.ndenumerate(matrix):
             dark = count > matrix.max() / 2
             ax.text(j, i, str(count), ha="center", va="center", color="w" if dark else "k")
-        names = [f"class {positive}", "other" if curves["num_classes"] > 2 else "negative"]
+        other = "other classes" if curves["num_classes"] > 2 else f"class {1 - positive}"
+        names = [f"class {positive} (pos.)", other]
         ax.set_xticks([0, 1], [f"predicted {n}" for n in names], fontsize=8)
         ax.set_yticks([0, 1], [f"true {n}" for n in names], fontsize=8)
         ax.set_xlabel("predicted label (at the threshold)")
