@@ -37,6 +37,10 @@ def test_run_writes_every_record_of_every_arm(tmp_path: Path) -> None:
         "model.safetensors",
         "model.json",
         "checkpoints",
+        "curves.json",
+        "report.html",
+        "model_card.md",
+        "model_card.json",
     }
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["arm"], r["round"]) for r in lines] == [

@@ -3,7 +3,9 @@
 The preprocessing is MedMNIST's: channels first, ``uint8`` intensities divided
 by 255 (``uint16`` by 65535); floating-point arrays are taken as already
 scaled. Nothing is resized: an image of another size than the model was
-trained on is an error that names the file.
+trained on is an error that names the file. (A tabular run standardised each
+site's features with that site's own statistics, which never left it: give
+feature vectors standardised the same way.)
 """
 
 from __future__ import annotations
