@@ -37,7 +37,7 @@ from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
-from flmi.report.model_card import write_model_card
+from flmi.report.model_card import CARD_MD, write_model_card
 from flmi.report.operating import ArmCurves, arm_curves, curves_json
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
@@ -591,6 +591,7 @@ def run_experiment(
         )
         run.write_summary(summary)
         run.write_curves(curves_document(config, arms))
-        write_model_card(run.path)
+        if not (run.path / CARD_MD).exists():  # a resumed run keeps a card already edited
+            write_model_card(run.path)
     close_all(trackers)
     return RunResult(path=out, arms=arms, params=federated.params, summary=summary)

@@ -253,6 +253,7 @@ def confusion_matrices(curves: Mapping[str, Any]) -> Figure:
     arms = curves["arms"]
     positive = curves["positive_label"]
     fig, axes = _grid(len(arms), cols=min(3, len(arms)), width=5.2, height=4.0)
+    fig.get_layout_engine().set(w_pad=0.25, wspace=0.08)  # type: ignore[union-attr,call-arg]
     for ax, (name, arm) in zip(axes, sorted(arms.items()), strict=True):
         label, _ = _headline(arm)
         c = arm["at_threshold"]["global" if arm["test"].get("global") else "overall"]
@@ -287,19 +288,22 @@ def calibration_plot(curves: Mapping[str, Any]) -> Figure:
         if main is None or not main["calibration"]["predicted"]:
             continue
         cal = main["calibration"]
-        ax.plot(
+        counts = np.asarray(cal["count"])
+        ax.plot(cal["predicted"], cal["observed"], "-", lw=1, color=_colour(name))
+        ax.scatter(
             cal["predicted"],
             cal["observed"],
-            "-o",
+            s=12 + 240 * counts / counts.max(),
             color=_colour(name),
-            label=f"{name} ({label}, {int(sum(cal['count']))} patients)",
+            alpha=0.8,
+            label=f"{name} ({label}, {int(counts.sum())} patients)",
         )
     positive = curves["positive_label"]
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel(f"predicted probability of class {positive} (fraction)")
     ax.set_ylabel(f"observed share of class {positive} (fraction)")
-    ax.set_title("Calibration (10 probability groups)")
+    ax.set_title("Calibration: 10 probability groups\nmarker area = patients in the group")
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")

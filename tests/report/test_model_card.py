@@ -67,3 +67,15 @@ def test_model_card_of_an_unfinished_run_names_the_missing_file(tmp_path: Path) 
     (tmp_path / "config.toml").write_text("")
     with pytest.raises(RunDirError, match="summary.json is missing"):
         model_card(tmp_path)
+
+
+def test_resuming_a_finished_run_keeps_the_card_the_user_filled_in(tmp_path: Path) -> None:
+    tables = tiny_tables(federation={"rounds": 1}, report={"bootstrap_resamples": 0})
+    config = load_config(write_config(tmp_path / "c.toml", tables))
+    run_experiment(config=config, out=tmp_path / "run")
+    card = tmp_path / "run" / "model_card.md"
+    card.write_text(card.read_text().replace("TO FILL IN", "Breast ultrasound triage study", 1))
+
+    run_experiment(config=config, out=tmp_path / "run", resume=True)
+
+    assert "Breast ultrasound triage study" in card.read_text()
