@@ -101,3 +101,17 @@ def test_a_run_without_validation_splits_records_the_default_threshold(tmp_path:
         "none",
     )
     assert "no validation split" in threshold["note"]
+
+
+def test_a_target_sensitivity_is_reached_on_validation(tmp_path: Path) -> None:
+    tables = tiny_tables(
+        federation={"rounds": 1}, report={"bootstrap_resamples": 0, "target_sensitivity": 0.9}
+    )
+
+    run_experiment(
+        config=load_config(write_config(tmp_path / "c.toml", tables)), out=tmp_path / "r"
+    )
+
+    threshold = _json(tmp_path / "r" / "summary.json")["arms"]["federated"]["threshold"]
+    assert threshold["method"] == "target_sensitivity" and threshold["target_sensitivity"] == 0.9
+    assert threshold["val_sensitivity"] >= 0.9 and threshold["chosen_on"] == "val"
