@@ -86,7 +86,10 @@ def metric_curves(lines: Sequence[Mapping[str, Any]]) -> Figure:
     fig, axes = _grid(len(METRICS), cols=3, width=4.2, height=3.2)
     for ax, metric in zip(axes, METRICS, strict=True):
         for arm in arms:
-            rows = sorted((r for r in lines if r["arm"] == arm), key=lambda r: int(r["round"]))
+            rows = sorted(
+                (r for r in lines if r["arm"] == arm and (r["global"] or r["site_mean"])),
+                key=lambda r: int(r["round"]),
+            )  # rounds without evaluation ([federation] eval_every > 1) are left out
             central = all(r["global"] for r in rows)
             where = "central test" if central else "site-mean test"
             test = [_num((r["global"] if central else r["site_mean"]).get(metric)) for r in rows]

@@ -90,3 +90,15 @@ def test_every_plot_has_axis_labels_with_units_and_a_legend(run_dir: Path) -> No
                 assert re.search(r"\(.+\)", label), f"no unit in axis label {label!r}"
             colour_bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
             assert ax.get_legend() is not None or fig.legends or colour_bars
+
+
+def test_metric_curves_leave_out_rounds_that_were_not_evaluated() -> None:
+    scored = {"auc": 0.7, "loss": 0.5}
+    lines = [
+        {"arm": "federated", "round": 1, "global": None, "site_mean": {}, "val": {}},
+        {"arm": "federated", "round": 2, "global": scored, "site_mean": scored, "val": scored},
+    ]
+    fig = plots.metric_curves(lines)
+    auc_panel = fig.axes[0]
+    test_line = auc_panel.get_lines()[0]
+    assert list(test_line.get_xdata()) == [2] and list(test_line.get_ydata()) == [0.7]
