@@ -1,4 +1,4 @@
-"""Command line: ``flmi run | demo | strategies``."""
+"""Command line: ``flmi run | demo | strategies | report | predict | certs``."""
 
 from __future__ import annotations
 
@@ -97,7 +97,27 @@ def _run(config: Config, out: Path, *, resume: bool = False) -> int:
     )
     result = run_experiment(config=config, out=out, progress=show_round, resume=resume)
     show_summary(dict(result.arms))
+    _write_report(out)
     console.print(f"run directory: {out}")
+    return 0
+
+
+def _write_report(run_dir: Path) -> Path:
+    from flmi.report.html import build_report
+
+    path = build_report(run_dir)
+    console.print(f"report: {path}")
+    return path
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from flmi.predict import predict_files
+
+    out = args.out or args.run_dir / "predictions.csv"
+    count = predict_files(
+        run_dir=args.run_dir, paths=args.images, out=out, device=args.device, split=args.split
+    )
+    console.print(f"{count} images scored -> {out}")
     return 0
 
 
@@ -133,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="run directory to create (default: runs/demo-TIME)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("strategies", help="list the algorithm names [strategy] name accepts")
+    report = sub.add_parser("report", help="write RUN_DIR/report.html (plots, intervals)")
+    report.add_argument("run_dir", type=Path, help="a finished run directory")
+    predict = sub.add_parser("predict", help="score images with a run's final model")
+    predict.add_argument("run_dir", type=Path, help="a finished run directory")
+    predict.add_argument("images", type=Path, nargs="+", help=".npz, .png, .jpg or .jpeg files")
+    predict.add_argument("--out", type=Path, help="CSV to write (default: RUN_DIR/predictions.csv)")
+    predict.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        help="for a MedMNIST .npz: score only this split (default: every split it holds)",
+    )
+    predict.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="default: the run's [runtime] device"
+    )
     certs = sub.add_parser("certs", help="consortium certificates for a real deployment")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_sub.add_parser("init", help="create a consortium CA and the server's bundle")
@@ -183,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "certs":
             return _certs(args)
+        if args.command == "report":
+            _write_report(args.run_dir)
+            return 0
+        if args.command == "predict":
+            return _predict(args)
         if args.command == "demo":
             config = load_config(demo_config_path(), overrides=args.overrides)
             return _run(config, args.out or _default_out("demo"))

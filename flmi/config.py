@@ -176,11 +176,18 @@ class BaselinesConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """``[runtime]``: how messages move and where training runs."""
+    """``[runtime]``: how messages move and where training runs.
+
+    ``tensorboard`` and ``mlflow`` also log every round's metrics to
+    ``RUN_DIR/tensorboard/`` and to an MLflow file store in ``RUN_DIR/mlruns/``
+    (the ``trackers`` extra).
+    """
 
     name: Literal["inprocess"] = "inprocess"
     device: Literal["cpu", "cuda", "auto"] = "auto"
     torch_threads: int = 1
+    tensorboard: bool = False
+    mlflow: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,11 +196,18 @@ class ReportConfig:
 
     Every final test metric gets a percentile bootstrap 95 % interval from
     ``bootstrap_resamples`` resamples of the patients (0: none), seeded by
-    ``bootstrap_seed``.
+    ``bootstrap_seed``. ROC curves, confusion matrices and calibration come
+    from each site's counts of positives and negatives in ``histogram_bins``
+    equal bins of the predicted probability (no patient's score leaves a
+    site). The operating threshold is chosen on the sites' validation splits
+    only: Youden's J, or the highest threshold that reaches
+    ``target_sensitivity`` when it is set.
     """
 
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
+    histogram_bins: int = 100
+    target_sensitivity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -258,7 +272,7 @@ class Config:
         out = dataclasses.asdict(self)
         options = out["strategy"].pop("options")
         out["strategy"].update(options)
-        for table in ("baselines", "partition"):
+        for table in ("baselines", "partition", "report"):
             out[table] = {k: v for k, v in out[table].items() if v is not None}
         out["sites"] = {
             name: {k: v for k, v in table.items() if v is not None}
@@ -478,6 +492,15 @@ def check_config(c: Config) -> None:
     _require(
         c.report.bootstrap_resamples >= 0,
         f"report.bootstrap_resamples must not be negative, got {c.report.bootstrap_resamples}",
+    )
+    _require(
+        2 <= c.report.histogram_bins <= 10000,
+        f"report.histogram_bins must be in 2..10000, got {c.report.histogram_bins}",
+    )
+    ts = c.report.target_sensitivity
+    _require(
+        ts is None or 0.0 < ts <= 1.0,
+        f"report.target_sensitivity must be in (0, 1], got {ts}",
     )
     b = c.baselines
     for key in ("pooled_lr", "pooled_batch_size", "pooled_epochs"):

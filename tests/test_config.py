@@ -65,6 +65,10 @@ def test_option_the_strategy_does_not_take_is_an_error() -> None:
         ({"data": {"source": "medmnist"}}, "data.path"),
         ({"data": {"source": "medmnist", "path": "x.npz"}}, "partition.method"),
         ({"partition": {"method": "iid"}}, "partition.method"),
+        ({"report": {"histogram_bins": 1}}, "report.histogram_bins"),
+        ({"report": {"target_sensitivity": 1.5}}, "report.target_sensitivity"),
+        ({"report": {"target_sensitivity": 0}}, "report.target_sensitivity"),
+        ({"runtime": {"tensorboard": "yes"}}, "runtime.tensorboard"),
     ],
 )
 def test_values_out_of_range_name_the_key(tables: dict, key: str) -> None:

@@ -264,6 +264,7 @@ def evaluate_sites(
     hparams: Mapping[str, HParamValue] | None = None,
     ci_resamples: int = 0,
     ci_seed: int = 0,
+    histogram_bins: int = 0,
 ) -> tuple[dict[str, EvaluateResult], dict[str, ClientError]]:
     """Ask every site to score a model on its own ``split``.
 
@@ -281,6 +282,7 @@ def evaluate_sites(
                 hparams=hparams or {},
                 ci_resamples=ci_resamples,
                 ci_seed=ci_seed,
+                histogram_bins=histogram_bins,
             )
             for site in runtime.site_names()
         }
@@ -307,6 +309,7 @@ def evaluate_strategy_sites(
     split: Split,
     ci_resamples: int = 0,
     ci_seed: int = 0,
+    histogram_bins: int = 0,
 ) -> tuple[dict[str, EvaluateResult], dict[str, ClientError]]:
     """Score every site the way ``strategy`` defines its models.
 
@@ -333,6 +336,7 @@ def evaluate_strategy_sites(
         hparams=settings,
         ci_resamples=ci_resamples,
         ci_seed=ci_seed,
+        histogram_bins=histogram_bins,
     )
 
 

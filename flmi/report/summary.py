@@ -15,6 +15,7 @@ from flmi.core.federation import Metrics, json_metrics
 from flmi.core.keys import Record
 from flmi.data.arrays import FederatedData
 from flmi.data.partition import site_label_summary
+from flmi.report.operating import ArmCurves, at_threshold_json
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ArmResult:
     site_mean: Metrics
     ci_global: Mapping[str, tuple[float, float]] | None = None
     ci_per_site: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
+    curves: ArmCurves | None = None
 
 
 def versions() -> dict[str, str]:
@@ -55,7 +57,21 @@ def json_intervals(
 
 
 def arm_json(arm: ArmResult) -> dict[str, Any]:
+    """One arm's entry in ``summary.json``.
+
+    Beside the metrics and their intervals: the operating ``threshold`` (chosen
+    on validation data only) and ``at_threshold``, the test sensitivity and
+    specificity there, central (``global``), all sites together (``overall``)
+    and ``per_site``.
+    """
+    extra: dict[str, Any] = {}
+    if arm.curves is not None:
+        extra = {
+            "threshold": arm.curves.threshold.to_json(),
+            "at_threshold": at_threshold_json(arm.curves),
+        }
     return {
+        **extra,
         Record.GLOBAL: json_metrics(arm.global_metrics),
         Record.PER_SITE: {s: json_metrics(m) for s, m in sorted(arm.per_site.items())},
         Record.SITE_MEAN: json_metrics(arm.site_mean),

@@ -364,10 +364,18 @@ class Site:
                 seed=instruction.ci_seed, party=self.name, rnd=instruction.rnd, purpose="ci"
             ),
         )
+        histogram = (
+            self._task.score_histogram(
+                model=self._model, data=data, device=self._device, bins=instruction.histogram_bins
+            )
+            if instruction.histogram_bins > 0
+            else None
+        )
         return EvaluateResult(
             site=self.name,
             split=instruction.split,
             num_examples=len(data),
             metrics=metrics,
             ci=ci,
+            histogram=histogram,
         )

@@ -9,7 +9,7 @@ from typing import Protocol
 import torch
 
 from flmi.core.keys import ClientAlgorithm, HParam, KeepLocal, Personal
-from flmi.core.messages import HParamValue
+from flmi.core.messages import HParamValue, ScoreHistogram
 from flmi.data.arrays import ArraySplit
 
 OPTIMIZERS = ("sgd", "adam")
@@ -213,6 +213,12 @@ class Task(Protocol):
         seed: int,
     ) -> dict[str, tuple[float, float]]:
         """Bootstrap 95 % intervals of :meth:`evaluate`'s metrics on ``data``."""
+        ...
+
+    def score_histogram(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int
+    ) -> ScoreHistogram | None:
+        """Counts per predicted-probability bin, for ROC curves and calibration."""
         ...
 
     def check_labels(self, *, data: ArraySplit, where: str) -> None:

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 
 from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import Metric
+from flmi.core.messages import ScoreHistogram
 from flmi.data.arrays import ArraySplit
 from flmi.report.bootstrap import bootstrap_ci
+from flmi.report.curves import score_histogram
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.loop import train_local
@@ -206,6 +208,27 @@ class ClassificationTask:
 
         return bootstrap_ci(
             labels=data.y, scores=probs, metrics=metrics, resamples=resamples, seed=seed
+        )
+
+    def score_histogram(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int
+    ) -> ScoreHistogram:
+        """Positives and negatives per bin of the predicted probability of ``positive_label``.
+
+        One-vs-rest for a multi-class task: positives are the examples of
+        ``positive_label``, negatives every other example. Only these counts
+        leave a site, never a patient's score.
+        """
+        probs = (
+            self.predict_proba(model=model, x=data.x, device=device)[0]
+            if len(data)
+            else np.zeros((0, self.num_classes))
+        )
+        return score_histogram(
+            scores=probs[:, self.positive_label],
+            is_positive=data.y == self.positive_label,
+            bins=bins,
+            positive_label=self.positive_label,
         )
 
     def evaluate(
