@@ -35,10 +35,16 @@ class DataConfig:
     validation). ``source = "csv"`` reads a table whose ``site_column`` names
     each row's site (a natural split), with ``label_column`` and numeric
     ``feature_columns`` (default: every other column), each site split by
-    ``test_fraction`` and ``val_fraction``.
+    ``test_fraction`` and ``val_fraction`` (with ``[task] name = "regression"``
+    the label column holds numbers). ``source = "synthetic_age"`` generates
+    hospitals for age regression (same scanners, plus age shift);
+    ``source = "tcga_brca"`` reads FLamby's Fed-TCGA-BRCA files from the
+    folder ``path`` (6 regions, FLamby's split).
     """
 
-    source: Literal["medmnist", "synthetic", "heart_disease", "csv"] = "synthetic"
+    source: Literal[
+        "medmnist", "synthetic", "heart_disease", "csv", "synthetic_age", "tcga_brca"
+    ] = "synthetic"
     path: str = ""
     image_size: int = 28
     n_patients: int = 1600
@@ -68,15 +74,22 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """``[task]``: what is learnt, with which model."""
+    """``[task]``: what is learnt, with which model.
 
-    name: Literal["classification"] = "classification"
+    ``name`` is one of :data:`flmi.tasks.registry.TASKS`. Regression reads
+    ``loss`` and predicts ``target_offset + target_scale * output``.
+    """
+
+    name: str = "classification"
     num_classes: int = 2
     positive_label: int = 1
-    model: Literal["small_cnn", "logistic"] = "small_cnn"
+    model: Literal["small_cnn", "logistic", "linear"] = "small_cnn"
     width: int = 32
     augment: bool = False
     dtype: Literal["float32", "float64"] = "float32"
+    loss: Literal["mse", "l1"] = "mse"
+    target_offset: float = 0.0
+    target_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -139,10 +152,21 @@ class ReportConfig:
     Every final test metric gets a percentile bootstrap 95 % interval from
     ``bootstrap_resamples`` resamples of the patients (0: none), seeded by
     ``bootstrap_seed``.
+
+    Before training each site describes its data (counts, label or target
+    distribution, intensity histogram, image size); a count below
+    ``min_count`` is suppressed at the site. A site whose distributions lie
+    farther than ``flag_distance`` (0..1, see :mod:`flmi.report.heterogeneity`) from the
+    other sites' is flagged in ``summary.json``'s ``data`` section. Survival
+    runs write Kaplan-Meier curves; ``km_bin_width`` > 0 rounds times up to
+    bins of that width at each site (0: exact times).
     """
 
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
+    min_count: int = 5
+    flag_distance: float = 0.25
+    km_bin_width: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -376,6 +400,7 @@ def check_config(c: Config) -> None:
         f"choose one of 0..{t.num_classes - 1}",
     )
     _require(t.width >= 1, f"task.width must be at least 1, got {t.width}")
+    _check_task(c)
     # Building the strategy range-checks its options and their fit with local training.
     build_strategy(
         name=c.strategy.name,
@@ -431,6 +456,13 @@ def check_config(c: Config) -> None:
             p.method == "natural",
             "a CSV with a site column comes split already: set partition.method = 'natural'",
         )
+    elif d.source == "tcga_brca":
+        _require(bool(d.path), "data.path is required when data.source = 'tcga_brca'")
+        _require(
+            p.method == "natural" and p.num_sites == 6,
+            "Fed-TCGA-BRCA has its own 6 regions: set partition.method = 'natural' "
+            "and partition.num_sites = 6",
+        )
     elif d.source == "heart_disease":
         _require(bool(d.path), "data.path is required when data.source = 'heart_disease'")
         _require(
@@ -460,6 +492,41 @@ def check_config(c: Config) -> None:
             d.n_patients >= 10 * p.num_sites,
             f"data.n_patients = {d.n_patients} is too few for {p.num_sites} hospitals",
         )
+
+
+TASK_SOURCES = {
+    "classification": ("synthetic", "medmnist", "heart_disease", "csv"),
+    "regression": ("synthetic_age", "csv"),
+    "survival": ("tcga_brca",),
+}
+
+
+def _check_task(c: Config) -> None:
+    """The task exists, fits the data source, and its own keys are in range."""
+    from flmi.tasks.registry import TASKS
+
+    t, r = c.task, c.report
+    _require(t.name in TASKS, f"task.name: unknown task '{t.name}'; choose one of {sorted(TASKS)}")
+    sources = TASK_SOURCES.get(t.name)
+    _require(
+        sources is None or c.data.source in sources,
+        f"task.name = '{t.name}' does not fit data.source = '{c.data.source}'; "
+        f"use one of {list(sources or ())}",
+    )
+    _require(t.target_scale > 0, f"task.target_scale must be positive, got {t.target_scale}")
+    _require(r.min_count >= 1, f"report.min_count must be at least 1, got {r.min_count}")
+    _require(
+        0.0 < r.flag_distance <= 1.0,
+        f"report.flag_distance must be in (0, 1], got {r.flag_distance}",
+    )
+    _require(r.km_bin_width >= 0, f"report.km_bin_width must not be negative, got {r.km_bin_width}")
+    if t.name != "classification":
+        for name, site in sorted(c.sites.items()):
+            _require(
+                site.fault != "label_flip",
+                f"sites.{name}.fault = 'label_flip' needs class labels; "
+                f"task.name = '{t.name}' has none: choose another fault",
+            )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -37,6 +37,8 @@ from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
+from flmi.report.before_training import describe_sites, survival_curves
+from flmi.report.km_report import write_km
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import ArmResult, arm_json, sites_json, versions
@@ -46,33 +48,14 @@ from flmi.site.site import Site
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.per_site import PerSiteSettings
 from flmi.strategies.registry import BuildContext, build_strategy
-from flmi.tasks.classification import ClassificationTask
+from flmi.tasks.base import Task
 from flmi.tasks.device import resolve_device
+from flmi.tasks.registry import build_task
 from flmi.tasks.torch_params import load_params, params_copy
 
 ProgressFn = Callable[[RoundRecord, int], None]
 
-
-def build_task(config: Config, data: FederatedData) -> ClassificationTask:
-    """The task, shaped by the data (channels and 2D/3D), with every label checked."""
-    x = data.central_test.x
-    task = ClassificationTask(
-        num_classes=config.task.num_classes,
-        in_channels=int(x.shape[1]),
-        spatial_dims=x.ndim - 2,
-        positive_label=config.task.positive_label,
-        model=config.task.model,
-        width=config.task.width,
-        augment=config.task.augment,
-        dtype=config.task.dtype,
-    )
-    for name, splits in sorted(data.sites.items()):
-        for split_name in ("train", "val", "test"):
-            task.check_labels(
-                data=getattr(splits, split_name), where=f"site '{name}' {split_name} split"
-            )
-    task.check_labels(data=data.central_test, where="central test set")
-    return task
+__all__ = ["RunResult", "build_task", "run_experiment"]
 
 
 class CentralEvaluator:
@@ -81,7 +64,7 @@ class CentralEvaluator:
     def __init__(
         self,
         *,
-        task: ClassificationTask,
+        task: Task,
         data: ArraySplit,
         device: torch.device,
         model: torch.nn.Module,
@@ -328,7 +311,10 @@ def run_experiment(
     overrides = site_overrides(config)
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    data_report = describe_sites(config, data)
     run, resume_point = open_run(config=config, out=out, resume=resume)
+    if run is not None and config.task.name == "survival":
+        write_km(run.path, survival_curves(config, data))
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
 
@@ -348,7 +334,7 @@ def run_experiment(
         for name, splits in sorted(data.sites.items()):
             spec = fault_of(config, name)
             if spec.kind == Fault.LABEL_FLIP:
-                splits = flip_labels(splits, num_classes=task.num_classes)
+                splits = flip_labels(splits, num_classes=config.task.num_classes)
             site = Site(
                 name=name,
                 data=splits,
@@ -484,7 +470,8 @@ def run_experiment(
         "device": str(device),
         "strategy": strategy.name,
         Record.VERSIONS: versions(),
-        Record.SITES: sites_json(data),
+        Record.SITES: sites_json(data, label_counts=config.task.name == "classification"),
+        Record.DATA: data_report,
     }
     if run is not None:
         run.write_model(

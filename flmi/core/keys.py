@@ -18,6 +18,10 @@ class Metric(StrEnum):
     AUC = "auc"
     SENSITIVITY = "sensitivity"
     SPECIFICITY = "specificity"
+    MAE = "mae"
+    RMSE = "rmse"
+    R2 = "r2"
+    C_INDEX = "c_index"
 
 
 class Arm(StrEnum):
@@ -60,6 +64,7 @@ class Record(StrEnum):
     SITES = "sites"
     N_TRAIN = "n_train"
     LABEL_COUNTS = "label_counts"
+    DATA = "data"
 
 
 class HParam(StrEnum):
