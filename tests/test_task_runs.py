@@ -160,3 +160,32 @@ def test_binned_km_mode_is_recorded_and_rows_respect_min_count(tmp_path: Path) -
     for curve in km["sites"].values():
         leaving = -np.diff(curve["at_risk"])  # patients leaving at each row but the last
         assert (leaving >= 10).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "client_lr", "options"),
+    [
+        ("fedavg", 0.1, {}),
+        ("fedprox", 0.1, {"mu": 0.1}),
+        ("fedadam", 0.01, {"server_lr": 0.1, "beta1": 0.9, "beta2": 0.999, "tau": 1e-8}),
+    ],
+)
+def test_tcga_examples_hold_flambys_benchmark_settings(
+    name: str, client_lr: float, options: dict[str, float]
+) -> None:
+    config = load_config(REPO / "examples" / "tcga_brca" / f"{name}.toml")
+
+    f, b = config.federation, config.baselines
+    assert (config.task.name, config.data.source, config.partition.num_sites) == (
+        "survival",
+        "tcga_brca",
+        6,
+    )
+    assert (f.rounds, f.local_steps, f.batch_size, f.optimizer, f.momentum) == (5, 100, 8, "sgd", 0)
+    assert f.lr == client_lr and config.strategy.options == options
+    assert (b.pooled_optimizer, b.pooled_lr, b.pooled_batch_size, b.pooled_epochs) == (
+        "adam",
+        0.1,
+        8,
+        30,
+    )
