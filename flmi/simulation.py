@@ -55,8 +55,6 @@ from flmi.tasks.torch_params import load_params, params_copy
 
 ProgressFn = Callable[[RoundRecord, int], None]
 
-__all__ = ["RunResult", "build_task", "run_experiment"]
-
 
 class CentralEvaluator:
     """Scores weights on the central test set (simulation only)."""
@@ -312,9 +310,10 @@ def run_experiment(
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
     data_report = describe_sites(config, data)
+    curves = survival_curves(config, data) if config.task.name == "survival" else None
     run, resume_point = open_run(config=config, out=out, resume=resume)
-    if run is not None and config.task.name == "survival":
-        write_km(run.path, survival_curves(config, data))
+    if run is not None and curves is not None:
+        write_km(run.path, curves)
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
 
