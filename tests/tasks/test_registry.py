@@ -112,3 +112,36 @@ def test_reading_a_config_does_not_import_torch_through_the_registry(tmp_path: P
     code = "import sys; import flmi.config, flmi.tasks.registry; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("sections", "match"),
+    [
+        (
+            {
+                "data": {"source": "tcga_brca", "path": "x"},
+                "task": {"name": "survival"},
+                "partition": {"num_sites": 4},
+            },
+            r"Fed-TCGA-BRCA has its own 6 regions",
+        ),
+        (
+            {
+                "data": {"source": "tcga_brca"},
+                "task": {"name": "survival"},
+                "partition": {"num_sites": 6},
+            },
+            r"data\.path is required when data\.source = 'tcga_brca'",
+        ),
+        ({"report": {"km_bin_width": -1.0}}, r"report\.km_bin_width must not be negative"),
+        ({"report": {"min_count": 0}}, r"report\.min_count must be at least 1"),
+        ({"report": {"flag_distance": 1.5}}, r"report\.flag_distance must be in \(0, 1\]"),
+        ({"task": {"target_scale": 0.0}}, r"task\.target_scale must be positive"),
+        ({"task": {"loss": "huber"}}, r"task\.loss: expected one of 'mse', 'l1'"),
+    ],
+)
+def test_bad_task_and_report_settings_name_the_key(
+    sections: dict[str, dict[str, object]], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(tiny_tables(**sections))
