@@ -189,3 +189,34 @@ def test_tcga_examples_hold_flambys_benchmark_settings(
         8,
         30,
     )
+
+
+class _CrashError(Exception):
+    """Stands in for a killed process: raised from the progress callback after a round."""
+
+
+@requires_tcga
+def test_interrupted_survival_run_resumes_to_the_same_model_bit_for_bit(tmp_path: Path) -> None:
+    overrides = [
+        "federation.rounds=4",
+        "federation.local_steps=10",
+        "baselines.pooled=false",
+        "baselines.local=false",
+        "report.bootstrap_resamples=0",
+    ]
+    config = load_config(REPO / "examples" / "tcga_brca" / "fedadam.toml", overrides=overrides)
+    straight = run_experiment(config=config, out=tmp_path / "straight")
+
+    def crash_after_round_2(record: object, rounds: int) -> None:
+        if getattr(record, "rnd", 0) == 2:
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        run_experiment(config=config, out=tmp_path / "crashed", progress=crash_after_round_2)
+    resumed = run_experiment(config=config, out=tmp_path / "crashed", resume=True)
+
+    assert set(resumed.params) == set(straight.params)
+    for name, value in straight.params.items():
+        np.testing.assert_array_equal(resumed.params[name], value)
+    lines = (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [1, 2, 3, 4]
