@@ -163,3 +163,42 @@ def test_bad_patient_data_is_refused_at_the_site() -> None:
         km_table(site="a", time=np.array([1.0]), event=np.array([2]))
     with pytest.raises(DataError, match="finite and >= 0"):
         km_table(site="a", time=np.array([-1.0]), event=np.array([1]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 100), st.integers(0, 1)), min_size=1, max_size=30),
+        min_size=2,
+        max_size=4,
+    ),
+    st.integers(1, 6),
+    st.randoms(use_true_random=False),
+)
+def test_binned_tables_keep_every_patient_in_rows_of_min_count_in_any_site_order(
+    sites: list[list[tuple[int, int]]], min_count: int, rnd: object
+) -> None:
+    tables = [
+        km_table(
+            site=str(i),
+            time=np.array([t for t, _ in rows], float),
+            event=np.array([e for _, e in rows]),
+            bin_width=7.0,
+            min_count=min_count,
+        )
+        for i, rows in enumerate(sites)
+    ]
+    for table, rows in zip(tables, sites, strict=True):
+        if len(rows) < min_count:
+            assert table.time == ()
+            continue
+        assert sum(table.removed) == len(rows) and sum(table.events) == sum(e for _, e in rows)
+        assert min(table.removed) >= min_count
+        table.check()
+    shuffled = list(tables)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+
+    a, b = combine_km(tables), combine_km(shuffled)
+
+    np.testing.assert_array_equal(a.time, b.time)
+    np.testing.assert_array_equal(a.survival, b.survival)
