@@ -26,6 +26,10 @@ HEADERS = {
     Metric.ACCURACY: "acc",
     Metric.SENSITIVITY: "sens",
     Metric.SPECIFICITY: "spec",
+    Metric.MAE: "mae",
+    Metric.RMSE: "rmse",
+    Metric.R2: "r2",
+    Metric.C_INDEX: "c-index",
 }
 TABLE_METRICS = (
     Metric.AUC,
@@ -34,6 +38,23 @@ TABLE_METRICS = (
     Metric.SENSITIVITY,
     Metric.SPECIFICITY,
 )
+REGRESSION_METRICS = (Metric.MAE, Metric.RMSE, Metric.R2)
+SURVIVAL_METRICS = (Metric.C_INDEX, Metric.LOSS)
+
+
+def _table_metrics(arms: dict[str, object]) -> tuple[Metric, ...]:
+    """The columns that fit the task: classification, regression or survival metrics."""
+    from flmi.report.summary import ArmResult
+
+    names: set[str] = set()
+    for result in arms.values():
+        assert isinstance(result, ArmResult)
+        names.update(result.site_mean)
+    if Metric.C_INDEX in names:
+        return SURVIVAL_METRICS
+    if Metric.MAE in names:
+        return REGRESSION_METRICS
+    return TABLE_METRICS
 
 
 def _fmt(value: float | None) -> str:
@@ -45,7 +66,7 @@ def show_round(record: RoundRecord, rounds: int) -> None:
     scores = record.global_metrics or record.site_mean
     parts = [
         f"{m.value} {_fmt(scores.get(m))}"
-        for m in (Metric.AUC, Metric.ACCURACY, Metric.LOSS)
+        for m in (Metric.AUC, Metric.ACCURACY, Metric.MAE, Metric.C_INDEX, Metric.LOSS)
         if m in scores
     ]
     failed = (
@@ -67,8 +88,9 @@ def show_summary(arms: dict[str, object]) -> None:
     table = Table(title="Final-round test metrics")
     table.add_column("arm")
     table.add_column("test set")
-    for m in TABLE_METRICS:
-        table.add_column(HEADERS[m], justify="right")
+    columns = _table_metrics(arms)
+    for m in columns:
+        table.add_column(HEADERS.get(m, m.value), justify="right")
     for arm, result in arms.items():
         assert isinstance(result, ArmResult)
         rows: list[tuple[str, dict[str, float] | None]] = [
@@ -78,7 +100,7 @@ def show_summary(arms: dict[str, object]) -> None:
         rows.append(("site_mean", dict(result.site_mean)))
         for i, (where, metrics) in enumerate(rows):
             table.add_row(
-                arm if i == 0 else "", where, *[_fmt((metrics or {}).get(m)) for m in TABLE_METRICS]
+                arm if i == 0 else "", where, *[_fmt((metrics or {}).get(m)) for m in columns]
             )
         table.add_section()
     console.print(table)

@@ -78,9 +78,22 @@ class DataConfig:
     ``"breastmnist"``) and no ``path`` reads ``cache_dir/NAME.npz``; with
     ``allow_download`` the official file is downloaded there first (from
     ``download_url`` when set: a mirror) and its MD5 checked.
+
+    With ``[task] name = "regression"`` the CSV label column holds numbers.
+    ``source = "synthetic_age"`` generates hospitals for age regression (same
+    scanners, plus age shift); ``source = "tcga_brca"`` reads FLamby's
+    Fed-TCGA-BRCA files from the folder ``path`` (6 regions, FLamby's split).
     """
 
-    source: Literal["medmnist", "synthetic", "heart_disease", "csv", "manifest"] = "synthetic"
+    source: Literal[
+        "medmnist",
+        "synthetic",
+        "heart_disease",
+        "csv",
+        "manifest",
+        "synthetic_age",
+        "tcga_brca",
+    ] = "synthetic"
     path: str = ""
     image_size: int = 28
     n_patients: int = 1600
@@ -119,15 +132,22 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """``[task]``: what is learnt, with which model."""
+    """``[task]``: what is learnt, with which model.
 
-    name: Literal["classification"] = "classification"
+    ``name`` is one of :data:`flmi.tasks.registry.TASKS`. Regression reads
+    ``loss`` and predicts ``target_offset + target_scale * output``.
+    """
+
+    name: str = "classification"
     num_classes: int = 2
     positive_label: int = 1
-    model: Literal["small_cnn", "logistic"] = "small_cnn"
+    model: Literal["small_cnn", "logistic", "linear"] = "small_cnn"
     width: int = 32
     augment: bool = False
     dtype: Literal["float32", "float64"] = "float32"
+    loss: Literal["mse", "l1"] = "mse"
+    target_offset: float = 0.0
+    target_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -202,12 +222,24 @@ class ReportConfig:
     site). The operating threshold is chosen on the sites' validation splits
     only: Youden's J, or the highest threshold that reaches
     ``target_sensitivity`` when it is set.
+    ``bootstrap_seed``.
+
+    Before training each site describes its data (counts, label or target
+    distribution, intensity histogram, image size); a count below
+    ``min_count`` is suppressed at the site. A site whose distributions lie
+    farther than ``flag_distance`` (0..1, see :mod:`flmi.report.heterogeneity`) from the
+    other sites' is flagged in ``summary.json``'s ``data`` section. Survival
+    runs write Kaplan-Meier curves; ``km_bin_width`` > 0 rounds times up to
+    bins of that width at each site (0: exact times).
     """
 
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
     histogram_bins: int = 100
     target_sensitivity: float | None = None
+    min_count: int = 5
+    flag_distance: float = 0.25
+    km_bin_width: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -467,6 +499,7 @@ def check_config(c: Config) -> None:
         f"choose one of 0..{t.num_classes - 1}",
     )
     _require(t.width >= 1, f"task.width must be at least 1, got {t.width}")
+    _check_task(c)
     # Building the strategy range-checks its options and their fit with local training.
     build_strategy(
         name=c.strategy.name,
@@ -538,6 +571,13 @@ def check_config(c: Config) -> None:
         _require(
             p.method == "natural",
             "a CSV with a site column comes split already: set partition.method = 'natural'",
+        )
+    elif d.source == "tcga_brca":
+        _require(bool(d.path), "data.path is required when data.source = 'tcga_brca'")
+        _require(
+            p.method == "natural" and p.num_sites == 6,
+            "Fed-TCGA-BRCA has its own 6 regions: set partition.method = 'natural' "
+            "and partition.num_sites = 6",
         )
     elif d.source == "heart_disease":
         _require(bool(d.path), "data.path is required when data.source = 'heart_disease'")
@@ -663,6 +703,41 @@ def check_privacy(c: Config) -> None:
         20 <= v.he_scale_bits <= 50,
         f"privacy.he_scale_bits must be in 20..50, got {v.he_scale_bits}",
     )
+
+
+TASK_SOURCES = {
+    "classification": ("synthetic", "medmnist", "heart_disease", "csv", "manifest"),
+    "regression": ("synthetic_age", "csv"),
+    "survival": ("tcga_brca",),
+}
+
+
+def _check_task(c: Config) -> None:
+    """The task exists, fits the data source, and its own keys are in range."""
+    from flmi.tasks.registry import TASKS
+
+    t, r = c.task, c.report
+    _require(t.name in TASKS, f"task.name: unknown task '{t.name}'; choose one of {sorted(TASKS)}")
+    sources = TASK_SOURCES.get(t.name)
+    _require(
+        sources is None or c.data.source in sources,
+        f"task.name = '{t.name}' does not fit data.source = '{c.data.source}'; "
+        f"use one of {list(sources or ())}",
+    )
+    _require(t.target_scale > 0, f"task.target_scale must be positive, got {t.target_scale}")
+    _require(r.min_count >= 1, f"report.min_count must be at least 1, got {r.min_count}")
+    _require(
+        0.0 < r.flag_distance <= 1.0,
+        f"report.flag_distance must be in (0, 1], got {r.flag_distance}",
+    )
+    _require(r.km_bin_width >= 0, f"report.km_bin_width must not be negative, got {r.km_bin_width}")
+    if t.name != "classification":
+        for name, site in sorted(c.sites.items()):
+            _require(
+                site.fault != "label_flip",
+                f"sites.{name}.fault = 'label_flip' needs class labels; "
+                f"task.name = '{t.name}' has none: choose another fault",
+            )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -38,6 +38,8 @@ from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
 from flmi.privacy.setup import build_secure, protect_sites
+from flmi.report.before_training import describe_sites, survival_curves
+from flmi.report.km_report import write_km
 from flmi.report.model_card import CARD_MD, write_model_card
 from flmi.report.operating import ArmCurves, arm_curves, curves_json
 from flmi.report.resume import open_run, record_from_line
@@ -50,33 +52,12 @@ from flmi.site.site import Site
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.per_site import PerSiteSettings
 from flmi.strategies.registry import BuildContext, build_strategy
-from flmi.tasks.classification import ClassificationTask
+from flmi.tasks.base import Task
 from flmi.tasks.device import resolve_device
+from flmi.tasks.registry import build_task
 from flmi.tasks.torch_params import load_params, params_copy
 
 ProgressFn = Callable[[RoundRecord, int], None]
-
-
-def build_task(config: Config, data: FederatedData) -> ClassificationTask:
-    """The task, shaped by the data (channels and 2D/3D), with every label checked."""
-    x = data.central_test.x
-    task = ClassificationTask(
-        num_classes=config.task.num_classes,
-        in_channels=int(x.shape[1]),
-        spatial_dims=x.ndim - 2,
-        positive_label=config.task.positive_label,
-        model=config.task.model,
-        width=config.task.width,
-        augment=config.task.augment,
-        dtype=config.task.dtype,
-    )
-    for name, splits in sorted(data.sites.items()):
-        for split_name in ("train", "val", "test"):
-            task.check_labels(
-                data=getattr(splits, split_name), where=f"site '{name}' {split_name} split"
-            )
-    task.check_labels(data=data.central_test, where="central test set")
-    return task
 
 
 class CentralEvaluator:
@@ -85,7 +66,7 @@ class CentralEvaluator:
     def __init__(
         self,
         *,
-        task: ClassificationTask,
+        task: Task,
         data: ArraySplit,
         device: torch.device,
         model: torch.nn.Module,
@@ -385,7 +366,11 @@ def run_experiment(
     secure = build_secure(config.privacy, strategy=strategy.name, site_names=sorted(data.sites))
     r = config.runtime
     check_trackers(tensorboard=r.tensorboard, mlflow=r.mlflow)
+    data_report = describe_sites(config, data)
+    curves = survival_curves(config, data) if config.task.name == "survival" else None
     run, resume_point = open_run(config=config, out=out, resume=resume)
+    if run is not None and curves is not None:
+        write_km(run.path, curves)
     # Flushed every round; a run that dies leaves its trackers as of its last round.
     trackers = (
         open_trackers(
@@ -413,7 +398,7 @@ def run_experiment(
         for name, splits in sorted(data.sites.items()):
             spec = fault_of(config, name)
             if spec.kind == Fault.LABEL_FLIP:
-                splits = flip_labels(splits, num_classes=task.num_classes)
+                splits = flip_labels(splits, num_classes=config.task.num_classes)
             site = Site(
                 name=name,
                 data=splits,
@@ -576,7 +561,8 @@ def run_experiment(
         "strategy": strategy.name,
         Record.PRIVACY: dataclasses.asdict(config.privacy),
         Record.VERSIONS: versions(),
-        Record.SITES: sites_json(data),
+        Record.SITES: sites_json(data, label_counts=config.task.name == "classification"),
+        Record.DATA: data_report,
     }
     if data.unreadable:
         summary[Record.UNREADABLE] = {k: dict(v) for k, v in sorted(data.unreadable.items())}

@@ -18,6 +18,10 @@ class Metric(StrEnum):
     AUC = "auc"
     SENSITIVITY = "sensitivity"
     SPECIFICITY = "specificity"
+    MAE = "mae"
+    RMSE = "rmse"
+    R2 = "r2"
+    C_INDEX = "c_index"
 
 
 class Arm(StrEnum):
@@ -62,6 +66,7 @@ class Record(StrEnum):
     LABEL_COUNTS = "label_counts"
     UNREADABLE = "unreadable"
     PRIVACY = "privacy"
+    DATA = "data"
 
 
 class HParam(StrEnum):

@@ -12,15 +12,17 @@ from flmi.core.errors import DataError
 
 @dataclass(frozen=True)
 class ArraySplit:
-    """Images and integer labels of one split.
+    """Inputs and targets of one split.
 
     Parameters
     ----------
     x
         float32 images, channels first: ``(N, C, H, W)`` or ``(N, C, D, H, W)``,
-        intensities scaled to roughly ``[0, 1]``.
+        intensities scaled to roughly ``[0, 1]``; or feature vectors ``(N, F)``.
     y
-        int64 class labels, shape ``(N,)``.
+        The task's targets, one row per example: int64 class labels ``(N,)``
+        (classification), float targets ``(N,)`` (regression) or ``(N, k)``
+        (survival: ``[event, time]`` per patient).
     """
 
     x: np.ndarray
@@ -32,8 +34,10 @@ class ArraySplit:
                 f"images and labels differ in length: {self.x.shape[0]} images, "
                 f"{self.y.shape[0]} labels"
             )
-        if self.y.ndim != 1:
-            raise DataError(f"labels must be one-dimensional, got shape {self.y.shape}")
+        if self.y.ndim not in (1, 2):
+            raise DataError(
+                f"targets must have shape (N,) or (N, k), one row per example; got {self.y.shape}"
+            )
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

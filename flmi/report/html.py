@@ -186,6 +186,26 @@ def coarse_note(curves: Mapping[str, Any]) -> str:
     )
 
 
+def _has_class_labels(summary: Mapping[str, Any]) -> bool:
+    """Whether any site lists class counts (classification runs do)."""
+    return any(
+        info.get("label_counts") or info.get("label_counts_by_split")
+        for info in summary.get("sites", {}).values()
+    )
+
+
+def _km_figure(run_dir: Path) -> str:
+    """A survival run's Kaplan-Meier plot (``km.png``), embedded, or nothing."""
+    km = run_dir / "km.png"
+    if not km.is_file():
+        return ""
+    return (
+        _image(km.read_bytes(), "Kaplan-Meier curves")
+        + "<p class='note'>Kaplan-Meier curve of every site and the federated curve, "
+        "built from the count tables the sites sent (no patient row left a site).</p>"
+    )
+
+
 def build_report(run_dir: Path) -> Path:
     """Write ``run_dir/report.html`` and return its path.
 
@@ -232,7 +252,11 @@ def build_report(run_dir: Path) -> Path:
                 "labels per site",
                 lambda: plots.label_histograms(summary, positive_label=positive),
                 "Examples of each class in every site's train, validation and test split.",
-            ),
+            )
+            if _has_class_labels(summary)
+            else "<p class='note'>This task has no class labels (regression or survival): "
+            "each site's target distribution is in the data section of summary.json.</p>"
+            + _km_figure(run_dir),
         ),
         "roc": (
             "ROC curves",

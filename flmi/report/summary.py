@@ -82,7 +82,13 @@ def arm_json(arm: ArmResult) -> dict[str, Any]:
     }
 
 
-def sites_json(data: FederatedData) -> dict[str, Any]:
+def sites_json(data: FederatedData, *, label_counts: bool = True) -> dict[str, Any]:
+    """Split sizes per site, and label counts where labels are classes.
+
+    A regression or survival target is a number per patient: counting its
+    values would list them, so only the sizes are written (the ``data``
+    section summarises targets with small counts suppressed).
+    """
     out: dict[str, Any] = {}
     for site, info in site_label_summary(data=data).items():
         by_split = info["label_counts"]
@@ -91,7 +97,8 @@ def sites_json(data: FederatedData) -> dict[str, Any]:
             Record.N_TRAIN: info["n_train"],
             "n_val": info["n_val"],
             "n_test": info["n_test"],
-            Record.LABEL_COUNTS: by_split["train"],
-            "label_counts_by_split": by_split,
         }
+        if label_counts:
+            out[site][Record.LABEL_COUNTS] = by_split["train"]
+            out[site]["label_counts_by_split"] = by_split
     return out

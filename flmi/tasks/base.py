@@ -173,7 +173,14 @@ class FitResult:
 
 
 class Task(Protocol):
-    """A medical task: how to build its model, train it locally and score it."""
+    """A medical task: how to build its model, train it locally and score it.
+
+    ``in_channels`` (image channels, or features of a table) and
+    ``spatial_dims`` (2, 3, or 0 for tables) describe the input the model takes.
+    """
+
+    in_channels: int
+    spatial_dims: int
 
     @property
     def name(self) -> str:

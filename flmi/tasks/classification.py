@@ -19,6 +19,14 @@ from flmi.tasks.metrics import classification_metrics
 from flmi.tasks.models import SmallCNN
 
 MODELS = ("small_cnn", "logistic")
+METRICS = (
+    Metric.LOSS,
+    Metric.ACCURACY,
+    Metric.BALANCED_ACCURACY,
+    Metric.AUC,
+    Metric.SENSITIVITY,
+    Metric.SPECIFICITY,
+)
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -236,7 +244,7 @@ class ClassificationTask:
     ) -> dict[str, float]:
         """Loss, accuracy, balanced accuracy, AUC, sensitivity and specificity."""
         if len(data) == 0:
-            return {m.value: float("nan") for m in Metric}
+            return {m.value: float("nan") for m in METRICS}
         probs, logits = self.predict_proba(model=model, x=data.x, device=device)
         loss = float(self._loss(logits, torch.from_numpy(data.y)))
         return classification_metrics(
