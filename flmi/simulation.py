@@ -8,6 +8,7 @@ This wires the pieces together; the federation loop itself lives in
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
+from flmi.privacy.dp_sgd import check_dp_model
+from flmi.privacy.strategies import with_privacy
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import ArmResult, arm_json, sites_json, versions
@@ -271,6 +274,16 @@ def _with_intervals(
     )
 
 
+def privacy_json(config: Config, history: Sequence[RoundRecord]) -> dict[str, Any]:
+    """``summary.json``'s privacy block: the settings, and what was spent by the last round.
+
+    Only the federated arm is private; the pooled and local baselines are not.
+    """
+    settings = {k: v for k, v in dataclasses.asdict(config.privacy).items() if v is not None}
+    spent = dict(history[-1].privacy) if history else {}
+    return {**settings, **spent, "private_arms": [Arm.FEDERATED.value]}
+
+
 def _pooled_splits(data: FederatedData) -> SiteSplits:
     names = sorted(data.sites)
     return SiteSplits(
@@ -328,6 +341,17 @@ def run_experiment(
     overrides = site_overrides(config)
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    if config.privacy.dp == "sample":
+        check_dp_model(task.build_model(seed=seed))
+    strategy = with_privacy(
+        strategy,
+        privacy=config.privacy,
+        rounds=f.rounds,
+        sites_per_round=min(
+            len(data.sites), max(f.min_sites, math.ceil(f.fraction * len(data.sites)))
+        ),
+        seed=seed,
+    )
     run, resume_point = open_run(config=config, out=out, resume=resume)
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
@@ -486,6 +510,8 @@ def run_experiment(
         Record.VERSIONS: versions(),
         Record.SITES: sites_json(data),
     }
+    if config.privacy.dp != "none":
+        summary[Record.PRIVACY] = privacy_json(config, history)
     if run is not None:
         run.write_model(
             params=federated.params,
