@@ -31,6 +31,10 @@ SAMPLE_DP_REFUSED: Mapping[str, str] = {
         "SCAFFOLD's gradient correction is overwritten by DP-SGD's noised gradient; use fedavg, "
         "fedavgm or fedadam"
     ),
+    "fednorm": (
+        "FedNorm scores each site with its modality group's normalisation layers, which "
+        "flmi's DP-SGD wrapper does not pass on; use fedavg, or cusfl for a private head"
+    ),
     "ifca": (
         "IFCA picks a cluster by each site's training loss, a choice DP-SGD does not privatise; "
         "use fedavg"
