@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", type=Path, help="for a config: the run directory to create")
     audit.add_argument("--site", help="the attacked site (default: the first by name)")
     audit.add_argument("--batches", type=int, default=4, help="batches attacked (default 4)")
-    audit.add_argument("--iterations", type=int, default=300, help="attack steps per batch")
+    audit.add_argument("--iterations", type=int, default=800, help="attack steps per batch")
     audit.add_argument("--seed", type=int, default=0, help="seeds the attack")
     audit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     certs = sub.add_parser("certs", help="consortium certificates for a real deployment")

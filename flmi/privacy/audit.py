@@ -60,9 +60,9 @@ class AttackSettings:
     """
 
     batches: int = 4
-    iterations: int = 300
+    iterations: int = 800
     lr: float = 0.1
-    tv_weight: float = 1e-4
+    tv_weight: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
