@@ -101,3 +101,25 @@ def test_sample_dp_run_resumed_after_a_crash_ends_bit_for_bit_as_a_straight_run(
     straight, resumed = _lines(tmp_path / "straight"), _lines(tmp_path / "crashed")
     assert [x["privacy"] for x in straight] == [x["privacy"] for x in resumed]
     assert straight[-1]["privacy"]["epsilon"] > straight[0]["privacy"]["epsilon"] > 0
+
+
+def test_client_dp_with_noise_at_the_sites_reports_what_the_server_itself_learns(
+    tmp_path: Path,
+) -> None:
+    tables = tiny_tables(
+        privacy={
+            "dp": "client",
+            "noise_at": "site",
+            "noise_multiplier": 1.0,
+            "clip_norm": 0.5,
+            "adaptive_clip": True,
+        },
+        federation={"rounds": 2},
+    )
+    run_experiment(config=config_from_dict(tables), out=tmp_path / "run")
+    last = [x for x in _lines(tmp_path / "run") if x["arm"] == "federated"][-1]["privacy"]
+    assert last["noise_at"] == "site"
+    assert last["clip_norm"] != 0.5  # the clip adapted
+    for site in last["sites"].values():
+        # Each update reaches the server with a quarter of the noise's variance.
+        assert site["epsilon_against_server"] > site["epsilon"] > 0
