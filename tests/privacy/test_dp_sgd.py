@@ -229,3 +229,23 @@ def test_a_batchnorm_model_is_a_config_error_naming_batchnorm() -> None:
         check_dp_model(model)
     assert "GroupNorm" in str(info.value)
     check_dp_model(_task().build_model(seed=0))  # flmi's own model passes
+
+
+def test_empty_poisson_batches_still_take_a_noisy_step_and_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes: list[int] = []
+    sampler_iter = UniformWithReplacementSampler.__iter__
+
+    def counting_iter(self: Any) -> Any:
+        for indices in sampler_iter(self):
+            sizes.append(len(indices))
+            yield indices
+
+    monkeypatch.setattr(UniformWithReplacementSampler, "__iter__", counting_iter)
+    # Batch 1 of 40: each step is empty with probability (39/40)^40, about 0.36.
+    update = _site().train(_instruction(1, batch_size=1, local_steps=30))
+    assert isinstance(update, ClientUpdate)
+    assert 0 in sizes and len(sizes) == 30
+    assert update.num_steps == 30 and update.metrics[PrivacyKey.STEPS] == 30
+    assert np.isfinite(update.metrics["loss"])
