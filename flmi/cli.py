@@ -1,4 +1,4 @@
-"""Command line: ``flmi run | demo | strategies | report | predict | certs``."""
+"""Command line: ``flmi run | demo | strategies | report | predict | audit | certs``."""
 
 from __future__ import annotations
 
@@ -189,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--device", choices=["cpu", "cuda", "auto"], help="default: the run's [runtime] device"
     )
+    audit = sub.add_parser(
+        "audit",
+        help="attack a run's updates as its server could: gradient inversion, membership inference",
+    )
+    audit.add_argument(
+        "path", type=Path, help="a run directory, or a TOML config (run first, into --out)"
+    )
+    audit.add_argument("--out", type=Path, help="for a config: the run directory to create")
+    audit.add_argument("--site", help="the attacked site (default: the first by name)")
+    audit.add_argument("--batches", type=int, default=4, help="batches attacked (default 4)")
+    audit.add_argument("--iterations", type=int, default=800, help="attack steps per batch")
+    audit.add_argument("--seed", type=int, default=0, help="seeds the attack")
+    audit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     certs = sub.add_parser("certs", help="consortium certificates for a real deployment")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_sub.add_parser("init", help="create a consortium CA and the server's bundle")
@@ -223,6 +236,40 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from flmi.config import apply_overrides, config_from_dict, read_toml
+    from flmi.privacy.audit import AttackSettings, run_audit
+    from flmi.report.rundir import MODEL
+    from flmi.tensorio import load_tensors
+
+    settings = AttackSettings(batches=args.batches, iterations=args.iterations, seed=args.seed)
+    if args.path.is_dir():
+        run_dir = args.path
+        raw = apply_overrides(read_toml(run_dir / "config.toml"), args.overrides)
+        config = config_from_dict(raw)
+    else:
+        config = load_config(args.path, overrides=args.overrides)
+        run_dir = args.out or _default_out(args.path.stem)
+        _run(config, run_dir)
+    final = load_tensors(path=run_dir / MODEL)[0] if (run_dir / MODEL).is_file() else None
+    report = run_audit(
+        config=config, final_params=final, out=run_dir / "audit", site=args.site, settings=settings
+    )
+    summary = report.to_json()
+    table = Table(title=f"Privacy audit of site {report.site} (the server as attacker)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("PSNR of reconstructions (dB)", f"{summary['psnr_mean']:.2f}")
+    table.add_row("PSNR of an unrelated image (dB)", f"{summary['unrelated_psnr_mean']:.2f}")
+    table.add_row("SSIM of reconstructions", f"{summary['ssim_mean']:.3f}")
+    table.add_row("SSIM of an unrelated image", f"{summary['unrelated_ssim_mean']:.3f}")
+    table.add_row("label recovery rate", f"{report.label_recovery_rate:.3f}")
+    table.add_row("membership-inference AUC", _fmt(report.membership_auc))
+    console.print(table)
+    console.print(f"images and audit.json in {run_dir / 'audit'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flmi`` command."""
     args = build_parser().parse_args(argv)
@@ -244,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "predict":
             return _predict(args)
+        if args.command == "audit":
+            return _audit(args)
         if args.command == "demo":
             config = load_config(demo_config_path(), overrides=args.overrides)
             return _run(config, args.out or _default_out("demo"))

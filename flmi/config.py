@@ -21,6 +21,7 @@ from flmi.core.errors import ConfigError
 from flmi.core.keys import HParam
 from flmi.core.messages import HParamValue
 from flmi.data.download import medmnist_file
+from flmi.privacy.compat import SAMPLE_DP_REFUSED, client_dp_refusal
 from flmi.privacy.linear import linear_rule
 from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
 
@@ -244,7 +245,19 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """``[privacy]``: what protects the updates on their way to the server.
+    """``[privacy]``: differential privacy, and what protects updates on their way to the server.
+
+    ``dp = "sample"`` trains every site with DP-SGD (Opacus: per-example
+    gradients clipped to ``max_grad_norm``, Gaussian noise of std
+    ``noise_multiplier * max_grad_norm``, Poisson sampling); each site spends
+    its own epsilon at ``delta``. With ``target_epsilon`` set, each site's noise
+    multiplier is the one Opacus computes to reach it after every round.
+    ``dp = "client"`` is DP-FedAvg: each site's update is clipped to
+    ``clip_norm`` (or a clip that adapts toward the ``adaptive_clip_quantile``
+    of the update norms) and Gaussian noise of std ``noise_multiplier * clip``
+    is added to their sum, at the server (``noise_at = "server"``, a trusted
+    server) or split over the sites (``noise_at = "site"``). ``accountant``
+    is Opacus's ``"rdp"`` or ``"prv"`` accountant.
 
     ``aggregation`` is ``"plain"`` (the server sees each site's update),
     ``"secagg"`` (secure aggregation: the server sees only the sum of masked,
@@ -255,6 +268,18 @@ class PrivacyConfig:
     ``"he"`` (see :mod:`flmi.privacy.linear`).
     """
 
+    dp: Literal["none", "sample", "client"] = "none"
+    delta: float = 1e-5
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    target_epsilon: float | None = None
+    accountant: Literal["rdp", "prv"] = "rdp"
+    clip_norm: float = 1.0
+    adaptive_clip: bool = False
+    adaptive_clip_quantile: float = 0.5
+    adaptive_clip_lr: float = 0.2
+    adaptive_clip_count_noise: float = 1.0
+    noise_at: Literal["server", "site"] = "server"
     aggregation: Literal["plain", "secagg", "he"] = "plain"
     secagg_threshold: int = 0
     secagg_clip: float = 1.0
@@ -304,7 +329,7 @@ class Config:
         out = dataclasses.asdict(self)
         options = out["strategy"].pop("options")
         out["strategy"].update(options)
-        for table in ("baselines", "partition", "report"):
+        for table in ("baselines", "partition", "report", "privacy"):
             out[table] = {k: v for k, v in out[table].items() if v is not None}
         out["sites"] = {
             name: {k: v for k, v in table.items() if v is not None}
@@ -552,6 +577,7 @@ def check_config(c: Config) -> None:
         c.runtime.torch_threads >= 1,
         f"runtime.torch_threads must be at least 1, got {c.runtime.torch_threads}",
     )
+    check_dp(c)
     _require(
         0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"
     )
@@ -738,6 +764,56 @@ def _check_task(c: Config) -> None:
                 f"sites.{name}.fault = 'label_flip' needs class labels; "
                 f"task.name = '{t.name}' has none: choose another fault",
             )
+
+
+def check_dp(c: Config) -> None:
+    """``[privacy]`` DP keys: ranges, and whether the strategy can run under the chosen DP."""
+    v = c.privacy
+    _require(0.0 < v.delta < 1.0, f"privacy.delta must be in (0, 1), got {v.delta}")
+    _require(
+        v.noise_multiplier > 0,
+        f"privacy.noise_multiplier must be positive, got {v.noise_multiplier}",
+    )
+    _require(v.max_grad_norm > 0, f"privacy.max_grad_norm must be positive, got {v.max_grad_norm}")
+    _require(v.clip_norm > 0, f"privacy.clip_norm must be positive, got {v.clip_norm}")
+    _require(
+        v.target_epsilon is None or v.target_epsilon > 0,
+        f"privacy.target_epsilon must be positive, got {v.target_epsilon}",
+    )
+    _require(
+        0.0 < v.adaptive_clip_quantile < 1.0,
+        f"privacy.adaptive_clip_quantile must be in (0, 1), got {v.adaptive_clip_quantile}",
+    )
+    _require(
+        v.adaptive_clip_lr > 0,
+        f"privacy.adaptive_clip_lr must be positive, got {v.adaptive_clip_lr}",
+    )
+    _require(
+        v.adaptive_clip_count_noise > 0,
+        f"privacy.adaptive_clip_count_noise must be positive, got {v.adaptive_clip_count_noise}",
+    )
+    name = c.strategy.name
+    _require(
+        v.dp == "none" or v.aggregation == "plain",
+        f"privacy.dp = '{v.dp}' with privacy.aggregation = '{v.aggregation}' is not supported "
+        "yet: the DP ledger and DP-FedAvg's clipping read each site's own update or report, "
+        "which a masked or encrypted sum hides; choose one of the two",
+    )
+    if v.dp == "sample":
+        reason = SAMPLE_DP_REFUSED.get(name)
+        _require(reason is None, f"privacy.dp = 'sample' with strategy '{name}': {reason}")
+    if v.dp == "client":
+        refusal = client_dp_refusal(name)
+        _require(refusal is None, f"strategy.name = '{name}': {refusal}")
+        _require(
+            not v.adaptive_clip
+            or v.target_epsilon is not None
+            or v.noise_multiplier < 2 * v.adaptive_clip_count_noise,
+            "privacy.adaptive_clip: the noise on the count of clipped updates takes part of the "
+            f"privacy budget, so privacy.noise_multiplier ({v.noise_multiplier}) must be below "
+            f"2 * privacy.adaptive_clip_count_noise ({2 * v.adaptive_clip_count_noise}); "
+            "raise adaptive_clip_count_noise or lower noise_multiplier",
+        )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

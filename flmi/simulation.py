@@ -8,6 +8,7 @@ This wires the pieces together; the federation loop itself lives in
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
+from flmi.privacy.dp_sgd import check_dp_model
 from flmi.privacy.setup import build_secure, protect_sites
+from flmi.privacy.strategies import with_privacy
 from flmi.report.before_training import describe_sites, survival_curves
 from flmi.report.km_report import write_km
 from flmi.report.model_card import CARD_MD, write_model_card
@@ -306,6 +309,16 @@ def curves_document(config: Config, arms: Mapping[str, ArmResult]) -> dict[str, 
     }
 
 
+def privacy_json(config: Config, history: Sequence[RoundRecord]) -> dict[str, Any]:
+    """``summary.json``'s privacy block: the settings, and what was spent by the last round.
+
+    Only the federated arm is private; the pooled and local baselines are not.
+    """
+    settings = {k: v for k, v in dataclasses.asdict(config.privacy).items() if v is not None}
+    spent = dict(history[-1].privacy) if history else {}
+    return {**settings, **spent, "private_arms": [Arm.FEDERATED.value]}
+
+
 def _pooled_splits(data: FederatedData) -> SiteSplits:
     names = sorted(data.sites)
     return SiteSplits(
@@ -363,6 +376,17 @@ def run_experiment(
     overrides = site_overrides(config)
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    if config.privacy.dp == "sample":
+        check_dp_model(task.build_model(seed=seed))
+    strategy = with_privacy(
+        strategy,
+        privacy=config.privacy,
+        rounds=f.rounds,
+        sites_per_round=min(
+            len(data.sites), max(f.min_sites, math.ceil(f.fraction * len(data.sites)))
+        ),
+        seed=seed,
+    )
     secure = build_secure(config.privacy, strategy=strategy.name, site_names=sorted(data.sites))
     r = config.runtime
     check_trackers(tensorboard=r.tensorboard, mlflow=r.mlflow)
@@ -567,6 +591,8 @@ def run_experiment(
     if data.unreadable:
         summary[Record.UNREADABLE] = {k: dict(v) for k, v in sorted(data.unreadable.items())}
     fed_curves = arms[Arm.FEDERATED].curves
+    if config.privacy.dp != "none":
+        summary[Record.PRIVACY] = privacy_json(config, history)
     if run is not None:
         run.write_model(
             params=federated.params,

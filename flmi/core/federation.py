@@ -36,6 +36,7 @@ from flmi.core.rng import generator
 from flmi.core.strategy import (
     EvaluationSettings,
     Personalised,
+    PrivacyReporting,
     SiteModels,
     StateRecord,
     Strategy,
@@ -115,10 +116,11 @@ class RoundRecord:
     sites_sampled: Sequence[str]
     sites_failed: Mapping[str, str] = field(default_factory=dict)
     strategy: Mapping[str, Any] = field(default_factory=dict)
+    privacy: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON line, with NaN written as ``null``."""
-        return {
+        """The JSON line, with NaN written as ``null`` (``privacy`` only under DP)."""
+        line: dict[str, Any] = {
             Record.ROUND: self.rnd,
             Record.ARM: self.arm,
             Record.GLOBAL: json_metrics(self.global_metrics),
@@ -132,6 +134,9 @@ class RoundRecord:
             Record.SITES_FAILED: dict(sorted(self.sites_failed.items())),
             Record.STRATEGY: dict(self.strategy),
         }
+        if self.privacy:
+            line[Record.PRIVACY] = dict(self.privacy)
+        return line
 
 
 def json_metrics(metrics: Metrics | None) -> dict[str, float | None] | None:
@@ -472,7 +477,14 @@ def run_federation(
             ),
             sites_sampled=sampled,
             sites_failed={s: e.code.value for s, e in errors.items()},
-            strategy=strategy.state_to_record(state).meta,
+            strategy={
+                k: v
+                for k, v in strategy.state_to_record(state).meta.items()
+                if k != Record.PRIVACY  # a DP wrapper's ledgers: reported under privacy
+            },
+            privacy=(
+                strategy.privacy_record(state) if isinstance(strategy, PrivacyReporting) else {}
+            ),
         )
         history.append(record)
         observer.on_round(record, params, strategy.state_to_record(state))

@@ -1,1 +1,2 @@
-"""Privacy protocols: secure aggregation (masked sums) and homomorphic aggregation."""
+"""Privacy: differential privacy (DP-SGD at the sites, DP-FedAvg at the server, their
+accounting), secure aggregation (masked sums) and homomorphic aggregation."""

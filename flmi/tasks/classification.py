@@ -128,6 +128,10 @@ class ClassificationTask:
         """Binary logistic regression has one logit; everything else one per class."""
         return 1 if self.model_name == "logistic" and self.num_classes == 2 else self.num_classes
 
+    def batch_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean training loss of ``model`` on one batch (differentiable)."""
+        return self._loss(model(x), y)
+
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if logits.shape[1] == 1:
             return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype))
