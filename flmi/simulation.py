@@ -22,6 +22,7 @@ from flmi.config import (
     site_groups,
     training_hparams,
 )
+from flmi.core.errors import ConfigError
 from flmi.core.federation import (
     FederationPlan,
     FederationResult,
@@ -53,19 +54,33 @@ from flmi.tasks.torch_params import load_params, params_copy
 ProgressFn = Callable[[RoundRecord, int], None]
 
 
-def build_task(config: Config, data: FederatedData) -> ClassificationTask:
-    """The task, shaped by the data (channels and 2D/3D), with every label checked."""
-    x = data.central_test.x
-    task = ClassificationTask(
+def task_from_config(config: Config, *, in_channels: int, spatial_dims: int) -> ClassificationTask:
+    """The task of ``[task]`` for inputs of ``in_channels`` and ``spatial_dims``."""
+    return ClassificationTask(
         num_classes=config.task.num_classes,
-        in_channels=int(x.shape[1]),
-        spatial_dims=x.ndim - 2,
+        in_channels=in_channels,
+        spatial_dims=spatial_dims,
         positive_label=config.task.positive_label,
         model=config.task.model,
         width=config.task.width,
         augment=config.task.augment,
         dtype=config.task.dtype,
     )
+
+
+def build_task(config: Config, data: FederatedData) -> ClassificationTask:
+    """The task, shaped by the data (channels and 2D/3D), with every label checked."""
+    x = data.central_test.x
+    in_channels, spatial_dims = int(x.shape[1]), x.ndim - 2
+    for key, declared, found in (
+        ("in_channels", config.task.in_channels, in_channels),
+        ("spatial_dims", config.task.spatial_dims, spatial_dims),
+    ):
+        if declared is not None and declared != found:
+            raise ConfigError(
+                f"task.{key} = {declared}, but the data has {found}; set task.{key} = {found}"
+            )
+    task = task_from_config(config, in_channels=in_channels, spatial_dims=spatial_dims)
     for name, splits in sorted(data.sites.items()):
         for split_name in ("train", "val", "test"):
             task.check_labels(
@@ -73,6 +88,37 @@ def build_task(config: Config, data: FederatedData) -> ClassificationTask:
             )
     task.check_labels(data=data.central_test, where="central test set")
     return task
+
+
+def make_strategy(config: Config, site_names: Sequence[str]) -> Strategy[Any]:
+    """The configured strategy for ``site_names``, with any ``[sites.NAME]`` overrides."""
+    strategy = build_strategy(
+        name=config.strategy.name,
+        hparams=training_hparams(config),
+        options=config.strategy.options,
+        context=BuildContext(
+            num_sites=len(site_names),
+            seed=config.federation.seed,
+            site_groups=site_groups(config),
+            site_names=tuple(sorted(site_names)),
+        ),
+    )
+    overrides = site_overrides(config)
+    if overrides:
+        return PerSiteSettings(inner=strategy, overrides=overrides)
+    return strategy
+
+
+def model_meta(config: Config, task: ClassificationTask, strategy: str) -> dict[str, Any]:
+    """The final model's sidecar: what a reader needs to rebuild and use it."""
+    return {
+        "task": dataclasses.asdict(config.task),
+        "in_channels": task.in_channels,
+        "spatial_dims": task.spatial_dims,
+        "rounds": config.federation.rounds,
+        "strategy": strategy,
+        "seed": config.federation.seed,
+    }
 
 
 class CentralEvaluator:
@@ -314,20 +360,7 @@ def run_experiment(
     task = build_task(config, data)
     seed, f = config.federation.seed, config.federation
     hparams = training_hparams(config)
-    strategy = build_strategy(
-        name=config.strategy.name,
-        hparams=hparams,
-        options=config.strategy.options,
-        context=BuildContext(
-            num_sites=len(data.sites),
-            seed=seed,
-            site_groups=site_groups(config),
-            site_names=tuple(sorted(data.sites)),
-        ),
-    )
-    overrides = site_overrides(config)
-    if overrides:
-        strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    strategy = make_strategy(config, list(data.sites))
     run, resume_point = open_run(config=config, out=out, resume=resume)
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
@@ -489,14 +522,7 @@ def run_experiment(
     if run is not None:
         run.write_model(
             params=federated.params,
-            meta={
-                "task": dataclasses.asdict(config.task),
-                "in_channels": task.in_channels,
-                "spatial_dims": task.spatial_dims,
-                "rounds": f.rounds,
-                "strategy": strategy.name,
-                "seed": seed,
-            },
+            meta=model_meta(config, task, strategy.name),
         )
         run.write_summary(summary)
     return RunResult(path=out, arms=arms, params=federated.params, summary=summary)
