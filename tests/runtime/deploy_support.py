@@ -20,11 +20,19 @@ from flmi.runtime.grpc.provisioning import add_site, init_ca
 LISTENING = re.compile(r"flmi server listening on (\S+)")
 
 
-def fed_tables(*, sites: list[str], **sections: dict[str, Any]) -> dict[str, Any]:
+def fed_tables(*, site_names: list[str], **sections: dict[str, Any]) -> dict[str, Any]:
     """A tiny federation of generated hospitals that a deployment runs in seconds."""
     tables: dict[str, dict[str, Any]] = {
-        "data": {"source": "synthetic", "image_size": 16, "n_patients": max(150, 60 * len(sites))},
-        "partition": {"method": "natural", "num_sites": len(sites), "min_examples_per_site": 5},
+        "data": {
+            "source": "synthetic",
+            "image_size": 16,
+            "n_patients": max(150, 60 * len(site_names)),
+        },
+        "partition": {
+            "method": "natural",
+            "num_sites": len(site_names),
+            "min_examples_per_site": 5,
+        },
         "task": {"num_classes": 2, "width": 4},
         "federation": {
             "rounds": 2,
@@ -37,7 +45,7 @@ def fed_tables(*, sites: list[str], **sections: dict[str, Any]) -> dict[str, Any
         "runtime": {"device": "cpu", "torch_threads": 1},
         "report": {"bootstrap_resamples": 0},
         "deploy": {
-            "sites": sites,
+            "sites": site_names,
             "round_timeout_s": 300.0,
             "wait_for_sites_s": 300.0,
             "heartbeat_s": 0.5,

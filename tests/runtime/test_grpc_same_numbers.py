@@ -30,7 +30,7 @@ def test_three_client_processes_over_mtls_give_the_in_process_model_bit_for_bit(
     fed = write_fed(
         deployment,
         fed_tables(
-            sites=SITES,
+            site_names=SITES,
             task={"width": 64, "dtype": "float64"},
             deploy={
                 "chunk_bytes": 65536,

@@ -252,11 +252,16 @@ class SiteClient:
                 max_payload_bytes=1 << 40,
                 digest=digest,
             )
-            if header.WhichOneof("body") in ("train", "evaluate"):
+            kind = header.WhichOneof("body")
+            if kind in ("train", "evaluate"):
+                self._round = header.train.round if kind == "train" else header.evaluate.round
                 raw = header.SerializeToString()
                 digest.update(raw)
                 self._log(
-                    "Instruction", "in", len(raw) + int(header.payload_bytes), digest.hexdigest()
+                    f"Instruction:{kind}",
+                    "in",
+                    len(raw) + int(header.payload_bytes),
+                    digest.hexdigest(),
                 )
             return header, tensors
 

@@ -215,7 +215,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         digest.update(header)
         self._log(
             site=site,
-            message="Instruction",
+            message=f"Instruction:{posted.header.WhichOneof('body')}",
             direction="out",
             size=len(header) + int(posted.header.payload_bytes),
             sha=digest.hexdigest(),
