@@ -6,10 +6,13 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
+
 from flmi.config import load_config
 from flmi.simulation import run_experiment
 from tests.runtime.deploy_support import Deployment, fed_tables, metrics, wait, wait_for, write_fed
 
+pytestmark = pytest.mark.slow
 THREE = ["hospital_1", "hospital_2", "hospital_3"]
 TWO = ["hospital_1", "hospital_2"]
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from flmi.config import load_config
 from flmi.runtime.grpc.server import deployment_task
@@ -20,6 +21,7 @@ from tests.runtime.deploy_support import (
     write_fed,
 )
 
+pytestmark = pytest.mark.slow
 SITES = ["hospital_1", "hospital_2", "hospital_3"]
 
 
