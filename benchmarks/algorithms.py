@@ -725,6 +725,7 @@ def robustness_table(
     str
         Markdown text.
     """
+
     def on_partition(row: dict[str, Any]) -> bool:
         fixed = row.get("partition_seed")
         if partition_seed is None:

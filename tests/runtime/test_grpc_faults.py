@@ -81,3 +81,20 @@ def test_server_killed_after_round_2_resumes_without_a_gap_or_a_duplicate_round(
     resumed_model = (run / "model.safetensors").read_bytes()
     assert resumed_model == (tmp_path / "straight" / "model.safetensors").read_bytes()
     assert straight.path is not None
+
+
+def test_sigterm_stops_a_waiting_server_cleanly_and_it_can_resume(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Arrange: a server waiting for its sites.
+    write_fed(deployment, fed_tables(site_names=TWO))
+    run = tmp_path / "run"
+    server, _ = deployment.start_server(out=run)
+
+    # Act
+    server.send_signal(signal.SIGTERM)
+
+    # Assert
+    assert wait(server, timeout_s=60) == 0
+    assert "resume with --resume" in (tmp_path / "server-0.log").read_text()
+    assert (run / "config.toml").is_file() and metrics(run) == []

@@ -51,8 +51,9 @@ def server_options(*, max_message_bytes: int, heartbeat_s: float) -> list[tuple[
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", int(max(heartbeat_s, 1.0) * 1000)),
-        ("grpc.keepalive_timeout_ms", int(max(3 * heartbeat_s, 3.0) * 1000)),
+        # A killed process closes its connection at once; pings find a vanished machine.
+        ("grpc.keepalive_time_ms", int(max(heartbeat_s, 10.0) * 1000)),
+        ("grpc.keepalive_timeout_ms", int(max(3 * heartbeat_s, 20.0) * 1000)),
     ]
 
 

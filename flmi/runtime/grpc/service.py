@@ -266,7 +266,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 specs_of=specs,
                 chunk_bytes=self._s.chunk_bytes,
                 max_payload_bytes=self._s.max_payload_bytes,
-                digest=digest,
+                digest=digest if self._audit is not None else None,
             )
             reply = decode_reply(site, header, tensors)
             if isinstance(reply, ClientUpdate):
