@@ -87,3 +87,18 @@ def test_a_plan_out_of_bounds_is_refused_with_a_code_that_says_which(
 def test_a_bad_site_file_names_the_key(tmp_path: Path, text: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace(".", r"\.")):
         _settings(tmp_path, text)
+
+
+@pytest.mark.parametrize("name", ["hospital_1", "hospital_2"])
+def test_the_shipped_site_files_are_valid_and_accept_the_shipped_plan(name: str) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples" / "deploy"
+    settings = load_site_settings(examples / f"{name}.toml", site=name)
+    assert settings.federation_config == examples / "fed.toml"
+    assert (
+        settings.bounds.check_plan(
+            strategy="fedavg",
+            rounds=5,
+            hparams={"lr": 0.002, "optimizer": "adam", "local_epochs": 1},
+        )
+        is None
+    )
