@@ -190,7 +190,10 @@ def _deploy(args: argparse.Namespace) -> int:
         except ClientExitError as exc:
             console.print(f"[red]error:[/red] {exc}", highlight=False)
             return exc.status
-        console.print(f"site {args.site}: the run is over")
+        if site_client.stopped:
+            console.print(f"site {args.site}: stopped; start the client again to rejoin")
+        else:
+            console.print(f"site {args.site}: the run is over")
         return status
     from flmi.runtime.grpc.server import serve
 

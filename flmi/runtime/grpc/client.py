@@ -144,6 +144,7 @@ class SiteClient:
         self._heartbeat_s = 5.0
         self._round = 0
         self._stop = threading.Event()
+        self.stopped = False
         self._heartbeat_call: grpc.Future | None = None
 
     def _log(self, message: str, direction: str, size: int, sha: str) -> None:
@@ -333,6 +334,7 @@ class SiteClient:
                 last = header.ticket
         except _Stopped:
             log.warning("stopped by SIGTERM; the saved site state is consistent")
+            self.stopped = True
             return 0
         finally:
             self._stop.set()
