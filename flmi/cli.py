@@ -1,4 +1,8 @@
-"""Command line: ``flmi run | demo | strategies | report | predict | audit | certs``."""
+"""Command line.
+
+``flmi run | demo | strategies | report | predict | audit`` for a simulated federation,
+``flmi certs | server | client | audit-log`` for a real deployment.
+"""
 
 from __future__ import annotations
 
@@ -214,7 +218,77 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--out", type=Path, required=True, help="bundle folder to create")
     add.add_argument("--csr", type=Path, help="a signing request made at the site (no key sent)")
     add.add_argument("--days", type=int, default=365)
+    server = sub.add_parser("server", help="run a federation as its server, over gRPC with mTLS")
+    server.add_argument("--config", type=Path, required=True, help="the federation's TOML config")
+    server.add_argument("--certs", type=Path, required=True, help="the server bundle folder")
+    server.add_argument("--address", required=True, help="HOST:PORT to listen on")
+    server.add_argument("--out", type=Path, help="run directory (default: runs/NAME-TIME)")
+    server.add_argument(
+        "--resume", action="store_true", help="continue the run in --out after its last round"
+    )
+    client = sub.add_parser("client", help="take part in a federation as one site")
+    client.add_argument("--server", required=True, help="the server's HOST:PORT")
+    client.add_argument("--site", required=True, help="this site's name (its certificate's)")
+    client.add_argument("--certs", type=Path, required=True, help="this site's bundle folder")
+    client.add_argument("--data", type=Path, required=True, help="this site's SITE.toml")
+    audit = sub.add_parser("audit-log", help="check an audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain of an audit log")
+    verify.add_argument("file", type=Path)
     return parser
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    """``flmi server``, ``flmi client`` and ``flmi audit-log``."""
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        console.print("[red]error:[/red] this command needs grpcio: pip install 'flmi[deploy]'")
+        return 2
+    if args.command == "audit-log":
+        from flmi.runtime.grpc.audit import verify_lines
+
+        checked = verify_lines(args.file)
+        print(f"{args.file}: {checked.lines} lines, chain intact; last line's hash {checked.head}")
+        return 0
+    if args.command == "client":
+        from flmi.runtime.grpc.client import ClientExitError
+        from flmi.runtime.grpc.clientapp import build_client
+
+        site_client = build_client(
+            server=args.server, site=args.site, certs=args.certs, data=args.data
+        )
+        try:
+            status = site_client.run()
+        except ClientExitError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            return exc.status
+        if site_client.stopped:
+            console.print(f"site {args.site}: stopped; start the client again to rejoin")
+        else:
+            console.print(f"site {args.site}: the run is over")
+        return status
+    from flmi.runtime.grpc.server import serve
+
+    config = load_config(args.config)
+    if args.resume and args.out is None:
+        console.print("[red]error:[/red] --resume needs --out: the run directory to continue")
+        return 2
+    out = args.out or _default_out(args.config.stem)
+    result = serve(
+        config=config,
+        certs=args.certs,
+        address=args.address,
+        out=out,
+        resume=args.resume,
+        progress=show_round,
+        on_listening=lambda bound: print(f"flmi server listening on {bound}", flush=True),
+    )
+    if result.stopped:
+        console.print(f"stopped after round {result.completed_round}; resume with --resume")
+        return 0
+    console.print(f"run directory: {out}")
+    return 0
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -293,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args)
         if args.command == "audit":
             return _audit(args)
+        if args.command in ("server", "client", "audit-log"):
+            return _deploy(args)
         if args.command == "demo":
             config = load_config(demo_config_path(), overrides=args.overrides)
             return _run(config, args.out or _default_out("demo"))

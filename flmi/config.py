@@ -137,6 +137,11 @@ class TaskConfig:
 
     ``name`` is one of :data:`flmi.tasks.registry.TASKS`. Regression reads
     ``loss`` and predicts ``target_offset + target_scale * output``.
+
+    ``in_channels`` and ``spatial_dims`` (0 for tabular features, 2 for
+    images, 3 for volumes) shape the model. ``flmi run`` reads them from the
+    data and checks them when set; ``flmi server`` holds no data and needs them,
+    except for generated hospitals (1 channel, 2D).
     """
 
     name: str = "classification"
@@ -149,6 +154,8 @@ class TaskConfig:
     loss: Literal["mse", "l1"] = "mse"
     target_offset: float = 0.0
     target_scale: float = 1.0
+    in_channels: int | None = None
+    spatial_dims: int | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,31 @@ class RuntimeConfig:
     torch_threads: int = 1
     tensorboard: bool = False
     mlflow: bool = False
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """``[deploy]``: a real federation over gRPC with mutual TLS (``flmi server``).
+
+    ``sites`` is the allow-list: the certificate names that may connect.
+    ``revocation_list`` names a file of revoked site names or certificate
+    serial numbers (hex), one per line, re-read on every change (relative to
+    the config file's folder). Each round has one deadline,
+    ``round_timeout_s``; a site silent for three ``heartbeat_s`` is left out
+    of the round at once. The server starts when every site has registered,
+    or after ``wait_for_sites_s`` with at least ``federation.min_sites``.
+    Tensors stream in frames of ``chunk_bytes``; no gRPC message may exceed
+    ``max_message_bytes``, nor an update's payload ``max_payload_bytes``.
+    """
+
+    sites: list[str] = field(default_factory=list)
+    revocation_list: str = ""
+    round_timeout_s: float = 600.0
+    wait_for_sites_s: float = 600.0
+    heartbeat_s: float = 5.0
+    chunk_bytes: int = 1 << 20
+    max_message_bytes: int = 4 << 20
+    max_payload_bytes: int = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -323,13 +355,14 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     sites: dict[str, SiteConfig] = field(default_factory=dict)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain TOML-ready tables (strategy options inlined, unset keys left out)."""
         out = dataclasses.asdict(self)
         options = out["strategy"].pop("options")
         out["strategy"].update(options)
-        for table in ("baselines", "partition", "report", "privacy"):
+        for table in ("baselines", "partition", "report", "privacy", "task"):
             out[table] = {k: v for k, v in out[table].items() if v is not None}
         out["sites"] = {
             name: {k: v for k, v in table.items() if v is not None}
@@ -488,6 +521,25 @@ def site_groups(config: Config) -> dict[str, str]:
     return {name: s.group for name, s in sorted(config.sites.items()) if s.group}
 
 
+def _check_deploy(e: DeployConfig) -> None:
+    _require(len(set(e.sites)) == len(e.sites), "deploy.sites names a site twice; list each once")
+    for key in ("round_timeout_s", "wait_for_sites_s", "heartbeat_s"):
+        value = getattr(e, key)
+        _require(value > 0, f"deploy.{key} must be positive, got {value}")
+    _require(
+        e.chunk_bytes >= 1024, f"deploy.chunk_bytes must be at least 1024, got {e.chunk_bytes}"
+    )
+    _require(
+        e.max_message_bytes >= e.chunk_bytes + 65536,
+        f"deploy.max_message_bytes = {e.max_message_bytes} must exceed deploy.chunk_bytes = "
+        f"{e.chunk_bytes} by at least 65536 (room for a frame's header)",
+    )
+    _require(
+        e.max_payload_bytes >= 1,
+        f"deploy.max_payload_bytes must be positive, got {e.max_payload_bytes}",
+    )
+
+
 def check_config(c: Config) -> None:
     """Cross-field checks, each naming the key to change."""
     f, p, t, d = c.federation, c.partition, c.task, c.data
@@ -518,6 +570,15 @@ def check_config(c: Config) -> None:
         f"partition.min_examples_per_site must be at least 1, got {p.min_examples_per_site}",
     )
     _require(t.num_classes >= 2, f"task.num_classes must be at least 2, got {t.num_classes}")
+    _require(
+        t.in_channels is None or t.in_channels >= 1,
+        f"task.in_channels must be at least 1, got {t.in_channels}",
+    )
+    _require(
+        t.spatial_dims in (None, 0, 2, 3),
+        f"task.spatial_dims must be 0 (tabular), 2 or 3, got {t.spatial_dims}",
+    )
+    _check_deploy(c.deploy)
     _require(
         0 <= t.positive_label < t.num_classes,
         f"task.positive_label = {t.positive_label} is not a class; "
@@ -869,7 +930,16 @@ def load_config(path: Path, *, overrides: list[str] | None = None) -> Config:
     data = dataclasses.replace(
         d, path=_from_config_dir(d.path, path), cache_dir=_from_config_dir(d.cache_dir, path)
     )
-    return dataclasses.replace(config, data=data)
+    config = dataclasses.replace(config, data=data)
+    revocations = config.deploy.revocation_list
+    if revocations:
+        config = dataclasses.replace(
+            config,
+            deploy=dataclasses.replace(
+                config.deploy, revocation_list=_from_config_dir(revocations, path)
+            ),
+        )
+    return config
 
 
 def _from_config_dir(value: str, config_file: Path) -> str:

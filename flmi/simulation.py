@@ -63,6 +63,47 @@ from flmi.tasks.torch_params import load_params, params_copy
 ProgressFn = Callable[[RoundRecord, int], None]
 
 
+def make_strategy(config: Config, site_names: Sequence[str]) -> Strategy[Any]:
+    """The configured strategy for ``site_names``: ``[sites.NAME]`` overrides, then DP.
+
+    The one place the server's strategy is built, for ``flmi run`` and ``flmi server``.
+    """
+    strategy = build_strategy(
+        name=config.strategy.name,
+        hparams=training_hparams(config),
+        options=config.strategy.options,
+        context=BuildContext(
+            num_sites=len(site_names),
+            seed=config.federation.seed,
+            site_groups=site_groups(config),
+            site_names=tuple(sorted(site_names)),
+        ),
+    )
+    overrides = site_overrides(config)
+    if overrides:
+        strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    f, n = config.federation, len(site_names)
+    return with_privacy(
+        strategy,
+        privacy=config.privacy,
+        rounds=f.rounds,
+        sites_per_round=min(n, max(f.min_sites, math.ceil(f.fraction * n))),
+        seed=f.seed,
+    )
+
+
+def model_meta(config: Config, task: Task, strategy: str) -> dict[str, Any]:
+    """The final model's sidecar: what a reader needs to rebuild and use it."""
+    return {
+        "task": dataclasses.asdict(config.task),
+        "in_channels": task.in_channels,
+        "spatial_dims": task.spatial_dims,
+        "rounds": config.federation.rounds,
+        "strategy": strategy,
+        "seed": config.federation.seed,
+    }
+
+
 class CentralEvaluator:
     """Scores weights on the central test set (simulation only)."""
 
@@ -362,31 +403,9 @@ def run_experiment(
     task = build_task(config, data)
     seed, f = config.federation.seed, config.federation
     hparams = training_hparams(config)
-    strategy = build_strategy(
-        name=config.strategy.name,
-        hparams=hparams,
-        options=config.strategy.options,
-        context=BuildContext(
-            num_sites=len(data.sites),
-            seed=seed,
-            site_groups=site_groups(config),
-            site_names=tuple(sorted(data.sites)),
-        ),
-    )
-    overrides = site_overrides(config)
-    if overrides:
-        strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    strategy = make_strategy(config, list(data.sites))
     if config.privacy.dp == "sample":
         check_dp_model(task.build_model(seed=seed))
-    strategy = with_privacy(
-        strategy,
-        privacy=config.privacy,
-        rounds=f.rounds,
-        sites_per_round=min(
-            len(data.sites), max(f.min_sites, math.ceil(f.fraction * len(data.sites)))
-        ),
-        seed=seed,
-    )
     secure = build_secure(config.privacy, strategy=strategy.name, site_names=sorted(data.sites))
     r = config.runtime
     check_trackers(tensorboard=r.tensorboard, mlflow=r.mlflow)
@@ -597,12 +616,7 @@ def run_experiment(
         run.write_model(
             params=federated.params,
             meta={
-                "task": dataclasses.asdict(config.task),
-                "in_channels": task.in_channels,
-                "spatial_dims": task.spatial_dims,
-                "rounds": f.rounds,
-                "strategy": strategy.name,
-                "seed": seed,
+                **model_meta(config, task, strategy.name),
                 "input_shape": list(data.central_test.x.shape[1:]),
                 "threshold": (fed_curves.threshold.to_json() if fed_curves is not None else None),
             },

@@ -1,10 +1,12 @@
 """Task names a config can choose, each with the function that builds its task.
 
 Adding a task is one line in :data:`TASKS`: its ``[task] name`` and a builder
-that takes the validated config and the loaded data and returns a
-:class:`flmi.tasks.base.Task` (checking every target against the task). The
-builders import their task module when called, so reading a config never
-loads torch.
+that takes the validated config and the input shape (channels, spatial
+dimensions) and returns a :class:`flmi.tasks.base.Task`. The shape comes from
+the data in a simulation (:func:`build_task`, which also checks every target)
+and from ``[task]`` on a deployment server, which holds no data
+(:func:`task_for_shape`). The builders import their task module when called, so
+reading a config never loads torch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
     from flmi.data.arrays import FederatedData
     from flmi.tasks.base import Task
 
-TaskBuilder = Callable[["Config", "FederatedData"], "Task"]
+TaskBuilder = Callable[["Config", int, int], "Task"]
 
 
 def _check_targets(task: Task, data: FederatedData) -> None:
@@ -32,14 +34,13 @@ def _check_targets(task: Task, data: FederatedData) -> None:
     task.check_labels(data=data.central_test, where="central test set")
 
 
-def _classification(config: Config, data: FederatedData) -> Task:
+def _classification(config: Config, in_channels: int, spatial_dims: int) -> Task:
     from flmi.tasks.classification import ClassificationTask
 
-    x = data.central_test.x
     return ClassificationTask(
         num_classes=config.task.num_classes,
-        in_channels=int(x.shape[1]),
-        spatial_dims=x.ndim - 2,
+        in_channels=in_channels,
+        spatial_dims=spatial_dims,
         positive_label=config.task.positive_label,
         model=config.task.model,
         width=config.task.width,
@@ -48,13 +49,12 @@ def _classification(config: Config, data: FederatedData) -> Task:
     )
 
 
-def _regression(config: Config, data: FederatedData) -> Task:
+def _regression(config: Config, in_channels: int, spatial_dims: int) -> Task:
     from flmi.tasks.regression import RegressionTask
 
-    x = data.central_test.x
     return RegressionTask(
-        in_channels=int(x.shape[1]),
-        spatial_dims=x.ndim - 2,
+        in_channels=in_channels,
+        spatial_dims=spatial_dims,
         loss=config.task.loss,
         model=config.task.model,
         width=config.task.width,
@@ -65,11 +65,10 @@ def _regression(config: Config, data: FederatedData) -> Task:
     )
 
 
-def _survival(config: Config, data: FederatedData) -> Task:
+def _survival(config: Config, in_channels: int, spatial_dims: int) -> Task:
     from flmi.tasks.survival import CoxTask
 
-    x = data.central_test.x
-    return CoxTask(in_channels=int(x.shape[1]), spatial_dims=x.ndim - 2, dtype=config.task.dtype)
+    return CoxTask(in_channels=in_channels, spatial_dims=spatial_dims, dtype=config.task.dtype)
 
 
 TASKS: dict[str, TaskBuilder] = {
@@ -79,21 +78,43 @@ TASKS: dict[str, TaskBuilder] = {
 }
 
 
-def build_task(config: Config, data: FederatedData) -> Task:
-    """The task ``[task] name`` chooses, shaped by the data, with every target checked.
+def task_for_shape(config: Config, *, in_channels: int, spatial_dims: int) -> Task:
+    """The task ``[task] name`` chooses, for inputs of ``in_channels`` and ``spatial_dims``.
 
     Raises
     ------
     ConfigError
         ``[task] name`` is not in :data:`TASKS`.
-    LabelError
-        A target lies outside what the task takes; the message names the site and split.
     """
     builder = TASKS.get(config.task.name)
     if builder is None:
         raise ConfigError(
             f"task.name: unknown task '{config.task.name}'; choose one of {sorted(TASKS)}"
         )
-    task = builder(config, data)
+    return builder(config, in_channels, spatial_dims)
+
+
+def build_task(config: Config, data: FederatedData) -> Task:
+    """The task ``[task] name`` chooses, shaped by the data, with every target checked.
+
+    Raises
+    ------
+    ConfigError
+        ``[task] name`` is not in :data:`TASKS`, or ``[task] in_channels`` /
+        ``spatial_dims`` are set and differ from the data's.
+    LabelError
+        A target lies outside what the task takes; the message names the site and split.
+    """
+    x = data.central_test.x
+    in_channels, spatial_dims = int(x.shape[1]), x.ndim - 2
+    for key, declared, found in (
+        ("in_channels", config.task.in_channels, in_channels),
+        ("spatial_dims", config.task.spatial_dims, spatial_dims),
+    ):
+        if declared is not None and declared != found:
+            raise ConfigError(
+                f"task.{key} = {declared}, but the data has {found}; set task.{key} = {found}"
+            )
+    task = task_for_shape(config, in_channels=in_channels, spatial_dims=spatial_dims)
     _check_targets(task, data)
     return task
