@@ -16,7 +16,7 @@ from rich.table import Table
 from flmi.config import Config, load_config
 from flmi.core.errors import FlmiError
 from flmi.core.federation import RoundRecord
-from flmi.core.keys import Metric
+from flmi.core.keys import Metric, SegmentationMetric
 from flmi.strategies.registry import STRATEGIES
 
 console = Console()
@@ -45,7 +45,7 @@ def show_round(record: RoundRecord, rounds: int) -> None:
     scores = record.global_metrics or record.site_mean
     parts = [
         f"{m.value} {_fmt(scores.get(m))}"
-        for m in (Metric.AUC, Metric.ACCURACY, Metric.LOSS)
+        for m in (Metric.AUC, Metric.ACCURACY, SegmentationMetric.DICE, Metric.LOSS)
         if m in scores
     ]
     failed = (
@@ -60,6 +60,20 @@ def show_round(record: RoundRecord, rounds: int) -> None:
     )
 
 
+def _table_columns(arms: dict[str, object]) -> list[str]:
+    """The classification columns that occur, then any other metric (Dice, per-label AUC)."""
+    from flmi.report.summary import ArmResult
+
+    present: set[str] = set()
+    for result in arms.values():
+        assert isinstance(result, ArmResult)
+        for metrics in [result.global_metrics or {}, result.site_mean, *result.per_site.values()]:
+            present.update(metrics)
+    known = [m.value for m in TABLE_METRICS if m in present]
+    others = sorted(present - set(known) - {Metric.LOSS.value})
+    return known + others
+
+
 def show_summary(arms: dict[str, object]) -> None:
     """A table of every arm: central test, each site's own test split, and site_mean."""
     from flmi.report.summary import ArmResult
@@ -67,8 +81,9 @@ def show_summary(arms: dict[str, object]) -> None:
     table = Table(title="Final-round test metrics")
     table.add_column("arm")
     table.add_column("test set")
-    for m in TABLE_METRICS:
-        table.add_column(HEADERS[m], justify="right")
+    columns = _table_columns(arms)
+    for m in columns:
+        table.add_column({str(k): v for k, v in HEADERS.items()}.get(m, m), justify="right")
     for arm, result in arms.items():
         assert isinstance(result, ArmResult)
         rows: list[tuple[str, dict[str, float] | None]] = [
@@ -78,7 +93,7 @@ def show_summary(arms: dict[str, object]) -> None:
         rows.append(("site_mean", dict(result.site_mean)))
         for i, (where, metrics) in enumerate(rows):
             table.add_row(
-                arm if i == 0 else "", where, *[_fmt((metrics or {}).get(m)) for m in TABLE_METRICS]
+                arm if i == 0 else "", where, *[_fmt((metrics or {}).get(m)) for m in columns]
             )
         table.add_section()
     console.print(table)

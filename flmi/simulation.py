@@ -48,24 +48,31 @@ from flmi.strategies.per_site import PerSiteSettings
 from flmi.strategies.registry import BuildContext, build_strategy
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.device import resolve_device
+from flmi.tasks.image_tasks import (
+    check_densenet_images,
+    densenet_settings,
+    multilabel_task,
+    segmentation_task,
+)
+from flmi.tasks.multilabel import MultiLabelTask
+from flmi.tasks.segmentation import SegmentationTask
 from flmi.tasks.torch_params import load_params, params_copy
 
 ProgressFn = Callable[[RoundRecord, int], None]
+ImageTask = ClassificationTask | SegmentationTask | MultiLabelTask
 
 
-def build_task(config: Config, data: FederatedData) -> ClassificationTask:
+def build_task(config: Config, data: FederatedData) -> ImageTask:
     """The task, shaped by the data (channels and 2D/3D), with every label checked."""
     x = data.central_test.x
-    task = ClassificationTask(
-        num_classes=config.task.num_classes,
-        in_channels=int(x.shape[1]),
-        spatial_dims=x.ndim - 2,
-        positive_label=config.task.positive_label,
-        model=config.task.model,
-        width=config.task.width,
-        augment=config.task.augment,
-        dtype=config.task.dtype,
-    )
+    task: ImageTask
+    if config.task.name == "segmentation":
+        task = segmentation_task(config, data)
+    elif config.task.multi_label:
+        task = multilabel_task(config, data)
+    else:
+        check_densenet_images(config, data)
+        task = _classification_task(config, x.shape)
     for name, splits in sorted(data.sites.items()):
         for split_name in ("train", "val", "test"):
             task.check_labels(
@@ -75,13 +82,27 @@ def build_task(config: Config, data: FederatedData) -> ClassificationTask:
     return task
 
 
+def _classification_task(config: Config, shape: tuple[int, ...]) -> ClassificationTask:
+    return ClassificationTask(
+        num_classes=config.task.num_classes,
+        in_channels=int(shape[1]),
+        spatial_dims=len(shape) - 2,
+        positive_label=config.task.positive_label,
+        model=config.task.model,
+        width=config.task.width,
+        augment=config.task.augment,
+        dtype=config.task.dtype,
+        densenet=densenet_settings(config),
+    )
+
+
 class CentralEvaluator:
     """Scores weights on the central test set (simulation only)."""
 
     def __init__(
         self,
         *,
-        task: ClassificationTask,
+        task: ImageTask,
         data: ArraySplit,
         device: torch.device,
         model: torch.nn.Module,

@@ -11,6 +11,7 @@ from flmi.data.heart_disease import load_heart_disease
 from flmi.data.medmnist import load_medmnist_npz
 from flmi.data.partition import check_min_examples, partition
 from flmi.data.synthetic import generate_hospitals, make_profiles
+from flmi.data.synthetic_lesions import lesion_data
 from flmi.data.tabular import load_csv_sites
 
 
@@ -59,6 +60,10 @@ def load_data(config: Config) -> FederatedData:
             min_examples_per_site=p.min_examples_per_site,
             require_val=d.val_fraction > 0,
         )
+        return data
+    if d.source == "synthetic_lesions":
+        data = lesion_data(config, seed=seed)
+        check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
         return data
     profiles = make_profiles(num_sites=p.num_sites, seed=seed, n_patients_total=d.n_patients)
     data = generate_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
