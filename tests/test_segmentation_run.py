@@ -58,7 +58,10 @@ def test_2d_segmentation_runs_federated_pooled_and_local_with_dice_and_intervals
     assert site["label_counts"]["0"] == site["n_train"]
 
 
-@pytest.mark.parametrize("strategy", ["fedprox", "fedbn", "scaffold", "fedadam"])
+@pytest.mark.parametrize(
+    "strategy",
+    ["fedprox", "fedbn", "scaffold", "fedadam", "fednova", "ditto", "finetune", "ifca", "cusfl"],
+)
 def test_segmentation_runs_with_each_strategy_that_applies(tmp_path: Path, strategy: str) -> None:
     tables = _segmentation_tables(
         strategy={"name": strategy},

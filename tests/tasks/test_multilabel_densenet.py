@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from flmi.core.errors import ConfigError, LabelError
-from flmi.data.arrays import ArraySplit
+from flmi.data.arrays import ArraySplit, SiteSplits
+from flmi.site.faults import flip_labels
 from flmi.tasks.base import LocalTraining
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.multilabel import MultiLabelTask, multilabel_metrics
@@ -157,3 +158,12 @@ def test_multilabel_targets_of_the_wrong_shape_or_values_are_refused() -> None:
 def test_multilabel_refuses_a_model_it_cannot_use() -> None:
     with pytest.raises(ConfigError, match="task.model"):
         MultiLabelTask(num_classes=2, in_channels=1, spatial_dims=2, model="unet")
+
+
+def test_label_flip_fault_flips_each_multilabel_indicator() -> None:
+    x = np.zeros((2, 1, 4, 4), dtype=np.float32)
+    y = np.array([[1, 0], [0, 0]])
+    split = ArraySplit(x=x, y=y)
+    flipped = flip_labels(SiteSplits(train=split, val=split, test=split), num_classes=2)
+    np.testing.assert_array_equal(flipped.train.y, [[0, 1], [1, 1]])
+    np.testing.assert_array_equal(flipped.test.y, y)
