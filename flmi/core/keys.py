@@ -18,6 +18,10 @@ class Metric(StrEnum):
     AUC = "auc"
     SENSITIVITY = "sensitivity"
     SPECIFICITY = "specificity"
+    MAE = "mae"
+    RMSE = "rmse"
+    R2 = "r2"
+    C_INDEX = "c_index"
 
 
 class SegmentationMetric(StrEnum):
@@ -76,6 +80,9 @@ class Record(StrEnum):
     SITES = "sites"
     N_TRAIN = "n_train"
     LABEL_COUNTS = "label_counts"
+    UNREADABLE = "unreadable"
+    PRIVACY = "privacy"
+    DATA = "data"
 
 
 class HParam(StrEnum):
@@ -94,6 +101,39 @@ class HParam(StrEnum):
     PERSONAL = "personal"
     DITTO_LAMBDA = "ditto_lambda"
     FINETUNE_EPOCHS = "finetune_epochs"
+    DP = "dp"
+    DP_NOISE_MULTIPLIER = "dp_noise_multiplier"
+    DP_MAX_GRAD_NORM = "dp_max_grad_norm"
+    DP_DELTA = "dp_delta"
+    DP_ACCOUNTANT = "dp_accountant"
+    DP_TARGET_EPSILON = "dp_target_epsilon"
+    DP_ROUNDS = "dp_rounds"
+    DP_CLIP_NORM = "dp_clip_norm"
+    DP_NUM_SITES = "dp_num_sites"
+    DP_COUNT_NOISE = "dp_count_noise"
+
+
+class DPMode(StrEnum):
+    """What differential privacy a site applies itself (``HParam.DP``).
+
+    ``sample``: DP-SGD in local training. ``client``: the site clips its own
+    update and adds its share of DP-FedAvg's noise (an untrusted server).
+    """
+
+    NONE = "none"
+    SAMPLE = "sample"
+    CLIENT = "client"
+
+
+class PrivacyKey(StrEnum):
+    """Keys of a site's privacy report (update metrics) and of the privacy records."""
+
+    EPSILON = "dp_epsilon"
+    NOISE_MULTIPLIER = "dp_noise_multiplier"
+    SAMPLE_RATE = "dp_sample_rate"
+    STEPS = "dp_steps"
+    DELTA = "delta"
+    LEDGER = "dp_ledger"
 
 
 class Personal(StrEnum):
@@ -129,3 +169,4 @@ class Extra(StrEnum):
     PERSONAL = "personal/"
     CLUSTER = "cluster/"
     NORM = "norm/"
+    DP_UNCLIPPED = "dp.unclipped"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,17 +12,18 @@ from flmi.core.errors import DataError
 
 @dataclass(frozen=True)
 class ArraySplit:
-    """Images and integer labels of one split.
+    """Inputs and targets of one split.
 
     Parameters
     ----------
     x
         float32 images, channels first: ``(N, C, H, W)`` or ``(N, C, D, H, W)``,
-        intensities scaled to roughly ``[0, 1]``.
+        intensities scaled to roughly ``[0, 1]``; or feature vectors ``(N, F)``.
     y
-        int64 targets: class labels ``(N,)``, multi-label indicators ``(N, L)``
-        (1: label present) or segmentation masks ``(N, *spatial)`` of class
-        indices.
+        The task's targets, one row per example: int64 class labels ``(N,)``
+        (classification), multi-label indicators ``(N, L)`` (1: label present),
+        segmentation masks ``(N, *spatial)`` of class indices, float targets
+        ``(N,)`` (regression) or ``(N, 2)`` (survival: ``[event, time]`` per patient).
     """
 
     x: np.ndarray
@@ -35,7 +36,9 @@ class ArraySplit:
                 f"{self.y.shape[0]} labels"
             )
         if self.y.ndim < 1:
-            raise DataError(f"labels must have one entry per example, got shape {self.y.shape}")
+            raise DataError(
+                f"targets must have one row per example (shape (N, ...)); got {self.y.shape}"
+            )
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -75,10 +78,14 @@ class FederatedData:
     """Every site's private splits, plus the central test set of a simulation.
 
     ``central_test`` exists only in simulation; a deployment has none.
+    ``unreadable`` counts the files each site left out, per reason code
+    (``"all"`` for one collection split into simulated sites): counts and
+    codes only, never file names.
     """
 
     sites: Mapping[str, SiteSplits]
     central_test: ArraySplit
+    unreadable: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 def concat_splits(splits: list[ArraySplit]) -> ArraySplit:

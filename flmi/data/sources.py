@@ -5,14 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from flmi.config import Config
-from flmi.core.errors import ConfigError
+from flmi.core.errors import ConfigError, DataError
 from flmi.data.arrays import FederatedData
+from flmi.data.download import DEFAULT_CACHE, fetch_medmnist, file_md5, medmnist_file
 from flmi.data.heart_disease import load_heart_disease
+from flmi.data.manifest import load_manifest, manifest_federated_data
 from flmi.data.medmnist import load_medmnist_npz
 from flmi.data.partition import check_min_examples, partition
 from flmi.data.synthetic import generate_hospitals, make_profiles
+from flmi.data.synthetic_age import generate_age_hospitals
 from flmi.data.synthetic_lesions import lesion_data
 from flmi.data.tabular import load_csv_sites
+from flmi.data.tcga_brca import load_tcga_brca
 
 
 def load_data(config: Config) -> FederatedData:
@@ -20,7 +24,7 @@ def load_data(config: Config) -> FederatedData:
     d, p = config.data, config.partition
     seed = p.seed if p.seed is not None else config.federation.seed
     if d.source == "medmnist":
-        splits = load_medmnist_npz(path=Path(d.path))
+        splits = load_medmnist_npz(path=medmnist_path(config))
         return partition(
             train=splits.train,
             val=splits.val,
@@ -40,6 +44,7 @@ def load_data(config: Config) -> FederatedData:
             split_seed=d.split_seed,
             test_fraction=d.test_fraction,
             val_fraction=d.val_fraction,
+            numeric_label=config.task.name == "regression",
         )
         if len(data.sites) != p.num_sites:
             raise ConfigError(
@@ -51,6 +56,8 @@ def load_data(config: Config) -> FederatedData:
             data=data, min_examples_per_site=p.min_examples_per_site, require_val=d.val_fraction > 0
         )
         return data
+    if d.source == "manifest":
+        return _manifest_data(config, seed=seed)
     if d.source == "heart_disease":
         data = load_heart_disease(
             directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction
@@ -65,7 +72,84 @@ def load_data(config: Config) -> FederatedData:
         data = lesion_data(config, seed=seed)
         check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
         return data
+    if d.source == "tcga_brca":
+        data = load_tcga_brca(
+            directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction
+        )
+        check_min_examples(
+            data=data, min_examples_per_site=p.min_examples_per_site, require_val=d.val_fraction > 0
+        )
+        return data
     profiles = make_profiles(num_sites=p.num_sites, seed=seed, n_patients_total=d.n_patients)
-    data = generate_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
+    if d.source == "synthetic_age":
+        data = generate_age_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
+    else:
+        data = generate_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
     check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
+    return data
+
+
+def medmnist_path(config: Config) -> Path:
+    """The MedMNIST file: ``data.path``, or ``data.name`` from the cache (downloaded if allowed).
+
+    With both set, the file at ``data.path`` must have the official MD5 of ``data.name``.
+    """
+    d = config.data
+    if d.path:
+        path = Path(d.path)
+        if d.name and path.is_file():
+            entry = medmnist_file(d.name)
+            found = file_md5(path)
+            if found != entry.md5:
+                raise DataError(
+                    f"{path}: MD5 {found} is not the official MD5 of '{entry.name}' "
+                    f"({entry.md5}); download the file again, or leave data.name out to "
+                    "use this file as it is"
+                )
+        return path
+    return fetch_medmnist(
+        name=d.name,
+        cache_dir=Path(d.cache_dir) if d.cache_dir else DEFAULT_CACHE,
+        allow_download=d.allow_download,
+        url=d.download_url,
+    )
+
+
+def _manifest_data(config: Config, *, seed: int) -> FederatedData:
+    d, p = config.data, config.partition
+    if d.mask_column and config.task.name == "classification":
+        raise ConfigError(
+            "data.mask_column gives segmentation masks, which [task] name = 'classification' "
+            "cannot use; set data.label_column and leave mask_column out"
+        )
+    loaded = load_manifest(
+        path=Path(d.path),
+        image_column=d.image_column,
+        transforms=d.transforms,
+        label_column=d.label_column,
+        mask_column=d.mask_column,
+        site_column=d.site_column,
+        split_column=d.split_column,
+        on_unreadable=d.on_unreadable,
+    )
+    data = manifest_federated_data(
+        loaded=loaded,
+        split_seed=d.split_seed,
+        test_fraction=d.test_fraction,
+        val_fraction=d.val_fraction,
+        method=p.method,
+        num_sites=p.num_sites,
+        seed=seed,
+        alpha=p.alpha,
+    )
+    if p.method == "natural" and len(data.sites) != p.num_sites:
+        raise ConfigError(
+            f"partition.num_sites = {p.num_sites}, but column '{d.site_column}' of the manifest "
+            f"names {len(data.sites)} sites with readable images ({', '.join(data.sites)}); "
+            f"set partition.num_sites = {len(data.sites)}"
+        )
+    require_val = d.val_fraction > 0 or bool(d.split_column)
+    check_min_examples(
+        data=data, min_examples_per_site=p.min_examples_per_site, require_val=require_val
+    )
     return data

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 
 from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import Metric
+from flmi.core.messages import ScoreHistogram
 from flmi.data.arrays import ArraySplit
 from flmi.report.bootstrap import bootstrap_ci
+from flmi.report.curves import score_histogram
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.loop import train_local
@@ -18,6 +20,14 @@ from flmi.tasks.models import SmallCNN
 from flmi.tasks.networks import DenseNetSettings, build_densenet121
 
 MODELS = ("small_cnn", "logistic", "densenet121")
+METRICS = (
+    Metric.LOSS,
+    Metric.ACCURACY,
+    Metric.BALANCED_ACCURACY,
+    Metric.AUC,
+    Metric.SENSITIVITY,
+    Metric.SPECIFICITY,
+)
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -131,6 +141,10 @@ class ClassificationTask:
         """Binary logistic regression has one logit; everything else one per class."""
         return 1 if self.model_name == "logistic" and self.num_classes == 2 else self.num_classes
 
+    def batch_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean training loss of ``model`` on one batch (differentiable)."""
+        return self._loss(model(x), y)
+
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if logits.shape[1] == 1:
             return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype))
@@ -221,12 +235,33 @@ class ClassificationTask:
             labels=data.y, scores=probs, metrics=metrics, resamples=resamples, seed=seed
         )
 
+    def score_histogram(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int
+    ) -> ScoreHistogram:
+        """Positives and negatives per bin of the predicted probability of ``positive_label``.
+
+        One-vs-rest for a multi-class task: positives are the examples of
+        ``positive_label``, negatives every other example. Only these counts
+        leave a site, never a patient's score.
+        """
+        probs = (
+            self.predict_proba(model=model, x=data.x, device=device)[0]
+            if len(data)
+            else np.zeros((0, self.num_classes))
+        )
+        return score_histogram(
+            scores=probs[:, self.positive_label],
+            is_positive=data.y == self.positive_label,
+            bins=bins,
+            positive_label=self.positive_label,
+        )
+
     def evaluate(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
     ) -> dict[str, float]:
         """Loss, accuracy, balanced accuracy, AUC, sensitivity and specificity."""
         if len(data) == 0:
-            return {m.value: float("nan") for m in Metric}
+            return {m.value: float("nan") for m in METRICS}
         probs, logits = self.predict_proba(model=model, x=data.x, device=device)
         loss = float(self._loss(logits, torch.from_numpy(data.y)))
         return classification_metrics(

@@ -1,4 +1,4 @@
-"""The segmentation and multi-label tasks, and DenseNet settings, shaped by config and data."""
+"""The segmentation and multi-label tasks, and DenseNet settings, shaped by config and input."""
 
 from __future__ import annotations
 
@@ -29,13 +29,13 @@ def check_densenet_images(config: Config, data: FederatedData) -> None:
         )
 
 
-def segmentation_task(config: Config, data: FederatedData) -> SegmentationTask:
-    """The segmentation task for ``[task]``, shaped by the data (channels, 2D or 3D)."""
-    t, x = config.task, data.central_test.x
+def segmentation_task(config: Config, *, in_channels: int, spatial_dims: int) -> SegmentationTask:
+    """The segmentation task for ``[task]``, for inputs of ``in_channels`` in 2D or 3D."""
+    t = config.task
     return SegmentationTask(
         num_classes=t.num_classes,
-        in_channels=int(x.shape[1]),
-        spatial_dims=x.ndim - 2,
+        in_channels=in_channels,
+        spatial_dims=spatial_dims,
         model=t.model,
         width=t.width,
         norm=t.norm,
@@ -45,14 +45,13 @@ def segmentation_task(config: Config, data: FederatedData) -> SegmentationTask:
     )
 
 
-def multilabel_task(config: Config, data: FederatedData) -> MultiLabelTask:
-    """The multi-label classification task for ``[task]``, shaped by the data."""
-    t, x = config.task, data.central_test.x
-    check_densenet_images(config, data)
+def multilabel_task(config: Config, *, in_channels: int, spatial_dims: int) -> MultiLabelTask:
+    """The multi-label classification task for ``[task]``, for inputs of this shape."""
+    t = config.task
     return MultiLabelTask(
         num_classes=t.num_classes,
-        in_channels=int(x.shape[1]),
-        spatial_dims=x.ndim - 2,
+        in_channels=in_channels,
+        spatial_dims=spatial_dims,
         model=t.model,
         width=t.width,
         densenet=densenet_settings(config),

@@ -18,7 +18,7 @@ from flmi.core.keys import MultiLabelMetric
 from flmi.data.arrays import ArraySplit
 from flmi.report.bootstrap import bootstrap_ci
 from flmi.tasks.augment import random_flip_shift
-from flmi.tasks.base import FitHooks, FitResult, LocalTraining
+from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
 from flmi.tasks.loop import train_local
 from flmi.tasks.metrics import binary_auc
 from flmi.tasks.models import SmallCNN
@@ -55,7 +55,7 @@ def multilabel_metrics(*, labels: np.ndarray, probs: np.ndarray) -> dict[str, fl
     return out
 
 
-class MultiLabelTask:
+class MultiLabelTask(NoScoreHistogram):
     """Predict ``num_classes`` independent labels per image.
 
     Parameters

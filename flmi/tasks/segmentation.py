@@ -20,7 +20,7 @@ from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import SegmentationMetric
 from flmi.data.arrays import ArraySplit
 from flmi.report.bootstrap import bootstrap_ci
-from flmi.tasks.base import FitHooks, FitResult, LocalTraining
+from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
 from flmi.tasks.loop import train_local
 from flmi.tasks.networks import (
     SEGMENTATION_DOWNSAMPLING,
@@ -37,7 +37,7 @@ SW_BATCH = 4
 MIN_PATCH = 2 * SEGMENTATION_DOWNSAMPLING
 
 
-class SegmentationTask:
+class SegmentationTask(NoScoreHistogram):
     """Label every pixel (2D) or voxel (3D) with one of ``num_classes`` classes.
 
     Parameters
