@@ -20,7 +20,7 @@ from rich.table import Table
 from flmi.config import Config, load_config
 from flmi.core.errors import FlmiError
 from flmi.core.federation import RoundRecord
-from flmi.core.keys import Metric
+from flmi.core.keys import Metric, SegmentationMetric
 from flmi.strategies.registry import STRATEGIES
 
 console = Console()
@@ -46,21 +46,6 @@ REGRESSION_METRICS = (Metric.MAE, Metric.RMSE, Metric.R2)
 SURVIVAL_METRICS = (Metric.C_INDEX, Metric.LOSS)
 
 
-def _table_metrics(arms: dict[str, object]) -> tuple[Metric, ...]:
-    """The columns that fit the task: classification, regression or survival metrics."""
-    from flmi.report.summary import ArmResult
-
-    names: set[str] = set()
-    for result in arms.values():
-        assert isinstance(result, ArmResult)
-        names.update(result.site_mean)
-    if Metric.C_INDEX in names:
-        return SURVIVAL_METRICS
-    if Metric.MAE in names:
-        return REGRESSION_METRICS
-    return TABLE_METRICS
-
-
 def _fmt(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
@@ -70,7 +55,14 @@ def show_round(record: RoundRecord, rounds: int) -> None:
     scores = record.global_metrics or record.site_mean
     parts = [
         f"{m.value} {_fmt(scores.get(m))}"
-        for m in (Metric.AUC, Metric.ACCURACY, Metric.MAE, Metric.C_INDEX, Metric.LOSS)
+        for m in (
+            Metric.AUC,
+            Metric.ACCURACY,
+            SegmentationMetric.DICE,
+            Metric.MAE,
+            Metric.C_INDEX,
+            Metric.LOSS,
+        )
         if m in scores
     ]
     failed = (
@@ -85,6 +77,26 @@ def show_round(record: RoundRecord, rounds: int) -> None:
     )
 
 
+def _table_columns(arms: dict[str, object]) -> list[str]:
+    """The task's headline metrics that occur, then any other (Dice, per-label AUC)."""
+    from flmi.report.summary import ArmResult
+
+    present: set[str] = set()
+    for result in arms.values():
+        assert isinstance(result, ArmResult)
+        for metrics in [result.global_metrics or {}, result.site_mean, *result.per_site.values()]:
+            present.update(metrics)
+    if Metric.C_INDEX in present:
+        preset: tuple[Metric, ...] = SURVIVAL_METRICS
+    elif Metric.MAE in present:
+        preset = REGRESSION_METRICS
+    else:
+        preset = TABLE_METRICS
+    known = [m.value for m in preset if m in present]
+    others = sorted(present - set(known) - {Metric.LOSS.value})
+    return known + others
+
+
 def show_summary(arms: dict[str, object]) -> None:
     """A table of every arm: central test, each site's own test split, and site_mean."""
     from flmi.report.summary import ArmResult
@@ -92,9 +104,9 @@ def show_summary(arms: dict[str, object]) -> None:
     table = Table(title="Final-round test metrics")
     table.add_column("arm")
     table.add_column("test set")
-    columns = _table_metrics(arms)
+    columns = _table_columns(arms)
     for m in columns:
-        table.add_column(HEADERS.get(m, m.value), justify="right")
+        table.add_column({str(k): v for k, v in HEADERS.items()}.get(m, m), justify="right")
     for arm, result in arms.items():
         assert isinstance(result, ArmResult)
         rows: list[tuple[str, dict[str, float] | None]] = [

@@ -84,6 +84,10 @@ class DataConfig:
     ``source = "synthetic_age"`` generates hospitals for age regression (same
     scanners, plus age shift); ``source = "tcga_brca"`` reads FLamby's
     Fed-TCGA-BRCA files from the folder ``path`` (6 regions, FLamby's split).
+    ``source = "synthetic_lesions"`` generates hospitals whose images
+    (``spatial_dims`` 2 or 3) hold zero or more lesions, with masks for
+    segmentation, or lesion-present and lesion-class labels for (multi-label)
+    classification.
     """
 
     source: Literal[
@@ -94,6 +98,7 @@ class DataConfig:
         "manifest",
         "synthetic_age",
         "tcga_brca",
+        "synthetic_lesions",
     ] = "synthetic"
     path: str = ""
     image_size: int = 28
@@ -104,6 +109,7 @@ class DataConfig:
     label_column: str = ""
     site_column: str = ""
     feature_columns: list[str] = field(default_factory=list)
+    spatial_dims: int = 2
     name: str = ""
     allow_download: bool = False
     cache_dir: str = ""
@@ -142,12 +148,23 @@ class TaskConfig:
     images, 3 for volumes) shape the model. ``flmi run`` reads them from the
     data and checks them when set; ``flmi server`` holds no data and needs them,
     except for generated hospitals (1 channel, 2D).
+
+    ``name = "segmentation"`` takes ``model = "unet"`` or ``"segresnet"``
+    (``num_classes`` counts the background), trains on patches of
+    ``patch_size`` (empty: whole images) and infers with sliding windows that
+    overlap by ``sw_overlap``. ``model = "densenet121"`` classifies with MONAI's
+    DenseNet121 of ``init_features`` and ``growth_rate``. ``norm`` picks the
+    MONAI networks' normalisation (``"auto"``: the network's own; ``"group"``
+    or ``"instance"`` for DP-SGD). ``multi_label = true`` predicts
+    ``num_classes`` independent labels (binary cross-entropy, per-label AUC).
     """
 
     name: str = "classification"
     num_classes: int = 2
     positive_label: int = 1
-    model: Literal["small_cnn", "logistic", "linear"] = "small_cnn"
+    model: Literal[
+        "small_cnn", "logistic", "linear", "densenet121", "unet", "segresnet"
+    ] = "small_cnn"
     width: int = 32
     augment: bool = False
     dtype: Literal["float32", "float64"] = "float32"
@@ -156,6 +173,12 @@ class TaskConfig:
     target_scale: float = 1.0
     in_channels: int | None = None
     spatial_dims: int | None = None
+    norm: Literal["auto", "batch", "instance", "group"] = "auto"
+    patch_size: list[int] = field(default_factory=list)
+    sw_overlap: float = 0.25
+    init_features: int = 64
+    growth_rate: int = 32
+    multi_label: bool = False
 
 
 @dataclass(frozen=True)
@@ -585,6 +608,7 @@ def check_config(c: Config) -> None:
         f"choose one of 0..{t.num_classes - 1}",
     )
     _require(t.width >= 1, f"task.width must be at least 1, got {t.width}")
+    check_task_fits(c)
     _check_task(c)
     # Building the strategy range-checks its options and their fit with local training.
     build_strategy(
@@ -703,6 +727,62 @@ def check_config(c: Config) -> None:
         )
 
 
+SEGMENTATION_MODELS = ("unet", "segresnet")
+
+
+def check_task_fits(c: Config) -> None:
+    """The task, its model and its data must go together; each message names the key."""
+    t, d = c.task, c.data
+    if t.name == "segmentation":
+        _require(
+            t.model in SEGMENTATION_MODELS,
+            f"task.model = '{t.model}' cannot segment; for task.name = 'segmentation' "
+            f"choose one of {list(SEGMENTATION_MODELS)}",
+        )
+        _require(
+            d.source == "synthetic_lesions",
+            f"task.name = 'segmentation' needs masks, which data.source = '{d.source}' does "
+            "not have; use data.source = 'synthetic_lesions'",
+        )
+        _require(not t.multi_label, "task.multi_label applies to classification only")
+    else:
+        _require(
+            t.model not in SEGMENTATION_MODELS,
+            f"task.model = '{t.model}' is a segmentation network; set task.name = "
+            "'segmentation', or choose 'small_cnn' or 'densenet121' to classify",
+        )
+        _require(
+            not t.patch_size,
+            "task.patch_size applies to segmentation only; remove it or set "
+            "task.name = 'segmentation'",
+        )
+        if t.multi_label:
+            _require(
+                d.source == "synthetic_lesions",
+                f"task.multi_label needs one label per finding, which data.source = "
+                f"'{d.source}' does not have; use data.source = 'synthetic_lesions'",
+            )
+        elif d.source == "synthetic_lesions":
+            _require(
+                t.num_classes == 2,
+                "data.source = 'synthetic_lesions' labels images lesion present or not: set "
+                "task.num_classes = 2, or task.multi_label = true for one label per lesion class",
+            )
+    _require(
+        t.norm == "auto" or t.model in ("densenet121", *SEGMENTATION_MODELS),
+        f"task.norm applies to MONAI networks; task.model = '{t.model}' has its own "
+        "normalisation: leave task.norm = 'auto'",
+    )
+    _require(t.init_features >= 1, f"task.init_features must be at least 1, got {t.init_features}")
+    _require(t.growth_rate >= 1, f"task.growth_rate must be at least 1, got {t.growth_rate}")
+    _require(0.0 <= t.sw_overlap < 1.0, f"task.sw_overlap must be in [0, 1), got {t.sw_overlap}")
+    if d.source == "synthetic_lesions":
+        _require(
+            d.spatial_dims in (2, 3),
+            f"data.spatial_dims must be 2 or 3, got {d.spatial_dims}",
+        )
+
+
 def check_manifest_config(d: DataConfig, p: PartitionConfig) -> None:
     """Cross-field checks of ``source = "manifest"`` and its ``[data.transforms]``."""
     _require(bool(d.path), "data.path is required when data.source = 'manifest' (the CSV file)")
@@ -793,9 +873,17 @@ def check_privacy(c: Config) -> None:
 
 
 TASK_SOURCES = {
-    "classification": ("synthetic", "medmnist", "heart_disease", "csv", "manifest"),
+    "classification": (
+        "synthetic",
+        "medmnist",
+        "heart_disease",
+        "csv",
+        "manifest",
+        "synthetic_lesions",
+    ),
     "regression": ("synthetic_age", "csv"),
     "survival": ("tcga_brca",),
+    "segmentation": ("synthetic_lesions",),
 }
 
 

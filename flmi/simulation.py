@@ -604,7 +604,10 @@ def run_experiment(
         "strategy": strategy.name,
         Record.PRIVACY: dataclasses.asdict(config.privacy),
         Record.VERSIONS: versions(),
-        Record.SITES: sites_json(data, label_counts=config.task.name == "classification"),
+        # Class counts for tasks with classes (segmentation: cases containing each class).
+        Record.SITES: sites_json(
+            data, label_counts=config.task.name in ("classification", "segmentation")
+        ),
         Record.DATA: data_report,
     }
     if data.unreadable:

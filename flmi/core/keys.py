@@ -24,6 +24,22 @@ class Metric(StrEnum):
     C_INDEX = "c_index"
 
 
+class SegmentationMetric(StrEnum):
+    """Metric names of segmentation; per-class values add ``_<class>`` (``dice_1``)."""
+
+    LOSS = "loss"
+    DICE = "dice"
+    HD95 = "hd95"
+
+
+class MultiLabelMetric(StrEnum):
+    """Metric names of multi-label classification; per-label AUC adds ``_<label>`` (``auc_0``)."""
+
+    LOSS = "loss"
+    AUC = "auc"
+    ACCURACY = "accuracy"
+
+
 class Arm(StrEnum):
     """The arms one run can compare."""
 

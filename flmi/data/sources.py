@@ -14,6 +14,7 @@ from flmi.data.medmnist import load_medmnist_npz
 from flmi.data.partition import check_min_examples, partition
 from flmi.data.synthetic import generate_hospitals, make_profiles
 from flmi.data.synthetic_age import generate_age_hospitals
+from flmi.data.synthetic_lesions import lesion_data
 from flmi.data.tabular import load_csv_sites
 from flmi.data.tcga_brca import load_tcga_brca
 
@@ -66,6 +67,10 @@ def load_data(config: Config) -> FederatedData:
             min_examples_per_site=p.min_examples_per_site,
             require_val=d.val_fraction > 0,
         )
+        return data
+    if d.source == "synthetic_lesions":
+        data = lesion_data(config, seed=seed)
+        check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
         return data
     if d.source == "tcga_brca":
         data = load_tcga_brca(

@@ -273,3 +273,14 @@ class Task(Protocol):
     def check_labels(self, *, data: ArraySplit, where: str) -> None:
         """Raise :class:`flmi.core.errors.LabelError` if a label lies outside the task."""
         ...
+
+
+class NoScoreHistogram:
+    """For tasks with no single positive class (regression, survival, segmentation,
+    multi-label): sites send no score histogram, so the report draws no ROC curve."""
+
+    def score_histogram(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int
+    ) -> ScoreHistogram | None:
+        """None: there is no positive-class probability to bin."""
+        return None

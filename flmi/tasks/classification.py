@@ -17,8 +17,9 @@ from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.loop import train_local
 from flmi.tasks.metrics import classification_metrics
 from flmi.tasks.models import SmallCNN
+from flmi.tasks.networks import DenseNetSettings, build_densenet121
 
-MODELS = ("small_cnn", "logistic")
+MODELS = ("small_cnn", "logistic", "densenet121")
 METRICS = (
     Metric.LOSS,
     Metric.ACCURACY,
@@ -51,13 +52,15 @@ class ClassificationTask:
     positive_label
         The class sensitivity refers to.
     model
-        Network name (``"small_cnn"``).
+        Network name (``"small_cnn"``, ``"densenet121"`` or ``"logistic"``).
     width
         Width of the first convolution block.
     augment
         Random flips, rotations and shifts during local training.
     dtype
         ``"float32"`` or ``"float64"`` (the latter for exactness tests).
+    densenet
+        Size and normalisation of ``model = "densenet121"`` (default: the paper's).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class ClassificationTask:
         width: int = 32,
         augment: bool = False,
         dtype: str = "float32",
+        densenet: DenseNetSettings | None = None,
     ) -> None:
         if num_classes < 2:
             raise ConfigError(f"task.num_classes must be at least 2, got {num_classes}")
@@ -81,9 +85,9 @@ class ClassificationTask:
             )
         if model not in MODELS:
             raise ConfigError(f"task.model: unknown model '{model}'; choose one of {list(MODELS)}")
-        if model == "small_cnn" and spatial_dims not in (2, 3):
+        if model in ("small_cnn", "densenet121") and spatial_dims not in (2, 3):
             raise ConfigError(
-                f"task.model = 'small_cnn' needs 2D or 3D images, but the data has "
+                f"task.model = '{model}' needs 2D or 3D images, but the data has "
                 f"{spatial_dims} spatial dimensions; use task.model = 'logistic' for tabular data"
             )
         if model == "logistic" and spatial_dims != 0:
@@ -101,6 +105,8 @@ class ClassificationTask:
         self.width = width
         self.augment = augment
         self.dtype = DTYPES[dtype]
+        self.densenet = densenet if densenet is not None else DenseNetSettings()
+        self.densenet.check()
 
     @property
     def name(self) -> str:
@@ -108,12 +114,19 @@ class ClassificationTask:
         return "classification"
 
     def build_model(self, *, seed: int) -> torch.nn.Module:
-        """A SmallCNN initialised from ``seed`` without touching torch's global generator."""
+        """The network initialised from ``seed`` without touching torch's global generator."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model: torch.nn.Module
             if self.model_name == "logistic":
                 model = torch.nn.Linear(self.in_channels, self._outputs)
+            elif self.model_name == "densenet121":
+                model = build_densenet121(
+                    spatial_dims=self.spatial_dims,
+                    in_channels=self.in_channels,
+                    out_channels=self.num_classes,
+                    settings=self.densenet,
+                )
             else:
                 model = SmallCNN(
                     in_channels=self.in_channels,

@@ -36,7 +36,10 @@ def _check_targets(task: Task, data: FederatedData) -> None:
 
 def _classification(config: Config, in_channels: int, spatial_dims: int) -> Task:
     from flmi.tasks.classification import ClassificationTask
+    from flmi.tasks.image_tasks import densenet_settings, multilabel_task
 
+    if config.task.multi_label:
+        return multilabel_task(config, in_channels=in_channels, spatial_dims=spatial_dims)
     return ClassificationTask(
         num_classes=config.task.num_classes,
         in_channels=in_channels,
@@ -46,7 +49,14 @@ def _classification(config: Config, in_channels: int, spatial_dims: int) -> Task
         width=config.task.width,
         augment=config.task.augment,
         dtype=config.task.dtype,
+        densenet=densenet_settings(config),
     )
+
+
+def _segmentation(config: Config, in_channels: int, spatial_dims: int) -> Task:
+    from flmi.tasks.image_tasks import segmentation_task
+
+    return segmentation_task(config, in_channels=in_channels, spatial_dims=spatial_dims)
 
 
 def _regression(config: Config, in_channels: int, spatial_dims: int) -> Task:
@@ -75,6 +85,7 @@ TASKS: dict[str, TaskBuilder] = {
     "classification": _classification,
     "regression": _regression,
     "survival": _survival,
+    "segmentation": _segmentation,
 }
 
 
@@ -115,6 +126,9 @@ def build_task(config: Config, data: FederatedData) -> Task:
             raise ConfigError(
                 f"task.{key} = {declared}, but the data has {found}; set task.{key} = {found}"
             )
+    from flmi.tasks.image_tasks import check_densenet_images
+
+    check_densenet_images(config, data)
     task = task_for_shape(config, in_channels=in_channels, spatial_dims=spatial_dims)
     _check_targets(task, data)
     return task

@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from flmi.core.errors import ConfigError, LabelError
-from flmi.core.messages import ScoreHistogram
 from flmi.data.arrays import ArraySplit
 from flmi.report.bootstrap import bootstrap_ci
 from flmi.tasks.augment import random_flip_shift
-from flmi.tasks.base import FitHooks, FitResult, LocalTraining
+from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
 from flmi.tasks.loop import train_local
 from flmi.tasks.models import SmallCNN
 from flmi.tasks.regression_metrics import regression_metrics
@@ -28,7 +27,7 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return random_flip_shift(x, generator=generator)
 
 
-class RegressionTask:
+class RegressionTask(NoScoreHistogram):
     """Predict one real number per example, trained with MSE or L1 loss.
 
     The network's output ``z`` is read as ``target_offset + target_scale * z``,
@@ -180,12 +179,6 @@ class RegressionTask:
         error = (predictions - targets.astype(np.float64)) / self.target_scale
         loss = np.abs(error).mean() if self.loss_name == "l1" else (error**2).mean()
         return regression_metrics(targets=targets, predictions=predictions, loss=float(loss))
-
-    def score_histogram(
-        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int
-    ) -> ScoreHistogram | None:
-        """None: without a positive class there is no ROC curve or calibration to bin."""
-        return None
 
     def evaluate(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device

@@ -15,10 +15,9 @@ import torch
 
 from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import Metric
-from flmi.core.messages import ScoreHistogram
 from flmi.data.arrays import ArraySplit
 from flmi.report.bootstrap import bootstrap_ci
-from flmi.tasks.base import FitHooks, FitResult, LocalTraining
+from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
 from flmi.tasks.loop import train_local
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -62,7 +61,7 @@ def c_index(*, target: np.ndarray, risk: np.ndarray) -> float:
         return float("nan")
 
 
-class CoxTask:
+class CoxTask(NoScoreHistogram):
     """A linear Cox model on feature vectors (FLamby's Fed-TCGA-BRCA baseline).
 
     Parameters
@@ -154,12 +153,6 @@ class CoxTask:
     def _metrics(self, target: np.ndarray, risk: np.ndarray) -> dict[str, float]:
         loss = cox_loss(torch.from_numpy(risk), torch.from_numpy(target.astype(np.float64)))
         return {Metric.LOSS: float(loss), Metric.C_INDEX: c_index(target=target, risk=risk)}
-
-    def score_histogram(
-        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int
-    ) -> ScoreHistogram | None:
-        """None: without a positive class there is no ROC curve or calibration to bin."""
-        return None
 
     def evaluate(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device

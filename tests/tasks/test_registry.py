@@ -81,18 +81,20 @@ def test_label_flip_fault_is_refused_for_a_task_without_classes() -> None:
 
 
 def test_a_new_task_plugs_in_with_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    built: list[str] = []
+    built: list[tuple[int, int]] = []
 
-    def builder(config: object, data: FederatedData) -> ClassificationTask:
-        built.append("mine")
-        return ClassificationTask(num_classes=2, in_channels=1, spatial_dims=2, positive_label=1)
+    def builder(config: object, in_channels: int, spatial_dims: int) -> ClassificationTask:
+        built.append((in_channels, spatial_dims))
+        return ClassificationTask(
+            num_classes=2, in_channels=in_channels, spatial_dims=spatial_dims, positive_label=1
+        )
 
     monkeypatch.setitem(registry.TASKS, "mine", builder)
     config = config_from_dict(tiny_tables(task={"name": "mine"}))
 
     task = build_task(config, _data(np.array([0, 1]), np.zeros((2, 1, 16, 16), np.float32)))
 
-    assert built == ["mine"] and isinstance(task, ClassificationTask)
+    assert built == [(1, 2)] and isinstance(task, ClassificationTask)  # the data's shape
 
 
 def test_build_task_checks_every_split_and_names_the_bad_one() -> None:
