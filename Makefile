@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench clean
+.PHONY: demo test lint typecheck check bench clean proto
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the gRPC modules after editing flmi/runtime/grpc/flmi.proto (commit the result).
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iflmi/runtime/grpc=flmi/runtime/grpc --python_out=. --grpc_python_out=. --pyi_out=. flmi/runtime/grpc/flmi.proto

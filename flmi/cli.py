@@ -1,4 +1,8 @@
-"""Command line: ``flmi run | demo | strategies``."""
+"""Command line.
+
+``flmi run | demo | strategies | report | predict | audit`` for a simulated federation,
+``flmi certs | server | client | audit-log`` for a real deployment.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from rich.table import Table
 from flmi.config import Config, load_config
 from flmi.core.errors import FlmiError
 from flmi.core.federation import RoundRecord
-from flmi.core.keys import Metric
+from flmi.core.keys import Metric, SegmentationMetric
 from flmi.strategies.registry import STRATEGIES
 
 console = Console()
@@ -26,6 +30,10 @@ HEADERS = {
     Metric.ACCURACY: "acc",
     Metric.SENSITIVITY: "sens",
     Metric.SPECIFICITY: "spec",
+    Metric.MAE: "mae",
+    Metric.RMSE: "rmse",
+    Metric.R2: "r2",
+    Metric.C_INDEX: "c-index",
 }
 TABLE_METRICS = (
     Metric.AUC,
@@ -34,6 +42,8 @@ TABLE_METRICS = (
     Metric.SENSITIVITY,
     Metric.SPECIFICITY,
 )
+REGRESSION_METRICS = (Metric.MAE, Metric.RMSE, Metric.R2)
+SURVIVAL_METRICS = (Metric.C_INDEX, Metric.LOSS)
 
 
 def _fmt(value: float | None) -> str:
@@ -45,7 +55,14 @@ def show_round(record: RoundRecord, rounds: int) -> None:
     scores = record.global_metrics or record.site_mean
     parts = [
         f"{m.value} {_fmt(scores.get(m))}"
-        for m in (Metric.AUC, Metric.ACCURACY, Metric.LOSS)
+        for m in (
+            Metric.AUC,
+            Metric.ACCURACY,
+            SegmentationMetric.DICE,
+            Metric.MAE,
+            Metric.C_INDEX,
+            Metric.LOSS,
+        )
         if m in scores
     ]
     failed = (
@@ -60,6 +77,26 @@ def show_round(record: RoundRecord, rounds: int) -> None:
     )
 
 
+def _table_columns(arms: dict[str, object]) -> list[str]:
+    """The task's headline metrics that occur, then any other (Dice, per-label AUC)."""
+    from flmi.report.summary import ArmResult
+
+    present: set[str] = set()
+    for result in arms.values():
+        assert isinstance(result, ArmResult)
+        for metrics in [result.global_metrics or {}, result.site_mean, *result.per_site.values()]:
+            present.update(metrics)
+    if Metric.C_INDEX in present:
+        preset: tuple[Metric, ...] = SURVIVAL_METRICS
+    elif Metric.MAE in present:
+        preset = REGRESSION_METRICS
+    else:
+        preset = TABLE_METRICS
+    known = [m.value for m in preset if m in present]
+    others = sorted(present - set(known) - {Metric.LOSS.value})
+    return known + others
+
+
 def show_summary(arms: dict[str, object]) -> None:
     """A table of every arm: central test, each site's own test split, and site_mean."""
     from flmi.report.summary import ArmResult
@@ -67,8 +104,9 @@ def show_summary(arms: dict[str, object]) -> None:
     table = Table(title="Final-round test metrics")
     table.add_column("arm")
     table.add_column("test set")
-    for m in TABLE_METRICS:
-        table.add_column(HEADERS[m], justify="right")
+    columns = _table_columns(arms)
+    for m in columns:
+        table.add_column({str(k): v for k, v in HEADERS.items()}.get(m, m), justify="right")
     for arm, result in arms.items():
         assert isinstance(result, ArmResult)
         rows: list[tuple[str, dict[str, float] | None]] = [
@@ -78,7 +116,7 @@ def show_summary(arms: dict[str, object]) -> None:
         rows.append(("site_mean", dict(result.site_mean)))
         for i, (where, metrics) in enumerate(rows):
             table.add_row(
-                arm if i == 0 else "", where, *[_fmt((metrics or {}).get(m)) for m in TABLE_METRICS]
+                arm if i == 0 else "", where, *[_fmt((metrics or {}).get(m)) for m in columns]
             )
         table.add_section()
     console.print(table)
@@ -97,7 +135,27 @@ def _run(config: Config, out: Path, *, resume: bool = False) -> int:
     )
     result = run_experiment(config=config, out=out, progress=show_round, resume=resume)
     show_summary(dict(result.arms))
+    _write_report(out)
     console.print(f"run directory: {out}")
+    return 0
+
+
+def _write_report(run_dir: Path) -> Path:
+    from flmi.report.html import build_report
+
+    path = build_report(run_dir)
+    console.print(f"report: {path}")
+    return path
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from flmi.predict import predict_files
+
+    out = args.out or args.run_dir / "predictions.csv"
+    count = predict_files(
+        run_dir=args.run_dir, paths=args.images, out=out, device=args.device, split=args.split
+    )
+    console.print(f"{count} images scored -> {out}")
     return 0
 
 
@@ -133,6 +191,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="run directory to create (default: runs/demo-TIME)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("strategies", help="list the algorithm names [strategy] name accepts")
+    report = sub.add_parser("report", help="write RUN_DIR/report.html (plots, intervals)")
+    report.add_argument("run_dir", type=Path, help="a finished run directory")
+    predict = sub.add_parser("predict", help="score images with a run's final model")
+    predict.add_argument("run_dir", type=Path, help="a finished run directory")
+    predict.add_argument("images", type=Path, nargs="+", help=".npz, .png, .jpg or .jpeg files")
+    predict.add_argument("--out", type=Path, help="CSV to write (default: RUN_DIR/predictions.csv)")
+    predict.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        help="for a MedMNIST .npz: score only this split (default: every split it holds)",
+    )
+    predict.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="default: the run's [runtime] device"
+    )
+    audit = sub.add_parser(
+        "audit",
+        help="attack a run's updates as its server could: gradient inversion, membership inference",
+    )
+    audit.add_argument(
+        "path", type=Path, help="a run directory, or a TOML config (run first, into --out)"
+    )
+    audit.add_argument("--out", type=Path, help="for a config: the run directory to create")
+    audit.add_argument("--site", help="the attacked site (default: the first by name)")
+    audit.add_argument("--batches", type=int, default=4, help="batches attacked (default 4)")
+    audit.add_argument("--iterations", type=int, default=800, help="attack steps per batch")
+    audit.add_argument("--seed", type=int, default=0, help="seeds the attack")
+    audit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     certs = sub.add_parser("certs", help="consortium certificates for a real deployment")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_sub.add_parser("init", help="create a consortium CA and the server's bundle")
@@ -145,7 +230,77 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--out", type=Path, required=True, help="bundle folder to create")
     add.add_argument("--csr", type=Path, help="a signing request made at the site (no key sent)")
     add.add_argument("--days", type=int, default=365)
+    server = sub.add_parser("server", help="run a federation as its server, over gRPC with mTLS")
+    server.add_argument("--config", type=Path, required=True, help="the federation's TOML config")
+    server.add_argument("--certs", type=Path, required=True, help="the server bundle folder")
+    server.add_argument("--address", required=True, help="HOST:PORT to listen on")
+    server.add_argument("--out", type=Path, help="run directory (default: runs/NAME-TIME)")
+    server.add_argument(
+        "--resume", action="store_true", help="continue the run in --out after its last round"
+    )
+    client = sub.add_parser("client", help="take part in a federation as one site")
+    client.add_argument("--server", required=True, help="the server's HOST:PORT")
+    client.add_argument("--site", required=True, help="this site's name (its certificate's)")
+    client.add_argument("--certs", type=Path, required=True, help="this site's bundle folder")
+    client.add_argument("--data", type=Path, required=True, help="this site's SITE.toml")
+    audit = sub.add_parser("audit-log", help="check an audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain of an audit log")
+    verify.add_argument("file", type=Path)
     return parser
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    """``flmi server``, ``flmi client`` and ``flmi audit-log``."""
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        console.print("[red]error:[/red] this command needs grpcio: pip install 'flmi[deploy]'")
+        return 2
+    if args.command == "audit-log":
+        from flmi.runtime.grpc.audit import verify_lines
+
+        checked = verify_lines(args.file)
+        print(f"{args.file}: {checked.lines} lines, chain intact; last line's hash {checked.head}")
+        return 0
+    if args.command == "client":
+        from flmi.runtime.grpc.client import ClientExitError
+        from flmi.runtime.grpc.clientapp import build_client
+
+        site_client = build_client(
+            server=args.server, site=args.site, certs=args.certs, data=args.data
+        )
+        try:
+            status = site_client.run()
+        except ClientExitError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            return exc.status
+        if site_client.stopped:
+            console.print(f"site {args.site}: stopped; start the client again to rejoin")
+        else:
+            console.print(f"site {args.site}: the run is over")
+        return status
+    from flmi.runtime.grpc.server import serve
+
+    config = load_config(args.config)
+    if args.resume and args.out is None:
+        console.print("[red]error:[/red] --resume needs --out: the run directory to continue")
+        return 2
+    out = args.out or _default_out(args.config.stem)
+    result = serve(
+        config=config,
+        certs=args.certs,
+        address=args.address,
+        out=out,
+        resume=args.resume,
+        progress=show_round,
+        on_listening=lambda bound: print(f"flmi server listening on {bound}", flush=True),
+    )
+    if result.stopped:
+        console.print(f"stopped after round {result.completed_round}; resume with --resume")
+        return 0
+    console.print(f"run directory: {out}")
+    return 0
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -167,6 +322,40 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from flmi.config import apply_overrides, config_from_dict, read_toml
+    from flmi.privacy.audit import AttackSettings, run_audit
+    from flmi.report.rundir import MODEL
+    from flmi.tensorio import load_tensors
+
+    settings = AttackSettings(batches=args.batches, iterations=args.iterations, seed=args.seed)
+    if args.path.is_dir():
+        run_dir = args.path
+        raw = apply_overrides(read_toml(run_dir / "config.toml"), args.overrides)
+        config = config_from_dict(raw)
+    else:
+        config = load_config(args.path, overrides=args.overrides)
+        run_dir = args.out or _default_out(args.path.stem)
+        _run(config, run_dir)
+    final = load_tensors(path=run_dir / MODEL)[0] if (run_dir / MODEL).is_file() else None
+    report = run_audit(
+        config=config, final_params=final, out=run_dir / "audit", site=args.site, settings=settings
+    )
+    summary = report.to_json()
+    table = Table(title=f"Privacy audit of site {report.site} (the server as attacker)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("PSNR of reconstructions (dB)", f"{summary['psnr_mean']:.2f}")
+    table.add_row("PSNR of an unrelated image (dB)", f"{summary['unrelated_psnr_mean']:.2f}")
+    table.add_row("SSIM of reconstructions", f"{summary['ssim_mean']:.3f}")
+    table.add_row("SSIM of an unrelated image", f"{summary['unrelated_ssim_mean']:.3f}")
+    table.add_row("label recovery rate", f"{report.label_recovery_rate:.3f}")
+    table.add_row("membership-inference AUC", _fmt(report.membership_auc))
+    console.print(table)
+    console.print(f"images and audit.json in {run_dir / 'audit'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flmi`` command."""
     args = build_parser().parse_args(argv)
@@ -183,6 +372,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "certs":
             return _certs(args)
+        if args.command == "report":
+            _write_report(args.run_dir)
+            return 0
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "audit":
+            return _audit(args)
+        if args.command in ("server", "client", "audit-log"):
+            return _deploy(args)
         if args.command == "demo":
             config = load_config(demo_config_path(), overrides=args.overrides)
             return _run(config, args.out or _default_out("demo"))

@@ -8,6 +8,7 @@ expected, before anything runs or is written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -20,6 +21,8 @@ from flmi.core.errors import ConfigError
 from flmi.core.keys import HParam
 from flmi.core.messages import HParamValue
 from flmi.data.download import medmnist_file
+from flmi.privacy.compat import SAMPLE_DP_REFUSED, client_dp_refusal
+from flmi.privacy.linear import linear_rule
 from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
 
 
@@ -76,9 +79,27 @@ class DataConfig:
     ``"breastmnist"``) and no ``path`` reads ``cache_dir/NAME.npz``; with
     ``allow_download`` the official file is downloaded there first (from
     ``download_url`` when set: a mirror) and its MD5 checked.
+
+    With ``[task] name = "regression"`` the CSV label column holds numbers.
+    ``source = "synthetic_age"`` generates hospitals for age regression (same
+    scanners, plus age shift); ``source = "tcga_brca"`` reads FLamby's
+    Fed-TCGA-BRCA files from the folder ``path`` (6 regions, FLamby's split).
+    ``source = "synthetic_lesions"`` generates hospitals whose images
+    (``spatial_dims`` 2 or 3) hold zero or more lesions, with masks for
+    segmentation, or lesion-present and lesion-class labels for (multi-label)
+    classification.
     """
 
-    source: Literal["medmnist", "synthetic", "heart_disease", "csv", "manifest"] = "synthetic"
+    source: Literal[
+        "medmnist",
+        "synthetic",
+        "heart_disease",
+        "csv",
+        "manifest",
+        "synthetic_age",
+        "tcga_brca",
+        "synthetic_lesions",
+    ] = "synthetic"
     path: str = ""
     image_size: int = 28
     n_patients: int = 1600
@@ -88,6 +109,7 @@ class DataConfig:
     label_column: str = ""
     site_column: str = ""
     feature_columns: list[str] = field(default_factory=list)
+    spatial_dims: int = 2
     name: str = ""
     allow_download: bool = False
     cache_dir: str = ""
@@ -125,15 +147,45 @@ class TaskConfig:
     tensors under the ``init_skip`` name prefixes keep their fresh
     initialisation (a new head for another class count, say). ``freeze``
     name prefixes are not trained: their updates are zero.
+
+    ``name`` is one of :data:`flmi.tasks.registry.TASKS`. Regression reads
+    ``loss`` and predicts ``target_offset + target_scale * output``.
+
+    ``in_channels`` and ``spatial_dims`` (0 for tabular features, 2 for
+    images, 3 for volumes) shape the model. ``flmi run`` reads them from the
+    data and checks them when set; ``flmi server`` holds no data and needs them,
+    except for generated hospitals (1 channel, 2D).
+
+    ``name = "segmentation"`` takes ``model = "unet"`` or ``"segresnet"``
+    (``num_classes`` counts the background), trains on patches of
+    ``patch_size`` (empty: whole images) and infers with sliding windows that
+    overlap by ``sw_overlap``. ``model = "densenet121"`` classifies with MONAI's
+    DenseNet121 of ``init_features`` and ``growth_rate``. ``norm`` picks the
+    MONAI networks' normalisation (``"auto"``: the network's own; ``"group"``
+    or ``"instance"`` for DP-SGD). ``multi_label = true`` predicts
+    ``num_classes`` independent labels (binary cross-entropy, per-label AUC).
     """
 
-    name: Literal["classification"] = "classification"
+    name: str = "classification"
     num_classes: int = 2
     positive_label: int = 1
-    model: Literal["small_cnn", "logistic"] = "small_cnn"
+    model: Literal[
+        "small_cnn", "logistic", "linear", "densenet121", "unet", "segresnet"
+    ] = "small_cnn"
     width: int = 32
     augment: bool = False
     dtype: Literal["float32", "float64"] = "float32"
+    loss: Literal["mse", "l1"] = "mse"
+    target_offset: float = 0.0
+    target_scale: float = 1.0
+    in_channels: int | None = None
+    spatial_dims: int | None = None
+    norm: Literal["auto", "batch", "instance", "group"] = "auto"
+    patch_size: list[int] = field(default_factory=list)
+    sw_overlap: float = 0.25
+    init_features: int = 64
+    growth_rate: int = 32
+    multi_label: bool = False
     init_weights: str = ""
     init_skip: list[str] = field(default_factory=list)
     freeze: list[str] = field(default_factory=list)
@@ -199,11 +251,43 @@ class BaselinesConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """``[runtime]``: how messages move and where training runs."""
+    """``[runtime]``: how messages move and where training runs.
+
+    ``tensorboard`` and ``mlflow`` also log every round's metrics to
+    ``RUN_DIR/tensorboard/`` and to an MLflow file store in ``RUN_DIR/mlruns/``
+    (the ``trackers`` extra).
+    """
 
     name: Literal["inprocess"] = "inprocess"
     device: Literal["cpu", "cuda", "auto"] = "auto"
     torch_threads: int = 1
+    tensorboard: bool = False
+    mlflow: bool = False
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """``[deploy]``: a real federation over gRPC with mutual TLS (``flmi server``).
+
+    ``sites`` is the allow-list: the certificate names that may connect.
+    ``revocation_list`` names a file of revoked site names or certificate
+    serial numbers (hex), one per line, re-read on every change (relative to
+    the config file's folder). Each round has one deadline,
+    ``round_timeout_s``; a site silent for three ``heartbeat_s`` is left out
+    of the round at once. The server starts when every site has registered,
+    or after ``wait_for_sites_s`` with at least ``federation.min_sites``.
+    Tensors stream in frames of ``chunk_bytes``; no gRPC message may exceed
+    ``max_message_bytes``, nor an update's payload ``max_payload_bytes``.
+    """
+
+    sites: list[str] = field(default_factory=list)
+    revocation_list: str = ""
+    round_timeout_s: float = 600.0
+    wait_for_sites_s: float = 600.0
+    heartbeat_s: float = 5.0
+    chunk_bytes: int = 1 << 20
+    max_message_bytes: int = 4 << 20
+    max_payload_bytes: int = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -212,11 +296,76 @@ class ReportConfig:
 
     Every final test metric gets a percentile bootstrap 95 % interval from
     ``bootstrap_resamples`` resamples of the patients (0: none), seeded by
+    ``bootstrap_seed``. ROC curves, confusion matrices and calibration come
+    from each site's counts of positives and negatives in ``histogram_bins``
+    equal bins of the predicted probability (no patient's score leaves a
+    site). The operating threshold is chosen on the sites' validation splits
+    only: Youden's J, or the highest threshold that reaches
+    ``target_sensitivity`` when it is set.
     ``bootstrap_seed``.
+
+    Before training each site describes its data (counts, label or target
+    distribution, intensity histogram, image size); a count below
+    ``min_count`` is suppressed at the site. A site whose distributions lie
+    farther than ``flag_distance`` (0..1, see :mod:`flmi.report.heterogeneity`) from the
+    other sites' is flagged in ``summary.json``'s ``data`` section. Survival
+    runs write Kaplan-Meier curves; ``km_bin_width`` > 0 rounds times up to
+    bins of that width at each site (0: exact times).
     """
 
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
+    histogram_bins: int = 100
+    target_sensitivity: float | None = None
+    min_count: int = 5
+    flag_distance: float = 0.25
+    km_bin_width: float = 0.0
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """``[privacy]``: differential privacy, and what protects updates on their way to the server.
+
+    ``dp = "sample"`` trains every site with DP-SGD (Opacus: per-example
+    gradients clipped to ``max_grad_norm``, Gaussian noise of std
+    ``noise_multiplier * max_grad_norm``, Poisson sampling); each site spends
+    its own epsilon at ``delta``. With ``target_epsilon`` set, each site's noise
+    multiplier is the one Opacus computes to reach it after every round.
+    ``dp = "client"`` is DP-FedAvg: each site's update is clipped to
+    ``clip_norm`` (or a clip that adapts toward the ``adaptive_clip_quantile``
+    of the update norms) and Gaussian noise of std ``noise_multiplier * clip``
+    is added to their sum, at the server (``noise_at = "server"``, a trusted
+    server) or split over the sites (``noise_at = "site"``). ``accountant``
+    is Opacus's ``"rdp"`` or ``"prv"`` accountant.
+
+    ``aggregation`` is ``"plain"`` (the server sees each site's update),
+    ``"secagg"`` (secure aggregation: the server sees only the sum of masked,
+    fixed-point updates, recovered when up to ``n - secagg_threshold`` sites
+    drop out) or ``"he"`` (CKKS homomorphic encryption: the server adds
+    ciphertexts under a public context; ``he_key_holder`` makes the keys).
+    Only strategies linear in the updates may run under ``"secagg"`` or
+    ``"he"`` (see :mod:`flmi.privacy.linear`).
+    """
+
+    dp: Literal["none", "sample", "client"] = "none"
+    delta: float = 1e-5
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    target_epsilon: float | None = None
+    accountant: Literal["rdp", "prv"] = "rdp"
+    clip_norm: float = 1.0
+    adaptive_clip: bool = False
+    adaptive_clip_quantile: float = 0.5
+    adaptive_clip_lr: float = 0.2
+    adaptive_clip_count_noise: float = 1.0
+    noise_at: Literal["server", "site"] = "server"
+    aggregation: Literal["plain", "secagg", "he"] = "plain"
+    secagg_threshold: int = 0
+    secagg_clip: float = 1.0
+    secagg_bits: int = 32
+    he_key_holder: str = ""
+    he_poly_modulus_degree: int = 8192
+    he_scale_bits: int = 40
 
 
 @dataclass(frozen=True)
@@ -256,14 +405,16 @@ class Config:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     sites: dict[str, SiteConfig] = field(default_factory=dict)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain TOML-ready tables (strategy options inlined, unset keys left out)."""
         out = dataclasses.asdict(self)
         options = out["strategy"].pop("options")
         out["strategy"].update(options)
-        for table in ("baselines", "partition"):
+        for table in ("baselines", "partition", "report", "privacy", "task"):
             out[table] = {k: v for k, v in out[table].items() if v is not None}
         out["sites"] = {
             name: {k: v for k, v in table.items() if v is not None}
@@ -442,6 +593,25 @@ def site_groups(config: Config) -> dict[str, str]:
     return {name: s.group for name, s in sorted(config.sites.items()) if s.group}
 
 
+def _check_deploy(e: DeployConfig) -> None:
+    _require(len(set(e.sites)) == len(e.sites), "deploy.sites names a site twice; list each once")
+    for key in ("round_timeout_s", "wait_for_sites_s", "heartbeat_s"):
+        value = getattr(e, key)
+        _require(value > 0, f"deploy.{key} must be positive, got {value}")
+    _require(
+        e.chunk_bytes >= 1024, f"deploy.chunk_bytes must be at least 1024, got {e.chunk_bytes}"
+    )
+    _require(
+        e.max_message_bytes >= e.chunk_bytes + 65536,
+        f"deploy.max_message_bytes = {e.max_message_bytes} must exceed deploy.chunk_bytes = "
+        f"{e.chunk_bytes} by at least 65536 (room for a frame's header)",
+    )
+    _require(
+        e.max_payload_bytes >= 1,
+        f"deploy.max_payload_bytes must be positive, got {e.max_payload_bytes}",
+    )
+
+
 def check_config(c: Config) -> None:
     """Cross-field checks, each naming the key to change."""
     f, p, t, d = c.federation, c.partition, c.task, c.data
@@ -473,11 +643,22 @@ def check_config(c: Config) -> None:
     )
     _require(t.num_classes >= 2, f"task.num_classes must be at least 2, got {t.num_classes}")
     _require(
+        t.in_channels is None or t.in_channels >= 1,
+        f"task.in_channels must be at least 1, got {t.in_channels}",
+    )
+    _require(
+        t.spatial_dims in (None, 0, 2, 3),
+        f"task.spatial_dims must be 0 (tabular), 2 or 3, got {t.spatial_dims}",
+    )
+    _check_deploy(c.deploy)
+    _require(
         0 <= t.positive_label < t.num_classes,
         f"task.positive_label = {t.positive_label} is not a class; "
         f"choose one of 0..{t.num_classes - 1}",
     )
     _require(t.width >= 1, f"task.width must be at least 1, got {t.width}")
+    check_task_fits(c)
+    _check_task(c)
     # Building the strategy range-checks its options and their fit with local training.
     build_strategy(
         name=c.strategy.name,
@@ -499,6 +680,7 @@ def check_config(c: Config) -> None:
             f"strategy '{c.strategy.name}' receives {spec.max_updates} update(s) a round; "
             f"set federation.min_sites = {spec.max_updates}",
         )
+    check_privacy(c)
     _require(
         0.0 <= f.pseudo_label_threshold <= 1.0,
         f"federation.pseudo_label_threshold must be in [0, 1], got {f.pseudo_label_threshold}",
@@ -531,6 +713,15 @@ def check_config(c: Config) -> None:
         c.report.bootstrap_resamples >= 0,
         f"report.bootstrap_resamples must not be negative, got {c.report.bootstrap_resamples}",
     )
+    _require(
+        2 <= c.report.histogram_bins <= 10000,
+        f"report.histogram_bins must be in 2..10000, got {c.report.histogram_bins}",
+    )
+    ts = c.report.target_sensitivity
+    _require(
+        ts is None or 0.0 < ts <= 1.0,
+        f"report.target_sensitivity must be in (0, 1], got {ts}",
+    )
     b = c.baselines
     for key in ("pooled_lr", "pooled_batch_size", "pooled_epochs"):
         value = getattr(b, key)
@@ -557,6 +748,7 @@ def check_config(c: Config) -> None:
         c.runtime.torch_threads >= 1,
         f"runtime.torch_threads must be at least 1, got {c.runtime.torch_threads}",
     )
+    check_dp(c)
     _require(
         0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"
     )
@@ -576,6 +768,13 @@ def check_config(c: Config) -> None:
         _require(
             p.method == "natural",
             "a CSV with a site column comes split already: set partition.method = 'natural'",
+        )
+    elif d.source == "tcga_brca":
+        _require(bool(d.path), "data.path is required when data.source = 'tcga_brca'")
+        _require(
+            p.method == "natural" and p.num_sites == 6,
+            "Fed-TCGA-BRCA has its own 6 regions: set partition.method = 'natural' "
+            "and partition.num_sites = 6",
         )
     elif d.source == "heart_disease":
         _require(bool(d.path), "data.path is required when data.source = 'heart_disease'")
@@ -611,6 +810,62 @@ def check_config(c: Config) -> None:
         _require(
             d.n_patients >= 10 * p.num_sites,
             f"data.n_patients = {d.n_patients} is too few for {p.num_sites} hospitals",
+        )
+
+
+SEGMENTATION_MODELS = ("unet", "segresnet")
+
+
+def check_task_fits(c: Config) -> None:
+    """The task, its model and its data must go together; each message names the key."""
+    t, d = c.task, c.data
+    if t.name == "segmentation":
+        _require(
+            t.model in SEGMENTATION_MODELS,
+            f"task.model = '{t.model}' cannot segment; for task.name = 'segmentation' "
+            f"choose one of {list(SEGMENTATION_MODELS)}",
+        )
+        _require(
+            d.source == "synthetic_lesions",
+            f"task.name = 'segmentation' needs masks, which data.source = '{d.source}' does "
+            "not have; use data.source = 'synthetic_lesions'",
+        )
+        _require(not t.multi_label, "task.multi_label applies to classification only")
+    else:
+        _require(
+            t.model not in SEGMENTATION_MODELS,
+            f"task.model = '{t.model}' is a segmentation network; set task.name = "
+            "'segmentation', or choose 'small_cnn' or 'densenet121' to classify",
+        )
+        _require(
+            not t.patch_size,
+            "task.patch_size applies to segmentation only; remove it or set "
+            "task.name = 'segmentation'",
+        )
+        if t.multi_label:
+            _require(
+                d.source == "synthetic_lesions",
+                f"task.multi_label needs one label per finding, which data.source = "
+                f"'{d.source}' does not have; use data.source = 'synthetic_lesions'",
+            )
+        elif d.source == "synthetic_lesions":
+            _require(
+                t.num_classes == 2,
+                "data.source = 'synthetic_lesions' labels images lesion present or not: set "
+                "task.num_classes = 2, or task.multi_label = true for one label per lesion class",
+            )
+    _require(
+        t.norm == "auto" or t.model in ("densenet121", *SEGMENTATION_MODELS),
+        f"task.norm applies to MONAI networks; task.model = '{t.model}' has its own "
+        "normalisation: leave task.norm = 'auto'",
+    )
+    _require(t.init_features >= 1, f"task.init_features must be at least 1, got {t.init_features}")
+    _require(t.growth_rate >= 1, f"task.growth_rate must be at least 1, got {t.growth_rate}")
+    _require(0.0 <= t.sw_overlap < 1.0, f"task.sw_overlap must be in [0, 1), got {t.sw_overlap}")
+    if d.source == "synthetic_lesions":
+        _require(
+            d.spatial_dims in (2, 3),
+            f"data.spatial_dims must be 2 or 3, got {d.spatial_dims}",
         )
 
 
@@ -670,6 +925,132 @@ def check_manifest_config(d: DataConfig, p: PartitionConfig) -> None:
     )
 
 
+def check_privacy(c: Config) -> None:
+    """``[privacy]``: a secure or homomorphic sum needs a linear strategy and sound settings."""
+    v = c.privacy
+    if v.aggregation == "plain":
+        return
+    linear_rule(c.strategy.name, aggregation=v.aggregation)
+    n = c.partition.num_sites
+    _require(n >= 2, f"privacy.aggregation = '{v.aggregation}' needs at least 2 sites")
+    f = c.federation
+    sampled = min(n, max(f.min_sites, math.ceil(f.fraction * n)))
+    t = v.secagg_threshold
+    _require(
+        t == 0 or sampled // 2 < t <= sampled,
+        f"privacy.secagg_threshold = {t} must exceed half of the {sampled} sites sampled "
+        f"each round and not exceed them (choose {sampled // 2 + 1}..{sampled}, or 0 for "
+        "a strict majority)",
+    )
+    _require(
+        v.secagg_clip > 0 and math.isfinite(v.secagg_clip),
+        f"privacy.secagg_clip must be positive, got {v.secagg_clip}",
+    )
+    _require(8 <= v.secagg_bits <= 48, f"privacy.secagg_bits must be in 8..48, got {v.secagg_bits}")
+    _require(
+        v.he_poly_modulus_degree in (8192, 16384, 32768),
+        "privacy.he_poly_modulus_degree must be 8192, 16384 or 32768, "
+        f"got {v.he_poly_modulus_degree}",
+    )
+    _require(
+        20 <= v.he_scale_bits <= 50,
+        f"privacy.he_scale_bits must be in 20..50, got {v.he_scale_bits}",
+    )
+
+
+TASK_SOURCES = {
+    "classification": (
+        "synthetic",
+        "medmnist",
+        "heart_disease",
+        "csv",
+        "manifest",
+        "synthetic_lesions",
+    ),
+    "regression": ("synthetic_age", "csv"),
+    "survival": ("tcga_brca",),
+    "segmentation": ("synthetic_lesions",),
+}
+
+
+def _check_task(c: Config) -> None:
+    """The task exists, fits the data source, and its own keys are in range."""
+    from flmi.tasks.registry import TASKS
+
+    t, r = c.task, c.report
+    _require(t.name in TASKS, f"task.name: unknown task '{t.name}'; choose one of {sorted(TASKS)}")
+    sources = TASK_SOURCES.get(t.name)
+    _require(
+        sources is None or c.data.source in sources,
+        f"task.name = '{t.name}' does not fit data.source = '{c.data.source}'; "
+        f"use one of {list(sources or ())}",
+    )
+    _require(t.target_scale > 0, f"task.target_scale must be positive, got {t.target_scale}")
+    _require(r.min_count >= 1, f"report.min_count must be at least 1, got {r.min_count}")
+    _require(
+        0.0 < r.flag_distance <= 1.0,
+        f"report.flag_distance must be in (0, 1], got {r.flag_distance}",
+    )
+    _require(r.km_bin_width >= 0, f"report.km_bin_width must not be negative, got {r.km_bin_width}")
+    if t.name != "classification":
+        for name, site in sorted(c.sites.items()):
+            _require(
+                site.fault != "label_flip",
+                f"sites.{name}.fault = 'label_flip' needs class labels; "
+                f"task.name = '{t.name}' has none: choose another fault",
+            )
+
+
+def check_dp(c: Config) -> None:
+    """``[privacy]`` DP keys: ranges, and whether the strategy can run under the chosen DP."""
+    v = c.privacy
+    _require(0.0 < v.delta < 1.0, f"privacy.delta must be in (0, 1), got {v.delta}")
+    _require(
+        v.noise_multiplier > 0,
+        f"privacy.noise_multiplier must be positive, got {v.noise_multiplier}",
+    )
+    _require(v.max_grad_norm > 0, f"privacy.max_grad_norm must be positive, got {v.max_grad_norm}")
+    _require(v.clip_norm > 0, f"privacy.clip_norm must be positive, got {v.clip_norm}")
+    _require(
+        v.target_epsilon is None or v.target_epsilon > 0,
+        f"privacy.target_epsilon must be positive, got {v.target_epsilon}",
+    )
+    _require(
+        0.0 < v.adaptive_clip_quantile < 1.0,
+        f"privacy.adaptive_clip_quantile must be in (0, 1), got {v.adaptive_clip_quantile}",
+    )
+    _require(
+        v.adaptive_clip_lr > 0,
+        f"privacy.adaptive_clip_lr must be positive, got {v.adaptive_clip_lr}",
+    )
+    _require(
+        v.adaptive_clip_count_noise > 0,
+        f"privacy.adaptive_clip_count_noise must be positive, got {v.adaptive_clip_count_noise}",
+    )
+    name = c.strategy.name
+    _require(
+        v.dp == "none" or v.aggregation == "plain",
+        f"privacy.dp = '{v.dp}' with privacy.aggregation = '{v.aggregation}' is not supported "
+        "yet: the DP ledger and DP-FedAvg's clipping read each site's own update or report, "
+        "which a masked or encrypted sum hides; choose one of the two",
+    )
+    if v.dp == "sample":
+        reason = SAMPLE_DP_REFUSED.get(name)
+        _require(reason is None, f"privacy.dp = 'sample' with strategy '{name}': {reason}")
+    if v.dp == "client":
+        refusal = client_dp_refusal(name)
+        _require(refusal is None, f"strategy.name = '{name}': {refusal}")
+        _require(
+            not v.adaptive_clip
+            or v.target_epsilon is not None
+            or v.noise_multiplier < 2 * v.adaptive_clip_count_noise,
+            "privacy.adaptive_clip: the noise on the count of clipped updates takes part of the "
+            f"privacy budget, so privacy.noise_multiplier ({v.noise_multiplier}) must be below "
+            f"2 * privacy.adaptive_clip_count_noise ({2 * v.adaptive_clip_count_noise}); "
+            "raise adaptive_clip_count_noise or lower noise_multiplier",
+        )
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``a.b=VALUE``; VALUE is read as a TOML value, else taken as a plain string."""
     if "=" not in text:
@@ -726,7 +1107,16 @@ def load_config(path: Path, *, overrides: list[str] | None = None) -> Config:
     task = dataclasses.replace(
         config.task, init_weights=_from_config_dir(config.task.init_weights, path)
     )
-    return dataclasses.replace(config, data=data, task=task)
+    config = dataclasses.replace(config, data=data, task=task)
+    revocations = config.deploy.revocation_list
+    if revocations:
+        config = dataclasses.replace(
+            config,
+            deploy=dataclasses.replace(
+                config.deploy, revocation_list=_from_config_dir(revocations, path)
+            ),
+        )
+    return config
 
 
 def _from_config_dir(value: str, config_file: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from flmi.core.federation import (
     run_federation,
 )
 from flmi.core.keys import Arm, HParam, Record, Split
-from flmi.core.messages import HParamValue
+from flmi.core.messages import EvaluateResult, HParamValue, ScoreHistogram
 from flmi.core.params import Params
 from flmi.core.strategy import (
     EvaluationSettings,
@@ -47,9 +48,17 @@ from flmi.core.strategy import (
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
 from flmi.data.unlabeled import hide_labels, without_unlabeled_sites
+from flmi.privacy.dp_sgd import check_dp_model
+from flmi.privacy.setup import build_secure, protect_sites
+from flmi.privacy.strategies import with_privacy
+from flmi.report.before_training import describe_sites, survival_curves
+from flmi.report.km_report import write_km
+from flmi.report.model_card import CARD_MD, write_model_card
+from flmi.report.operating import ArmCurves, arm_curves, curves_json
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import ArmResult, arm_json, sites_json, versions
+from flmi.report.trackers import Tracker, check_trackers, close_all, open_trackers
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.site.faults import Fault, FaultSpec, FaultySite, flip_labels
 from flmi.site.site import Site
@@ -57,8 +66,9 @@ from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.per_site import PerSiteSettings
 from flmi.strategies.registry import BuildContext, build_strategy
 from flmi.strategies.unlabeled_weight import UnlabeledWeight
-from flmi.tasks.classification import ClassificationTask
+from flmi.tasks.base import Task
 from flmi.tasks.device import resolve_device
+from flmi.tasks.registry import build_task
 from flmi.tasks.torch_params import load_params, params_copy
 from flmi.tasks.transfer import frozen_names, load_init_weights
 
@@ -67,26 +77,53 @@ log = logging.getLogger("flmi.simulation")
 ProgressFn = Callable[[RoundRecord, int], None]
 
 
-def build_task(config: Config, data: FederatedData) -> ClassificationTask:
-    """The task, shaped by the data (channels and 2D/3D), with every label checked."""
-    x = data.central_test.x
-    task = ClassificationTask(
-        num_classes=config.task.num_classes,
-        in_channels=int(x.shape[1]),
-        spatial_dims=x.ndim - 2,
-        positive_label=config.task.positive_label,
-        model=config.task.model,
-        width=config.task.width,
-        augment=config.task.augment,
-        dtype=config.task.dtype,
+def make_strategy(config: Config, site_names: Sequence[str]) -> Strategy[Any]:
+    """The configured strategy for ``site_names``: ``[sites.NAME]`` overrides, then DP.
+
+    The one place the server's strategy is built, for ``flmi run`` and ``flmi server``.
+    """
+    strategy = build_strategy(
+        name=config.strategy.name,
+        hparams=training_hparams(config),
+        options=config.strategy.options,
+        context=BuildContext(
+            num_sites=len(site_names),
+            seed=config.federation.seed,
+            site_groups=site_groups(config),
+            site_names=tuple(sorted(site_names)),
+        ),
     )
-    for name, splits in sorted(data.sites.items()):
-        for split_name in ("train", "val", "test"):
-            task.check_labels(
-                data=getattr(splits, split_name), where=f"site '{name}' {split_name} split"
+    # Sites left out (unlabeled sites without semi-supervised training) get no overrides.
+    overrides = {s: v for s, v in site_overrides(config).items() if s in site_names}
+    if overrides:
+        strategy = PerSiteSettings(inner=strategy, overrides=overrides)
+    f, n = config.federation, len(site_names)
+    if f.unlabeled_weight < 1.0:
+        if is_personalised(strategy) or isinstance(strategy, SiteModels | EvaluationSettings):
+            raise ConfigError(
+                f"federation.unlabeled_weight applies to strategies with one global model; "
+                f"'{strategy.name}' keeps models per site: leave unlabeled_weight at 1"
             )
-    task.check_labels(data=data.central_test, where="central test set")
-    return task
+        strategy = UnlabeledWeight(inner=strategy, weight=f.unlabeled_weight)
+    return with_privacy(
+        strategy,
+        privacy=config.privacy,
+        rounds=f.rounds,
+        sites_per_round=min(n, max(f.min_sites, math.ceil(f.fraction * n))),
+        seed=f.seed,
+    )
+
+
+def model_meta(config: Config, task: Task, strategy: str) -> dict[str, Any]:
+    """The final model's sidecar: what a reader needs to rebuild and use it."""
+    return {
+        "task": dataclasses.asdict(config.task),
+        "in_channels": task.in_channels,
+        "spatial_dims": task.spatial_dims,
+        "rounds": config.federation.rounds,
+        "strategy": strategy,
+        "seed": config.federation.seed,
+    }
 
 
 class CentralEvaluator:
@@ -95,7 +132,7 @@ class CentralEvaluator:
     def __init__(
         self,
         *,
-        task: ClassificationTask,
+        task: Task,
         data: ArraySplit,
         device: torch.device,
         model: torch.nn.Module,
@@ -106,6 +143,13 @@ class CentralEvaluator:
         """Metrics of ``params`` on the central test set."""
         load_params(self._model, params, where="central evaluation")
         return self._task.evaluate(model=self._model, data=self._data, device=self._device)
+
+    def histogram(self, params: Params, *, bins: int) -> ScoreHistogram | None:
+        """Counts per predicted-probability bin of ``params`` on the central test set."""
+        load_params(self._model, params, where="central evaluation")
+        return self._task.score_histogram(
+            model=self._model, data=self._data, device=self._device, bins=bins
+        )
 
     def confidence_intervals(
         self, params: Params, *, resamples: int, seed: int
@@ -128,9 +172,10 @@ class _Observer:
         progress: ProgressFn | None,
         rounds: int,
         checkpoint: bool,
+        trackers: Sequence[Tracker] = (),
     ) -> None:
         self._run, self._strategy, self._progress = run, strategy, progress
-        self._rounds, self._checkpoint = rounds, checkpoint
+        self._rounds, self._checkpoint, self._trackers = rounds, checkpoint, trackers
 
     def on_round(self, record: RoundRecord, params: Params, state: StateRecord) -> None:
         if self._run is not None:
@@ -143,6 +188,8 @@ class _Observer:
                     state=state,
                     strategy=self._strategy,
                 )
+        for tracker in self._trackers:
+            tracker.log_round(record)
         if self._progress is not None:
             self._progress(record, self._rounds)
 
@@ -251,7 +298,7 @@ def fault_of(config: Config, site: str) -> FaultSpec:
     )
 
 
-def _with_intervals(
+def _final_evaluation(
     arm: ArmResult,
     *,
     strategy: Strategy[Any],
@@ -260,29 +307,79 @@ def _with_intervals(
     central: CentralEvaluator | None,
     config: Config,
 ) -> ArmResult:
-    """``arm`` with bootstrap 95 % intervals of its final model, per site and central."""
+    """``arm`` with what its final model gives beyond the metrics.
+
+    Bootstrap 95 % intervals per site and central; each site's score
+    histograms on its test and validation splits (counts only); the operating
+    threshold, chosen on the validation histograms alone.
+    """
     resamples, seed = config.report.bootstrap_resamples, config.report.bootstrap_seed
-    if resamples < 1:
-        return arm
+    bins = config.report.histogram_bins
     state = strategy.state_from_record(result.state)
-    sites, _ = evaluate_strategy_sites(
-        strategy=strategy,
-        state=state,
-        runtime=runtime,
-        params=result.params,
-        rnd=config.federation.rounds,
-        split=Split.TEST,
-        ci_resamples=resamples,
-        ci_seed=seed,
-    )
+
+    def ask(split: Split, ci: int) -> dict[str, EvaluateResult]:
+        sites, _ = evaluate_strategy_sites(
+            strategy=strategy,
+            state=state,
+            runtime=runtime,
+            params=result.params,
+            rnd=config.federation.rounds,
+            split=split,
+            ci_resamples=ci,
+            ci_seed=seed,
+            histogram_bins=bins,
+        )
+        return sites
+
+    test, val = ask(Split.TEST, resamples), ask(Split.VAL, 0)
+    scored_centrally = central is not None and not is_personalised(strategy)
     central_ci = (
         central.confidence_intervals(result.params, resamples=resamples, seed=seed)
-        if central is not None and not is_personalised(strategy)
+        if central is not None and scored_centrally and resamples > 0
         else None
     )
-    return dataclasses.replace(
-        arm, ci_global=central_ci, ci_per_site={s: r.ci for s, r in sites.items()}
+    curves = arm_curves(
+        test_per_site={s: r.histogram for s, r in test.items() if r.histogram is not None},
+        val_per_site={s: r.histogram for s, r in val.items() if r.histogram is not None},
+        test_central=(
+            central.histogram(result.params, bins=bins)
+            if central is not None and scored_centrally
+            else None
+        ),
+        bins=bins,
+        target_sensitivity=config.report.target_sensitivity,
     )
+    return dataclasses.replace(
+        arm,
+        ci_global=central_ci,
+        ci_per_site={s: r.ci for s, r in test.items()} if resamples > 0 else {},
+        curves=curves,
+    )
+
+
+def curves_document(config: Config, arms: Mapping[str, ArmResult]) -> dict[str, Any]:
+    """``curves.json``: every arm's final-round histograms and what they give."""
+    t = config.task
+    return {
+        "bins": config.report.histogram_bins,
+        "positive_label": t.positive_label,
+        "num_classes": t.num_classes,
+        "score": (
+            f"predicted probability of class {t.positive_label}"
+            + (" (one-vs-rest)" if t.num_classes > 2 else "")
+        ),
+        "arms": {arm: curves_json(r.curves) for arm, r in arms.items() if r.curves is not None},
+    }
+
+
+def privacy_json(config: Config, history: Sequence[RoundRecord]) -> dict[str, Any]:
+    """``summary.json``'s privacy block: the settings, and what was spent by the last round.
+
+    Only the federated arm is private; the pooled and local baselines are not.
+    """
+    settings = {k: v for k, v in dataclasses.asdict(config.privacy).items() if v is not None}
+    spent = dict(history[-1].privacy) if history else {}
+    return {**settings, **spent, "private_arms": [Arm.FEDERATED.value]}
 
 
 def _pooled_splits(data: FederatedData) -> SiteSplits:
@@ -330,7 +427,7 @@ def semi_supervised_data(config: Config, data: FederatedData) -> tuple[Federated
     return data, left_out
 
 
-def initial_model(config: Config, task: ClassificationTask, *, seed: int) -> torch.nn.Module:
+def initial_model(config: Config, task: Task, *, seed: int) -> torch.nn.Module:
     """The starting model of every arm: seeded, then ``[task] init_weights`` when set.
 
     ``[task] freeze`` is checked against it here, before anything runs.
@@ -378,29 +475,26 @@ def run_experiment(
     task = build_task(config, data)
     seed, f = config.federation.seed, config.federation
     hparams = training_hparams(config)
-    strategy = build_strategy(
-        name=config.strategy.name,
-        hparams=hparams,
-        options=config.strategy.options,
-        context=BuildContext(
-            num_sites=len(data.sites),
-            seed=seed,
-            site_groups=site_groups(config),
-            site_names=tuple(sorted(data.sites)),
-        ),
-    )
-    overrides = {s: v for s, v in site_overrides(config).items() if s in data.sites}
-    if overrides:
-        strategy = PerSiteSettings(inner=strategy, overrides=overrides)
-    if f.unlabeled_weight < 1.0:
-        if is_personalised(strategy) or isinstance(strategy, SiteModels | EvaluationSettings):
-            raise ConfigError(
-                f"federation.unlabeled_weight applies to strategies with one global model; "
-                f"'{strategy.name}' keeps models per site: leave unlabeled_weight at 1"
-            )
-        strategy = UnlabeledWeight(inner=strategy, weight=f.unlabeled_weight)
+    strategy = make_strategy(config, list(data.sites))
+    if config.privacy.dp == "sample":
+        check_dp_model(task.build_model(seed=seed))
+    secure = build_secure(config.privacy, strategy=strategy.name, site_names=sorted(data.sites))
+    r = config.runtime
+    check_trackers(tensorboard=r.tensorboard, mlflow=r.mlflow)
+    data_report = describe_sites(config, data)
+    curves = survival_curves(config, data) if config.task.name == "survival" else None
     initial = params_copy(initial_model(config, task, seed=seed))
     run, resume_point = open_run(config=config, out=out, resume=resume)
+    if run is not None and curves is not None:
+        write_km(run.path, curves)
+    # Flushed every round; a run that dies leaves its trackers as of its last round.
+    trackers = (
+        open_trackers(
+            run_dir=run.path, tensorboard=r.tensorboard, mlflow=r.mlflow, config=config.to_dict()
+        )
+        if run is not None
+        else []
+    )
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
 
@@ -420,7 +514,7 @@ def run_experiment(
         for name, splits in sorted(data.sites.items()):
             spec = fault_of(config, name)
             if spec.kind == Fault.LABEL_FLIP:
-                splits = flip_labels(splits, num_classes=task.num_classes)
+                splits = flip_labels(splits, num_classes=config.task.num_classes)
             site = Site(
                 name=name,
                 data=splits,
@@ -433,7 +527,7 @@ def run_experiment(
             )
             faulty = spec.kind not in (Fault.NONE, Fault.LABEL_FLIP)
             endpoints.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
-        return endpoints
+        return protect_sites(config.privacy, endpoints)
 
     central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
     sites_runtime = InProcessRuntime(sites=make_federated_sites())
@@ -450,17 +544,23 @@ def run_experiment(
         initial_params=initial,
         plan=plan,
         observer=_Observer(
-            run=run, strategy=strategy.name, progress=progress, rounds=f.rounds, checkpoint=True
+            run=run,
+            strategy=strategy.name,
+            progress=progress,
+            rounds=f.rounds,
+            checkpoint=True,
+            trackers=trackers,
         ),
         arm=Arm.FEDERATED,
         evaluate_central=central,
         resume=resume_point,
+        secure=secure,
     )
     history = list(federated.history)
     if not history and run is not None:  # resumed after the last round: nothing left to run
         history = [record_from_line(run.metrics_lines()[-1])]
     arms: dict[str, ArmResult] = {
-        Arm.FEDERATED: _with_intervals(
+        Arm.FEDERATED: _final_evaluation(
             _final(history),
             strategy=strategy,
             result=federated,
@@ -492,13 +592,14 @@ def run_experiment(
                 progress=progress,
                 rounds=pooled_plan.rounds,
                 checkpoint=False,
+                trackers=trackers,
             ),
             arm=Arm.POOLED,
             eval_runtime=sites_runtime,
             evaluate_central=central,
             count_bytes=False,
         )
-        arms[Arm.POOLED] = _with_intervals(
+        arms[Arm.POOLED] = _final_evaluation(
             _final(pooled.history),
             strategy=pooled_strategy,
             result=pooled,
@@ -528,13 +629,19 @@ def run_experiment(
             test_sizes={s: len(v.test) for s, v in data.sites.items()},
         )
         observer = _Observer(
-            run=run, strategy="local", progress=progress, rounds=f.rounds, checkpoint=False
+            run=run,
+            strategy="local",
+            progress=progress,
+            rounds=f.rounds,
+            checkpoint=False,
+            trackers=trackers,
         )
         for record in merged:
             observer.on_round(record, {}, StateRecord(tensors={}))
         local_ci: dict[str, Mapping[str, tuple[float, float]]] = {}
+        local_curves: list[ArmCurves] = []
         for site in local_sites:
-            one = _with_intervals(
+            one = _final_evaluation(
                 _final(merged),
                 strategy=FedAvg(hparams=hparams),
                 result=local_runs[site.name],
@@ -543,9 +650,22 @@ def run_experiment(
                 config=config,
             )
             local_ci.update(one.ci_per_site)
+            if one.curves is not None:
+                local_curves.append(one.curves)
         # Each local model is scored on its own site; there is no one local model to
-        # give a central interval for.
-        arms[Arm.LOCAL] = dataclasses.replace(_final(merged), ci_per_site=local_ci)
+        # give a central interval or histogram for. The threshold is chosen on every
+        # local model's validation histogram together.
+        arms[Arm.LOCAL] = dataclasses.replace(
+            _final(merged),
+            ci_per_site=local_ci,
+            curves=arm_curves(
+                test_per_site={s: h for c in local_curves for s, h in c.test_per_site.items()},
+                val_per_site={s: h for c in local_curves for s, h in c.val_per_site.items()},
+                test_central=None,
+                bins=config.report.histogram_bins,
+                target_sensitivity=config.report.target_sensitivity,
+            ),
+        )
     summary: dict[str, Any] = {
         Record.ARMS: {arm: arm_json(result) for arm, result in arms.items()},
         Record.ROUNDS: f.rounds,
@@ -554,24 +674,33 @@ def run_experiment(
         Record.TORCH_THREADS: torch.get_num_threads(),
         "device": str(device),
         "strategy": strategy.name,
+        Record.PRIVACY: dataclasses.asdict(config.privacy),
         Record.VERSIONS: versions(),
-        Record.SITES: sites_json(data),
+        # Class counts for tasks with classes (segmentation: cases containing each class).
+        Record.SITES: sites_json(
+            data, label_counts=config.task.name in ("classification", "segmentation")
+        ),
+        Record.DATA: data_report,
     }
     if left_out:
         summary["sites_left_out"] = {s: "no_labeled_training_data" for s in left_out}
     if data.unreadable:
         summary[Record.UNREADABLE] = {k: dict(v) for k, v in sorted(data.unreadable.items())}
+    fed_curves = arms[Arm.FEDERATED].curves
+    if config.privacy.dp != "none":
+        summary[Record.PRIVACY] = privacy_json(config, history)
     if run is not None:
         run.write_model(
             params=federated.params,
             meta={
-                "task": dataclasses.asdict(config.task),
-                "in_channels": task.in_channels,
-                "spatial_dims": task.spatial_dims,
-                "rounds": f.rounds,
-                "strategy": strategy.name,
-                "seed": seed,
+                **model_meta(config, task, strategy.name),
+                "input_shape": list(data.central_test.x.shape[1:]),
+                "threshold": (fed_curves.threshold.to_json() if fed_curves is not None else None),
             },
         )
         run.write_summary(summary)
+        run.write_curves(curves_document(config, arms))
+        if not (run.path / CARD_MD).exists():  # a resumed run keeps a card already edited
+            write_model_card(run.path)
+    close_all(trackers)
     return RunResult(path=out, arms=arms, params=federated.params, summary=summary)

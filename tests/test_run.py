@@ -37,6 +37,10 @@ def test_run_writes_every_record_of_every_arm(tmp_path: Path) -> None:
         "model.safetensors",
         "model.json",
         "checkpoints",
+        "curves.json",
+        "report.html",
+        "model_card.md",
+        "model_card.json",
     }
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["arm"], r["round"]) for r in lines] == [
@@ -60,7 +64,7 @@ def test_run_writes_every_record_of_every_arm(tmp_path: Path) -> None:
     summary = _summary(out)
     assert set(summary["arms"]) == {"federated", "pooled", "local"}
     for arm in summary["arms"].values():
-        assert set(arm) == {"global", "per_site", "site_mean", "ci"}
+        assert set(arm) == {"global", "per_site", "site_mean", "ci", "threshold", "at_threshold"}
         assert set(arm["site_mean"]) == METRIC_KEYS
         assert sorted(arm["ci"]["per_site"]) == sorted(arm["per_site"])
     federated = summary["arms"]["federated"]

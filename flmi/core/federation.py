@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from flmi.core.errors import ConfigError, FlmiError, SchemaError
+from flmi.core.exchange import SecureAggregation, SecureRound, StagedExchange
 from flmi.core.keys import Arm, Record, Split
 from flmi.core.messages import (
     ClientError,
@@ -35,6 +36,7 @@ from flmi.core.rng import generator
 from flmi.core.strategy import (
     EvaluationSettings,
     Personalised,
+    PrivacyReporting,
     SiteModels,
     StateRecord,
     Strategy,
@@ -114,10 +116,11 @@ class RoundRecord:
     sites_sampled: Sequence[str]
     sites_failed: Mapping[str, str] = field(default_factory=dict)
     strategy: Mapping[str, Any] = field(default_factory=dict)
+    privacy: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON line, with NaN written as ``null``."""
-        return {
+        """The JSON line, with NaN written as ``null`` (``privacy`` only under DP)."""
+        line: dict[str, Any] = {
             Record.ROUND: self.rnd,
             Record.ARM: self.arm,
             Record.GLOBAL: json_metrics(self.global_metrics),
@@ -131,6 +134,9 @@ class RoundRecord:
             Record.SITES_FAILED: dict(sorted(self.sites_failed.items())),
             Record.STRATEGY: dict(self.strategy),
         }
+        if self.privacy:
+            line[Record.PRIVACY] = dict(self.privacy)
+        return line
 
 
 def json_metrics(metrics: Metrics | None) -> dict[str, float | None] | None:
@@ -263,6 +269,7 @@ def evaluate_sites(
     hparams: Mapping[str, HParamValue] | None = None,
     ci_resamples: int = 0,
     ci_seed: int = 0,
+    histogram_bins: int = 0,
 ) -> tuple[dict[str, EvaluateResult], dict[str, ClientError]]:
     """Ask every site to score a model on its own ``split``.
 
@@ -280,6 +287,7 @@ def evaluate_sites(
                 hparams=hparams or {},
                 ci_resamples=ci_resamples,
                 ci_seed=ci_seed,
+                histogram_bins=histogram_bins,
             )
             for site in runtime.site_names()
         }
@@ -306,6 +314,7 @@ def evaluate_strategy_sites(
     split: Split,
     ci_resamples: int = 0,
     ci_seed: int = 0,
+    histogram_bins: int = 0,
 ) -> tuple[dict[str, EvaluateResult], dict[str, ClientError]]:
     """Score every site the way ``strategy`` defines its models.
 
@@ -332,6 +341,7 @@ def evaluate_strategy_sites(
         hparams=settings,
         ci_resamples=ci_resamples,
         ci_seed=ci_seed,
+        histogram_bins=histogram_bins,
     )
 
 
@@ -347,6 +357,7 @@ def run_federation(
     evaluate_central: Callable[[Params], Metrics] | None = None,
     count_bytes: bool = True,
     resume: ResumePoint | None = None,
+    secure: SecureAggregation | None = None,
 ) -> FederationResult:
     """Run every round of one arm and return the final weights.
 
@@ -373,7 +384,17 @@ def run_federation(
     resume
         Continue after a checkpointed round instead of starting from round 1;
         ``initial_params`` then only fixes the schema.
+    secure
+        Aggregate through a secure protocol (secure sum or homomorphic
+        encryption): sites hold their updates back, ``runtime`` carries the
+        protocol's stages (it must be a :class:`StagedExchange`), and the
+        strategy receives one update equivalent to the sum, never a site's own.
     """
+    if secure is not None and not isinstance(runtime, StagedExchange):
+        raise ConfigError(
+            f"privacy.aggregation = '{secure.name}' needs a runtime that carries protocol "
+            f"stages; {type(runtime).__name__} does not"
+        )
     evaluators = eval_runtime if eval_runtime is not None else runtime
     if resume is None:
         state, params, first = strategy.init(initial_params), initial_params, 1
@@ -394,15 +415,24 @@ def run_federation(
         )
         instructions = strategy.configure(rnd, state, sampled)
         replies = runtime.train(instructions)
-        updates, errors = split_replies(replies, params, allow_partial=personal)
-        if len(updates) >= plan.min_sites:
+        protocol_down = protocol_up = 0
+        if secure is None:
+            updates, errors = split_replies(replies, params, allow_partial=personal)
+            contributors = len(updates)
+        else:
+            assert isinstance(runtime, StagedExchange)  # checked before round 1
+            outcome = secure.aggregate(rnd=rnd, exchange=runtime, replies=replies, reference=params)
+            updates, errors = _secure_update(outcome, params, personal=personal)
+            contributors = outcome.contributors if updates else 0
+            protocol_down, protocol_up = outcome.bytes_down, outcome.bytes_up
+        if updates and contributors >= plan.min_sites:
             state, params = strategy.aggregate(rnd, state, updates)
         else:
             log.warning(
                 "round %d: %d valid updates, fewer than federation.min_sites = %d; "
                 "the global model is left unchanged this round",
                 rnd,
-                len(updates),
+                contributors,
                 plan.min_sites,
             )
         per_site: dict[str, EvaluateResult] = {}
@@ -435,15 +465,44 @@ def run_federation(
             site_mean=weighted_site_mean(per_site),
             val=weighted_site_mean(val),
             wall_s=time.perf_counter() - started,
-            bytes_down=sum(i.payload_bytes() for i in instructions.values()) if count_bytes else 0,
-            bytes_up=sum(u.payload_bytes() for u in updates) if count_bytes else 0,
+            bytes_down=(
+                sum(i.payload_bytes() for i in instructions.values()) + protocol_down
+                if count_bytes
+                else 0
+            ),
+            bytes_up=(
+                (protocol_up if secure is not None else sum(u.payload_bytes() for u in updates))
+                if count_bytes
+                else 0
+            ),
             sites_sampled=sampled,
             sites_failed={s: e.code.value for s, e in errors.items()},
-            strategy=strategy.state_to_record(state).meta,
+            strategy={
+                k: v
+                for k, v in strategy.state_to_record(state).meta.items()
+                if k != Record.PRIVACY  # a DP wrapper's ledgers: reported under privacy
+            },
+            privacy=(
+                strategy.privacy_record(state) if isinstance(strategy, PrivacyReporting) else {}
+            ),
         )
         history.append(record)
         observer.on_round(record, params, strategy.state_to_record(state))
     return FederationResult(params=params, state=strategy.state_to_record(state), history=history)
+
+
+def _secure_update(
+    outcome: SecureRound, reference: Params, *, personal: bool
+) -> tuple[list[ClientUpdate], dict[str, ClientError]]:
+    """The protocol's one aggregate update, checked like any update, and the sites' errors."""
+    errors = dict(outcome.errors)
+    if outcome.update is None:
+        return [], errors
+    rejected = _validate_update(outcome.update, reference, allow_partial=personal)
+    if rejected is not None:
+        log.warning("rejected the secure aggregate: %s", rejected.message)
+        return [], errors
+    return [outcome.update], errors
 
 
 def mean_metrics(items: Sequence[tuple[float, Metrics]]) -> dict[str, float]:

@@ -18,6 +18,26 @@ class Metric(StrEnum):
     AUC = "auc"
     SENSITIVITY = "sensitivity"
     SPECIFICITY = "specificity"
+    MAE = "mae"
+    RMSE = "rmse"
+    R2 = "r2"
+    C_INDEX = "c_index"
+
+
+class SegmentationMetric(StrEnum):
+    """Metric names of segmentation; per-class values add ``_<class>`` (``dice_1``)."""
+
+    LOSS = "loss"
+    DICE = "dice"
+    HD95 = "hd95"
+
+
+class MultiLabelMetric(StrEnum):
+    """Metric names of multi-label classification; per-label AUC adds ``_<label>`` (``auc_0``)."""
+
+    LOSS = "loss"
+    AUC = "auc"
+    ACCURACY = "accuracy"
 
 
 class Arm(StrEnum):
@@ -61,6 +81,8 @@ class Record(StrEnum):
     N_TRAIN = "n_train"
     LABEL_COUNTS = "label_counts"
     UNREADABLE = "unreadable"
+    PRIVACY = "privacy"
+    DATA = "data"
 
 
 class HParam(StrEnum):
@@ -83,6 +105,16 @@ class HParam(StrEnum):
     PSEUDO_LABEL_THRESHOLD = "pseudo_label_threshold"
     UNLABELED_LOSS_WEIGHT = "unlabeled_loss_weight"
     FREEZE = "freeze"
+    DP = "dp"
+    DP_NOISE_MULTIPLIER = "dp_noise_multiplier"
+    DP_MAX_GRAD_NORM = "dp_max_grad_norm"
+    DP_DELTA = "dp_delta"
+    DP_ACCOUNTANT = "dp_accountant"
+    DP_TARGET_EPSILON = "dp_target_epsilon"
+    DP_ROUNDS = "dp_rounds"
+    DP_CLIP_NORM = "dp_clip_norm"
+    DP_NUM_SITES = "dp_num_sites"
+    DP_COUNT_NOISE = "dp_count_noise"
 
 
 class SemiSupervised(StrEnum):
@@ -100,6 +132,29 @@ class TrainMetric(StrEnum):
     PSEUDO_LABEL_RATE = "pseudo_label_rate"
     NUM_LABELED = "num_labeled"
     NUM_UNLABELED = "num_unlabeled"
+
+
+class DPMode(StrEnum):
+    """What differential privacy a site applies itself (``HParam.DP``).
+
+    ``sample``: DP-SGD in local training. ``client``: the site clips its own
+    update and adds its share of DP-FedAvg's noise (an untrusted server).
+    """
+
+    NONE = "none"
+    SAMPLE = "sample"
+    CLIENT = "client"
+
+
+class PrivacyKey(StrEnum):
+    """Keys of a site's privacy report (update metrics) and of the privacy records."""
+
+    EPSILON = "dp_epsilon"
+    NOISE_MULTIPLIER = "dp_noise_multiplier"
+    SAMPLE_RATE = "dp_sample_rate"
+    STEPS = "dp_steps"
+    DELTA = "delta"
+    LEDGER = "dp_ledger"
 
 
 class Personal(StrEnum):
@@ -135,3 +190,4 @@ class Extra(StrEnum):
     PERSONAL = "personal/"
     CLUSTER = "cluster/"
     NORM = "norm/"
+    DP_UNCLIPPED = "dp.unclipped"

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import numpy as np
+
 from flmi.core.params import Params, nbytes
 
 HParamValue = float | int | str
@@ -33,6 +35,8 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"
     REJECTED_BY_SERVER = "rejected_by_server"
+    UPDATE_OUT_OF_RANGE = "update_out_of_range"
+    PROTOCOL_ERROR = "protocol_error"
     INTERNAL = "internal"
 
 
@@ -89,7 +93,9 @@ class EvaluateInstruction:
     (FedBN's normalisation layers, say), so it scores its own personalised model.
     With ``hparams[finetune_epochs] > 0`` it first fine-tunes the weights on its
     own training split with those settings (local fine-tuning after federation).
-    With ``ci_resamples > 0`` it also returns bootstrap 95 % intervals.
+    With ``ci_resamples > 0`` it also returns bootstrap 95 % intervals. With
+    ``histogram_bins > 0`` it also returns a :class:`ScoreHistogram` of that
+    many equal bins on ``[0, 1]`` (counts only, never a per-patient score).
     """
 
     rnd: int
@@ -99,10 +105,69 @@ class EvaluateInstruction:
     hparams: Mapping[str, HParamValue] = field(default_factory=dict)
     ci_resamples: int = 0
     ci_seed: int = 0
+    histogram_bins: int = 0
 
     def payload_bytes(self) -> int:
         """Bytes of tensor payload this instruction carries."""
         return nbytes(self.params)
+
+
+@dataclass(frozen=True)
+class ScoreHistogram:
+    """How many positives and negatives fell in each predicted-probability bin.
+
+    The bins split ``[0, 1]`` into ``len(positives)`` equal parts; a score ``s``
+    falls in bin ``min(floor(s * bins), bins - 1)``. The score is the predicted
+    probability of ``positive_label`` (one-vs-rest for a multi-class task).
+
+    This is an aggregate, and all a site sends for ROC curves, confusion
+    matrices at a threshold and calibration plots: no score, image or
+    identifier of any patient. A count may be small (even 1) on a small split,
+    so it tells which bin one patient's score fell in together with that
+    patient's label; 100 bins place a score to within 0.01.
+
+    Parameters
+    ----------
+    positive_label
+        The class whose probability is binned.
+    positives
+        int64 counts of examples labelled ``positive_label``, one per bin.
+    negatives
+        int64 counts of every other example, one per bin.
+    """
+
+    positive_label: int
+    positives: np.ndarray
+    negatives: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.positives.shape != self.negatives.shape or self.positives.ndim != 1:
+            raise ValueError(
+                f"histogram counts must be two 1-D arrays of one length, got shapes "
+                f"{self.positives.shape} and {self.negatives.shape}"
+            )
+        if self.positives.size < 1:
+            raise ValueError("a score histogram needs at least one bin")
+        if (self.positives < 0).any() or (self.negatives < 0).any():
+            raise ValueError("histogram counts must not be negative")
+
+    @property
+    def bins(self) -> int:
+        """Number of equal bins on ``[0, 1]``."""
+        return int(self.positives.size)
+
+    def __add__(self, other: ScoreHistogram) -> ScoreHistogram:
+        """The histogram of both splits together (same bins and positive label)."""
+        if other.bins != self.bins or other.positive_label != self.positive_label:
+            raise ValueError(
+                f"cannot add histograms of {self.bins} and {other.bins} bins "
+                f"(positive labels {self.positive_label} and {other.positive_label})"
+            )
+        return ScoreHistogram(
+            positive_label=self.positive_label,
+            positives=self.positives + other.positives,
+            negatives=self.negatives + other.negatives,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,6 +179,7 @@ class EvaluateResult:
     num_examples: int
     metrics: Mapping[str, float]
     ci: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    histogram: ScoreHistogram | None = None
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,16 @@ class EvaluationSettings(Protocol):
     def evaluation_hparams(self) -> Mapping[str, JSONValue]:
         """Settings every :class:`EvaluateInstruction` carries."""
         ...
+
+
+@runtime_checkable
+class PrivacyReporting(Protocol):
+    """A strategy that accounts for differential privacy (a DP wrapper).
+
+    The loop writes :meth:`privacy_record` into every round's record, so
+    epsilon is reported round by round.
+    """
+
+    def privacy_record(self, state: Any) -> Mapping[str, JSONValue]:
+        """Epsilon so far, overall and per site, and the settings it was spent at."""
+        ...

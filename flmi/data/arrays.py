@@ -12,15 +12,18 @@ from flmi.core.errors import DataError
 
 @dataclass(frozen=True)
 class ArraySplit:
-    """Images and integer labels of one split.
+    """Inputs and targets of one split.
 
     Parameters
     ----------
     x
         float32 images, channels first: ``(N, C, H, W)`` or ``(N, C, D, H, W)``,
-        intensities scaled to roughly ``[0, 1]``.
+        intensities scaled to roughly ``[0, 1]``; or feature vectors ``(N, F)``.
     y
-        int64 class labels, shape ``(N,)``.
+        The task's targets, one row per example: int64 class labels ``(N,)``
+        (classification), multi-label indicators ``(N, L)`` (1: label present),
+        segmentation masks ``(N, *spatial)`` of class indices, float targets
+        ``(N,)`` (regression) or ``(N, 2)`` (survival: ``[event, time]`` per patient).
     """
 
     x: np.ndarray
@@ -32,8 +35,10 @@ class ArraySplit:
                 f"images and labels differ in length: {self.x.shape[0]} images, "
                 f"{self.y.shape[0]} labels"
             )
-        if self.y.ndim != 1:
-            raise DataError(f"labels must be one-dimensional, got shape {self.y.shape}")
+        if self.y.ndim < 1:
+            raise DataError(
+                f"targets must have one row per example (shape (N, ...)); got {self.y.shape}"
+            )
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -43,7 +48,18 @@ class ArraySplit:
         return ArraySplit(x=self.x[index], y=self.y[index])
 
     def label_counts(self) -> dict[str, int]:
-        """Count examples per label, keyed by the label as a string (JSON-ready)."""
+        """Count examples per label, keyed by the label as a string (JSON-ready).
+
+        Class labels: examples of each class. Multi-label indicators: examples
+        with each label present. Masks: examples in which each class occurs.
+        """
+        if self.y.ndim == 2:
+            positives = (self.y > 0).sum(axis=0)
+            return {str(k): int(c) for k, c in enumerate(positives)}
+        if self.y.ndim > 2:
+            flat = self.y.reshape(self.y.shape[0], -1)
+            values = np.unique(flat)
+            return {str(int(v)): int((flat == v).any(axis=1).sum()) for v in values}
         values, counts = np.unique(self.y, return_counts=True)
         return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
 

@@ -13,7 +13,10 @@ from flmi.data.manifest import load_manifest, manifest_federated_data
 from flmi.data.medmnist import load_medmnist_npz
 from flmi.data.partition import check_min_examples, partition
 from flmi.data.synthetic import generate_hospitals, make_profiles
+from flmi.data.synthetic_age import generate_age_hospitals
+from flmi.data.synthetic_lesions import lesion_data
 from flmi.data.tabular import load_csv_sites
+from flmi.data.tcga_brca import load_tcga_brca
 
 
 def load_data(config: Config) -> FederatedData:
@@ -41,6 +44,7 @@ def load_data(config: Config) -> FederatedData:
             split_seed=d.split_seed,
             test_fraction=d.test_fraction,
             val_fraction=d.val_fraction,
+            numeric_label=config.task.name == "regression",
         )
         if len(data.sites) != p.num_sites:
             raise ConfigError(
@@ -64,8 +68,23 @@ def load_data(config: Config) -> FederatedData:
             require_val=d.val_fraction > 0,
         )
         return data
+    if d.source == "synthetic_lesions":
+        data = lesion_data(config, seed=seed)
+        check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
+        return data
+    if d.source == "tcga_brca":
+        data = load_tcga_brca(
+            directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction
+        )
+        check_min_examples(
+            data=data, min_examples_per_site=p.min_examples_per_site, require_val=d.val_fraction > 0
+        )
+        return data
     profiles = make_profiles(num_sites=p.num_sites, seed=seed, n_patients_total=d.n_patients)
-    data = generate_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
+    if d.source == "synthetic_age":
+        data = generate_age_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
+    else:
+        data = generate_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
     check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
     return data
 

@@ -55,6 +55,7 @@ def load_csv_sites(
     split_seed: int,
     test_fraction: float,
     val_fraction: float,
+    numeric_label: bool = False,
 ) -> tuple[FederatedData, list[str]]:
     """Load a CSV and split it into one site per value of ``site_column``.
 
@@ -72,6 +73,9 @@ def load_csv_sites(
         Seed of each site's train/validation/test split.
     test_fraction, val_fraction
         Shares of each site's rows held out for test, and of the rest for validation.
+    numeric_label
+        The label is a number to predict (regression): kept as float32,
+        splits drawn at random instead of stratified; no class names.
 
     Returns
     -------
@@ -111,6 +115,17 @@ def load_csv_sites(
                     "encode it as numbers or leave it out of data.feature_columns"
                 ) from None
     raw_labels = [row[label_at].strip() for row in complete]
+    if numeric_label:
+        y = _numeric(raw_labels, column=label_column, path=path)
+        return _by_site(
+            x=x,
+            y=y,
+            complete=complete,
+            site_at=site_at,
+            seed=split_seed,
+            test=test_fraction,
+            val=val_fraction,
+        ), []
     classes = sorted(
         set(raw_labels), key=lambda v: (not _is_int(v), int(v) if _is_int(v) else 0, v)
     )
@@ -119,20 +134,60 @@ def load_csv_sites(
         [int(v) if all(_is_int(c) for c in classes) else index[v] for v in raw_labels],
         dtype=np.int64,
     )
+    data = _by_site(
+        x=x,
+        y=y,
+        complete=complete,
+        site_at=site_at,
+        seed=split_seed,
+        test=test_fraction,
+        val=val_fraction,
+    )
+    return data, classes
+
+
+def _numeric(values: list[str], *, column: str, path: Path) -> np.ndarray:
+    """A numeric label column as float32, naming the first value that is not a number."""
+    try:
+        y = np.array([float(v) for v in values], dtype=np.float64)
+    except ValueError:
+        bad = next(v for v in values if not _is_float(v))
+        raise DataError(
+            f"{path}: label column '{column}' holds '{bad}', which is not a number; "
+            "a regression label must be numeric"
+        ) from None
+    if not np.isfinite(y).all():
+        raise DataError(f"{path}: label column '{column}' holds an infinite value")
+    return y.astype(np.float32)
+
+
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _by_site(
+    *,
+    x: np.ndarray,
+    y: np.ndarray,
+    complete: list[list[str]],
+    site_at: int,
+    seed: int,
+    test: float,
+    val: float,
+) -> FederatedData:
+    """One site per value of the site column, each split and standardised on its own."""
     site_of = np.array([row[site_at].strip() for row in complete])
     sites: dict[str, SiteSplits] = {}
     for site in sorted(set(site_of)):
         rows_at = np.flatnonzero(site_of == site)
         sites[site] = _site_splits(
-            x=x[rows_at],
-            y=y[rows_at],
-            seed=split_seed,
-            test=test_fraction,
-            val=val_fraction,
-            site=site,
+            x=x[rows_at], y=y[rows_at], seed=seed, test=test, val=val, site=site
         )
-    data = FederatedData(sites=sites, central_test=concat_splits([s.test for s in sites.values()]))
-    return data, classes
+    return FederatedData(sites=sites, central_test=concat_splits([s.test for s in sites.values()]))
 
 
 def _is_int(value: str) -> bool:
@@ -148,11 +203,13 @@ def _site_splits(
 ) -> SiteSplits:
     if len(y) < 3 or math.floor((1 - test) * len(y)) < 1:
         raise DataError(f"site '{site}' has {len(y)} complete rows: too few to split")
-    train_idx, test_idx = flamby_split(y, first_fraction=1 - test, seed=seed)
+    # Classes are stratified on; a numeric target is split at random (one stratum).
+    strata = y if y.dtype.kind in "iu" else np.zeros(len(y), dtype=np.int64)
+    train_idx, test_idx = flamby_split(strata, first_fraction=1 - test, seed=seed)
     train = ArraySplit(x=x[train_idx], y=y[train_idx])
     held = ArraySplit(x=x[:0], y=y[:0])
     if val > 0 and len(train) >= 3:
-        keep, out = flamby_split(train.y, first_fraction=1 - val, seed=seed)
+        keep, out = flamby_split(strata[train_idx], first_fraction=1 - val, seed=seed)
         train, held = train.take(keep), train.take(out)
     mean, std = train.x.mean(axis=0), train.x.std(axis=0)
     std[std == 0] = 1.0

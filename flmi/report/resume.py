@@ -67,4 +67,5 @@ def record_from_line(line: Mapping[str, Any]) -> RoundRecord:
         sites_sampled=list(line["sites_sampled"]),
         sites_failed=dict(line["sites_failed"]),
         strategy=dict(line.get("strategy", {})),
+        privacy=dict(line.get("privacy", {})),
     )

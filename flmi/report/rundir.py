@@ -5,6 +5,7 @@ Layout::
     RUN_DIR/config.toml          the validated config, as run
     RUN_DIR/metrics.jsonl        one line per round and arm
     RUN_DIR/summary.json         final-round numbers per arm, sites, seed, versions
+    RUN_DIR/curves.json          final-round score histograms, ROC, calibration, threshold
     RUN_DIR/model.safetensors    the final federated model (+ model.json sidecar)
     RUN_DIR/checkpoints/         the last rounds' global weights and strategy state
 
@@ -32,6 +33,7 @@ CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 MODEL = "model.safetensors"
+CURVES = "curves.json"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 KEEP_CHECKPOINTS = 2
@@ -155,6 +157,11 @@ class RunDir:
             tensors=params,
             meta={**meta, "schema_sha256": schema_hash(params)},
         )
+
+    def write_curves(self, curves: Mapping[str, Any]) -> None:
+        """Write ``curves.json``: histogram counts and what they give (never a patient's score)."""
+        text = json.dumps(curves, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        atomic_write_bytes(self.path / CURVES, (text + "\n").encode())
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write ``summary.json`` (NaN is not JSON: callers pass ``None`` instead)."""

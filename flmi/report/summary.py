@@ -15,6 +15,7 @@ from flmi.core.federation import Metrics, json_metrics
 from flmi.core.keys import Record
 from flmi.data.arrays import FederatedData
 from flmi.data.partition import site_label_summary
+from flmi.report.operating import ArmCurves, at_threshold_json
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ArmResult:
     site_mean: Metrics
     ci_global: Mapping[str, tuple[float, float]] | None = None
     ci_per_site: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
+    curves: ArmCurves | None = None
 
 
 def versions() -> dict[str, str]:
@@ -55,7 +57,21 @@ def json_intervals(
 
 
 def arm_json(arm: ArmResult) -> dict[str, Any]:
+    """One arm's entry in ``summary.json``.
+
+    Beside the metrics and their intervals: the operating ``threshold`` (chosen
+    on validation data only) and ``at_threshold``, the test sensitivity and
+    specificity there, central (``global``), all sites together (``overall``)
+    and ``per_site``.
+    """
+    extra: dict[str, Any] = {}
+    if arm.curves is not None:
+        extra = {
+            "threshold": arm.curves.threshold.to_json(),
+            "at_threshold": at_threshold_json(arm.curves),
+        }
     return {
+        **extra,
         Record.GLOBAL: json_metrics(arm.global_metrics),
         Record.PER_SITE: {s: json_metrics(m) for s, m in sorted(arm.per_site.items())},
         Record.SITE_MEAN: json_metrics(arm.site_mean),
@@ -66,7 +82,13 @@ def arm_json(arm: ArmResult) -> dict[str, Any]:
     }
 
 
-def sites_json(data: FederatedData) -> dict[str, Any]:
+def sites_json(data: FederatedData, *, label_counts: bool = True) -> dict[str, Any]:
+    """Split sizes per site, and label counts where labels are classes.
+
+    A regression or survival target is a number per patient: counting its
+    values would list them, so only the sizes are written (the ``data``
+    section summarises targets with small counts suppressed).
+    """
     out: dict[str, Any] = {}
     for site, info in site_label_summary(data=data).items():
         by_split = info["label_counts"]
@@ -75,9 +97,10 @@ def sites_json(data: FederatedData) -> dict[str, Any]:
             Record.N_TRAIN: info["n_train"],
             "n_val": info["n_val"],
             "n_test": info["n_test"],
-            Record.LABEL_COUNTS: by_split["train"],
-            "label_counts_by_split": by_split,
         }
+        if label_counts:
+            out[site][Record.LABEL_COUNTS] = by_split["train"]
+            out[site]["label_counts_by_split"] = by_split
         unlabeled = data.sites[site].num_unlabeled
         if unlabeled:
             out[site]["n_unlabeled"] = unlabeled  # a count; there are no labels to count

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from flmi.core.exchange import StageEndpoint, StageReply
 from flmi.core.messages import (
     ClientError,
     ErrorCode,
@@ -68,3 +69,26 @@ class InProcessRuntime:
             name: self._sites[name].evaluate(i) if name in self._sites else self._unknown(name)
             for name, i in sorted(instructions.items())
         }
+
+    def exchange(
+        self, *, stage: str, rnd: int, payloads: Mapping[str, bytes]
+    ) -> Mapping[str, StageReply]:
+        """Deliver one protocol stage to each named site, in sorted order.
+
+        A site that does not answer protocol stages replies with an
+        ``UNAVAILABLE`` error naming the stage.
+        """
+        replies: dict[str, StageReply] = {}
+        for name, payload in sorted(payloads.items()):
+            site = self._sites.get(name)
+            if site is None:
+                replies[name] = self._unknown(name)
+            elif not isinstance(site, StageEndpoint):
+                replies[name] = ClientError(
+                    site=name,
+                    code=ErrorCode.UNAVAILABLE,
+                    message=f"site '{name}' does not take part in protocol stage '{stage}'",
+                )
+            else:
+                replies[name] = site.exchange(stage=stage, rnd=rnd, payload=bytes(payload))
+        return replies

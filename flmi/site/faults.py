@@ -60,8 +60,12 @@ class FaultSpec:
 
 
 def flip_labels(splits: SiteSplits, *, num_classes: int) -> SiteSplits:
-    """Train on ``num_classes - 1 - y``; validation and test labels stay true."""
-    train = ArraySplit(x=splits.train.x, y=(num_classes - 1 - splits.train.y).astype(np.int64))
+    """Train on ``num_classes - 1 - y``; validation and test labels stay true.
+
+    Multi-label indicators ``(N, L)`` are flipped label by label (``1 - y``).
+    """
+    top = 1 if splits.train.y.ndim == 2 else num_classes - 1
+    train = ArraySplit(x=splits.train.x, y=(top - splits.train.y).astype(np.int64))
     return replace(splits, train=train)
 
 

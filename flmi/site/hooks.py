@@ -33,6 +33,9 @@ def merge_hooks(hooks: list[FitHooks]) -> FitHooks | None:
         return None
     penalties = [h.penalty for h in hooks if h.penalty is not None]
     steps = [h.before_step for h in hooks if h.before_step is not None]
+    privates = [h.private for h in hooks if h.private is not None]
+    if len(privates) > 1:
+        raise ValueError("local training can be made private in one way at a time")
 
     def penalty(model: torch.nn.Module) -> torch.Tensor:
         return torch.stack([p(model) for p in penalties]).sum()
@@ -42,7 +45,9 @@ def merge_hooks(hooks: list[FitHooks]) -> FitHooks | None:
             step(model)
 
     return FitHooks(
-        penalty=penalty if penalties else None, before_step=before_step if steps else None
+        penalty=penalty if penalties else None,
+        before_step=before_step if steps else None,
+        private=privates[0] if privates else None,
     )
 
 

@@ -23,6 +23,7 @@ from flmi.core.keys import (
     HParam,
     KeepLocal,
     Personal,
+    PrivacyKey,
     SemiSupervised,
     Split,
     TrainMetric,
@@ -38,9 +39,12 @@ from flmi.core.messages import (
     TrainReply,
     UpdateKind,
 )
-from flmi.core.params import Params, check_finite, check_same_schema
-from flmi.core.rng import derive_seed
+from flmi.core.params import Params, check_finite, check_same_schema, subtract
+from flmi.core.rng import derive_seed, generator
 from flmi.data.arrays import SiteSplits
+from flmi.privacy.accounting import Ledger
+from flmi.privacy.dp_sgd import DPSGD, SampleDPSettings
+from flmi.privacy.site_noise import SiteNoise
 from flmi.site.hooks import (
     ScaffoldCorrection,
     merge_hooks,
@@ -198,6 +202,8 @@ class Site:
         try:
             training = LocalTraining.from_hparams(instruction.hparams)
             self._policy.check(training)
+            dp_sgd = self._dp_sgd(instruction, training)
+            site_noise = SiteNoise.from_hparams(instruction.hparams)
         except HParamError as exc:
             log.warning("site %s refused round %d: %s", self.name, instruction.rnd, exc)
             return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
@@ -248,6 +254,8 @@ class Site:
                 model=self._model, server_c=server_c, site_c=self._prefixed(Extra.SCAFFOLD_C)
             )
             hooks.append(scaffold.hooks())
+        if dp_sgd is not None:
+            hooks.append(FitHooks(private=dp_sgd))
         try:
             result = self._fit(
                 training,
@@ -289,6 +297,19 @@ class Site:
             )
             extras.update({Extra.SCAFFOLD_DELTA_C + k: v for k, v in variates.delta_c.items()})
             tensors.update({Extra.SCAFFOLD_C + k: v for k, v in variates.site_c.items()})
+        kind = UpdateKind.FULL
+        metrics = dict(result.metrics)
+        meta = dict(self.state.meta)
+        if dp_sgd is not None:
+            metrics.update(dp_sgd.report(steps_this_round=result.num_steps))
+            meta[PrivacyKey.LEDGER.value] = dp_sgd.ledger.to_json()
+        if site_noise is not None:
+            # An untrusted server: only the clipped, noised change leaves the site.
+            sent = {k: v for k, v in instruction.params.items() if k in params}
+            rng = generator(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="dp")
+            params, bit = site_noise.apply(subtract(params, sent), rng=rng)
+            extras.update(bit)
+            kind = UpdateKind.DELTA
         try:
             check_finite(params, where=f"site '{self.name}' update")
             check_finite(extras, where=f"site '{self.name}' extras")
@@ -296,18 +317,36 @@ class Site:
             log.error("site %s refuses to send round %d: %s", self.name, instruction.rnd, exc)
             return self._error(ErrorCode.NON_FINITE_UPDATE, str(exc))
         self._int_buffers = integer_buffers(self._model)
-        self.state = SiteState(tensors=tensors, meta={**self.state.meta, "round": instruction.rnd})
+        self.state = SiteState(tensors=tensors, meta={**meta, "round": instruction.rnd})
         if self._state_dir is not None:
             self.state.save(self._state_dir)
         return ClientUpdate(
             site=self.name,
             params=params,
-            kind=UpdateKind.FULL,
+            kind=kind,
             num_examples=self._trained_on(result),
             num_steps=result.num_steps,
-            metrics=result.metrics if cluster is None else {**result.metrics, "cluster": cluster},
+            metrics=metrics if cluster is None else {**metrics, "cluster": cluster},
             extras=extras,
         )
+
+    def _dp_sgd(self, instruction: TrainInstruction, training: LocalTraining) -> DPSGD | None:
+        """DP-SGD for this round, with this site's ledger so far, if the instruction asks."""
+        settings = SampleDPSettings.from_hparams(instruction.hparams)
+        if settings is None:
+            return None
+        if (
+            training.prox_mu > 0
+            or training.client_algorithm != ClientAlgorithm.STANDARD
+            or training.keep_local in (KeepLocal.NORM, KeepLocal.GROUP_NORM)
+            or training.personal != Personal.NONE
+        ):
+            raise HParamError(
+                "DP-SGD runs only plain local training: no proximal term, SCAFFOLD, IFCA, "
+                "local normalisation layers or personal model"
+            )
+        ledger = Ledger.from_json(self.state.meta.get(PrivacyKey.LEDGER.value, []))
+        return DPSGD(settings=settings, ledger=ledger)
 
     def _finetune(self, instruction: EvaluateInstruction, epochs: int) -> ClientError | None:
         """Fine-tune the loaded weights on this site's training split before scoring them."""
@@ -480,10 +519,18 @@ class Site:
                 seed=instruction.ci_seed, party=self.name, rnd=instruction.rnd, purpose="ci"
             ),
         )
+        histogram = (
+            self._task.score_histogram(
+                model=self._model, data=data, device=self._device, bins=instruction.histogram_bins
+            )
+            if instruction.histogram_bins > 0
+            else None
+        )
         return EvaluateResult(
             site=self.name,
             split=instruction.split,
             num_examples=len(data),
             metrics=metrics,
             ci=ci,
+            histogram=histogram,
         )

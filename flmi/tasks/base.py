@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from flmi.core.keys import ClientAlgorithm, HParam, KeepLocal, Personal, SemiSupervised
-from flmi.core.messages import HParamValue
+from flmi.core.messages import HParamValue, ScoreHistogram
 from flmi.data.arrays import ArraySplit
 
 OPTIMIZERS = ("sgd", "adam")
@@ -202,6 +202,44 @@ def matches_prefix(name: str, prefixes: Sequence[str]) -> bool:
     return False
 
 
+class PrivateSession(Protocol):
+    """One round of private local training: the module to run, its optimiser, its batches."""
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """What the loop runs forward (the model, with per-example gradient hooks)."""
+        ...
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser that clips, noises and steps."""
+        ...
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        """Index batches to train on (they may be empty: each step still adds noise)."""
+        ...
+
+    def close(self) -> None:
+        """Leave the model as it was before, apart from its trained weights."""
+        ...
+
+
+class PrivateTraining(Protocol):
+    """A way of making one round of local training differentially private (DP-SGD)."""
+
+    def start(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        num_examples: int,
+        training: LocalTraining,
+        generator: torch.Generator,
+    ) -> PrivateSession:
+        """Wrap ``model`` and ``optimizer`` for one round on ``num_examples`` examples."""
+        ...
+
+
 @dataclass(frozen=True)
 class FitHooks:
     """Ways an algorithm changes local training, set by the site from the instruction.
@@ -213,10 +251,14 @@ class FitHooks:
     before_step
         Called after backward and before each optimiser step (SCAFFOLD's
         gradient correction).
+    private
+        DP-SGD: the loop trains through the session it starts (per-example
+        clipping and noise, Poisson-sampled batches).
     """
 
     penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None
     before_step: Callable[[torch.nn.Module], None] | None = None
+    private: PrivateTraining | None = None
 
 
 @dataclass(frozen=True)
@@ -228,7 +270,14 @@ class FitResult:
 
 
 class Task(Protocol):
-    """A medical task: how to build its model, train it locally and score it."""
+    """A medical task: how to build its model, train it locally and score it.
+
+    ``in_channels`` (image channels, or features of a table) and
+    ``spatial_dims`` (2, 3, or 0 for tables) describe the input the model takes.
+    """
+
+    in_channels: int
+    spatial_dims: int
 
     @property
     def name(self) -> str:
@@ -270,6 +319,23 @@ class Task(Protocol):
         """Bootstrap 95 % intervals of :meth:`evaluate`'s metrics on ``data``."""
         ...
 
+    def score_histogram(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int
+    ) -> ScoreHistogram | None:
+        """Counts per predicted-probability bin, for ROC curves and calibration."""
+        ...
+
     def check_labels(self, *, data: ArraySplit, where: str) -> None:
         """Raise :class:`flmi.core.errors.LabelError` if a label lies outside the task."""
         ...
+
+
+class NoScoreHistogram:
+    """For tasks with no single positive class (regression, survival, segmentation,
+    multi-label): sites send no score histogram, so the report draws no ROC curve."""
+
+    def score_histogram(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int
+    ) -> ScoreHistogram | None:
+        """None: there is no positive-class probability to bin."""
+        return None

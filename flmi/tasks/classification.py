@@ -8,16 +8,27 @@ import torch.nn.functional as F
 
 from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import Metric
+from flmi.core.messages import ScoreHistogram
 from flmi.data.arrays import ArraySplit
 from flmi.report.bootstrap import bootstrap_ci
+from flmi.report.curves import score_histogram
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.loop import train_local
 from flmi.tasks.metrics import classification_metrics
 from flmi.tasks.models import SmallCNN
+from flmi.tasks.networks import DenseNetSettings, build_densenet121
 from flmi.tasks.semisup import train_semi_supervised
 
-MODELS = ("small_cnn", "logistic")
+MODELS = ("small_cnn", "logistic", "densenet121")
+METRICS = (
+    Metric.LOSS,
+    Metric.ACCURACY,
+    Metric.BALANCED_ACCURACY,
+    Metric.AUC,
+    Metric.SENSITIVITY,
+    Metric.SPECIFICITY,
+)
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -42,13 +53,15 @@ class ClassificationTask:
     positive_label
         The class sensitivity refers to.
     model
-        Network name (``"small_cnn"``).
+        Network name (``"small_cnn"``, ``"densenet121"`` or ``"logistic"``).
     width
         Width of the first convolution block.
     augment
         Random flips, rotations and shifts during local training.
     dtype
         ``"float32"`` or ``"float64"`` (the latter for exactness tests).
+    densenet
+        Size and normalisation of ``model = "densenet121"`` (default: the paper's).
     """
 
     def __init__(
@@ -62,6 +75,7 @@ class ClassificationTask:
         width: int = 32,
         augment: bool = False,
         dtype: str = "float32",
+        densenet: DenseNetSettings | None = None,
     ) -> None:
         if num_classes < 2:
             raise ConfigError(f"task.num_classes must be at least 2, got {num_classes}")
@@ -72,9 +86,9 @@ class ClassificationTask:
             )
         if model not in MODELS:
             raise ConfigError(f"task.model: unknown model '{model}'; choose one of {list(MODELS)}")
-        if model == "small_cnn" and spatial_dims not in (2, 3):
+        if model in ("small_cnn", "densenet121") and spatial_dims not in (2, 3):
             raise ConfigError(
-                f"task.model = 'small_cnn' needs 2D or 3D images, but the data has "
+                f"task.model = '{model}' needs 2D or 3D images, but the data has "
                 f"{spatial_dims} spatial dimensions; use task.model = 'logistic' for tabular data"
             )
         if model == "logistic" and spatial_dims != 0:
@@ -92,6 +106,8 @@ class ClassificationTask:
         self.width = width
         self.augment = augment
         self.dtype = DTYPES[dtype]
+        self.densenet = densenet if densenet is not None else DenseNetSettings()
+        self.densenet.check()
 
     @property
     def name(self) -> str:
@@ -99,12 +115,19 @@ class ClassificationTask:
         return "classification"
 
     def build_model(self, *, seed: int) -> torch.nn.Module:
-        """A SmallCNN initialised from ``seed`` without touching torch's global generator."""
+        """The network initialised from ``seed`` without touching torch's global generator."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model: torch.nn.Module
             if self.model_name == "logistic":
                 model = torch.nn.Linear(self.in_channels, self._outputs)
+            elif self.model_name == "densenet121":
+                model = build_densenet121(
+                    spatial_dims=self.spatial_dims,
+                    in_channels=self.in_channels,
+                    out_channels=self.num_classes,
+                    settings=self.densenet,
+                )
             else:
                 model = SmallCNN(
                     in_channels=self.in_channels,
@@ -118,6 +141,10 @@ class ClassificationTask:
     def _outputs(self) -> int:
         """Binary logistic regression has one logit; everything else one per class."""
         return 1 if self.model_name == "logistic" and self.num_classes == 2 else self.num_classes
+
+    def batch_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean training loss of ``model`` on one batch (differentiable)."""
+        return self._loss(model(x), y)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if logits.shape[1] == 1:
@@ -247,12 +274,33 @@ class ClassificationTask:
             labels=data.y, scores=probs, metrics=metrics, resamples=resamples, seed=seed
         )
 
+    def score_histogram(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int
+    ) -> ScoreHistogram:
+        """Positives and negatives per bin of the predicted probability of ``positive_label``.
+
+        One-vs-rest for a multi-class task: positives are the examples of
+        ``positive_label``, negatives every other example. Only these counts
+        leave a site, never a patient's score.
+        """
+        probs = (
+            self.predict_proba(model=model, x=data.x, device=device)[0]
+            if len(data)
+            else np.zeros((0, self.num_classes))
+        )
+        return score_histogram(
+            scores=probs[:, self.positive_label],
+            is_positive=data.y == self.positive_label,
+            bins=bins,
+            positive_label=self.positive_label,
+        )
+
     def evaluate(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
     ) -> dict[str, float]:
         """Loss, accuracy, balanced accuracy, AUC, sensitivity and specificity."""
         if len(data) == 0:
-            return {m.value: float("nan") for m in Metric}
+            return {m.value: float("nan") for m in METRICS}
         probs, logits = self.predict_proba(model=model, x=data.x, device=device)
         loss = float(self._loss(logits, torch.from_numpy(data.y)))
         return classification_metrics(

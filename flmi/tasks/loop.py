@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
 from flmi.core.keys import Metric
-from flmi.tasks.base import FitHooks, FitResult, LocalTraining
+from flmi.tasks.base import FitHooks, FitResult, LocalTraining, PrivateSession
 from flmi.tasks.batches import batch_indices
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,33 +46,53 @@ def train_local(
         Optional augmentation applied to each input batch.
     hooks
         Algorithm hooks: a penalty added to the loss (FedProx) and a gradient
-        correction before each optimiser step (SCAFFOLD).
+        correction before each optimiser step (SCAFFOLD), or DP-SGD, which
+        trains through the session it starts (Opacus: per-example clipping,
+        noise, Poisson-sampled batches).
     """
     model.train()
     optimizer = training.make_optimizer(model)
-    steps, loss_sum, seen = 0, 0.0, 0
-    for index in batch_indices(
-        n=int(y.shape[0]),
+    module = model
+    n = int(y.shape[0])
+    batches: Iterable[torch.Tensor] = batch_indices(
+        n=n,
         batch_size=training.batch_size,
         local_epochs=training.local_epochs,
         local_steps=training.local_steps,
         generator=generator,
-    ):
-        xb = x[index]
-        if transform is not None:
-            xb = transform(xb, generator)
-        xb, yb = xb.to(device, non_blocking=True), y[index].to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, xb, yb)
-        objective = loss
-        if hooks is not None and hooks.penalty is not None:
-            objective = loss + hooks.penalty(model)
-        objective.backward()  # type: ignore[no-untyped-call]
-        if hooks is not None and hooks.before_step is not None:
-            hooks.before_step(model)
-        optimizer.step()
-        steps += 1
-        loss_sum += float(loss.detach()) * len(index)
-        seen += len(index)
+    )
+    session: PrivateSession | None = None
+    if hooks is not None and hooks.private is not None:
+        session = hooks.private.start(
+            model=model,
+            optimizer=optimizer,
+            num_examples=n,
+            training=training,
+            generator=generator,
+        )
+        module, optimizer, batches = session.module, session.optimizer, session.batches()
+    steps, loss_sum, seen = 0, 0.0, 0
+    try:
+        for index in batches:
+            xb = x[index]
+            if transform is not None:
+                xb = transform(xb, generator)
+            xb, yb = xb.to(device, non_blocking=True), y[index].to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(module, xb, yb)
+            objective = loss
+            if hooks is not None and hooks.penalty is not None:
+                objective = loss + hooks.penalty(model)
+            objective.backward()  # type: ignore[no-untyped-call]
+            if hooks is not None and hooks.before_step is not None:
+                hooks.before_step(model)
+            optimizer.step()
+            steps += 1
+            if len(index):  # a Poisson-sampled batch may be empty: noise, but no loss
+                loss_sum += float(loss.detach()) * len(index)
+                seen += len(index)
+    finally:
+        if session is not None:
+            session.close()
     mean_loss = loss_sum / seen if seen else float("nan")
     return FitResult(num_steps=steps, metrics={Metric.LOSS: mean_loss})

@@ -1,0 +1,82 @@
+"""Wiring ``flmi client``: a site's data, task, bounds and credentials into a client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from flmi.config import load_config
+from flmi.core.errors import ConfigError
+from flmi.data.sources import load_data
+from flmi.runtime.grpc.audit import AuditLog
+from flmi.runtime.grpc.client import ClientSettings, SiteClient
+from flmi.runtime.grpc.provisioning import SITE_CERT, site_identity
+from flmi.runtime.grpc.siteconf import load_site_settings
+from flmi.runtime.grpc.tls import site_credentials
+from flmi.runtime.inprocess import SiteEndpoint
+from flmi.site.site import Site, SitePolicy
+from flmi.tasks.device import resolve_device
+from flmi.tasks.registry import build_task
+from flmi.tasks.torch_params import params_copy
+
+
+def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClient:
+    """A client for ``site`` from its bundle and ``SITE.toml``; every check runs first.
+
+    The site's data comes from ``data.federation_config``: the federation's
+    partition is built and only this site's split is kept, so the client holds
+    exactly what the simulation gives this site (a simulation convenience).
+    """
+    cert = certs / SITE_CERT
+    if not cert.is_file():
+        raise ConfigError(
+            f"--certs {certs}: no {SITE_CERT}; use the bundle `flmi certs add-site` wrote"
+        )
+    named = site_identity(cert.read_bytes())
+    if named != site:
+        raise ConfigError(f"--site {site}: the certificate in {certs} is for '{named}'")
+    settings = load_site_settings(data, site=site)
+    config = load_config(settings.federation_config)
+    torch.set_num_threads(settings.torch_threads or config.runtime.torch_threads)
+    device = resolve_device(settings.device or config.runtime.device)
+    federated = load_data(config)
+    if site not in federated.sites:
+        raise ConfigError(
+            f"--site {site}: the partition of {settings.federation_config} has no such site; "
+            f"its sites are {', '.join(sorted(federated.sites))}"
+        )
+    task = build_task(config, federated)
+    splits = federated.sites[site]
+    del federated
+    seed = config.federation.seed
+    policy = SitePolicy(
+        max_local_epochs=settings.bounds.max_local_epochs or None,
+        max_local_steps=settings.bounds.max_local_steps or None,
+    )
+
+    def make_site(resume_round: int | None) -> SiteEndpoint:
+        return Site(
+            name=site,
+            data=splits,
+            task=task,
+            seed=seed,
+            device=device,
+            policy=policy,
+            state_dir=settings.state_dir,
+            resume_round=resume_round,
+        )
+
+    return SiteClient(
+        settings=ClientSettings(
+            server=server,
+            task=config.task.name,
+            schema=params_copy(task.build_model(seed=seed)),
+            bounds=settings.bounds,
+            reconnect_timeout_s=settings.reconnect_timeout_s,
+            max_message_bytes=config.deploy.max_message_bytes,
+        ),
+        credentials=site_credentials(certs),
+        make_site=make_site,
+        audit=AuditLog(path=settings.audit_log),
+    )

@@ -1,0 +1,275 @@
+"""``flmi server``: the coordinating centre of a real federation.
+
+It runs the same round loop, strategy, checkpoints and run directory as
+``flmi run``; only the runtime differs (:class:`GrpcRuntime`). The server
+holds no data: sites score the model on their own splits, and there is no
+central test set.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+import torch
+
+from flmi.config import Config, training_hparams
+from flmi.core.errors import ConfigError
+from flmi.core.federation import FederationPlan, RoundRecord, run_federation
+from flmi.core.keys import Arm, Record
+from flmi.core.messages import HParamValue
+from flmi.core.params import Params
+from flmi.core.strategy import StateRecord
+from flmi.report.resume import open_run, record_from_line
+from flmi.report.rundir import RunDir
+from flmi.report.summary import versions
+from flmi.runtime.grpc import flmi_pb2_grpc as pb_grpc
+from flmi.runtime.grpc.audit import AuditLog
+from flmi.runtime.grpc.coordinator import Coordinator, GrpcRuntime, StopRequestedError
+from flmi.runtime.grpc.interceptor import RevocationList, SiteAuthInterceptor
+from flmi.runtime.grpc.service import FederationService, ServiceSettings
+from flmi.runtime.grpc.tls import server_credentials
+from flmi.simulation import make_strategy, model_meta, site_overrides
+from flmi.tasks.base import Task
+from flmi.tasks.registry import task_for_shape
+from flmi.tasks.torch_params import params_copy
+
+log = logging.getLogger("flmi.server")
+AUDIT_LOG = "audit.jsonl"
+DONE_GRACE_S = 10.0
+
+
+def server_options(*, max_message_bytes: int, heartbeat_s: float) -> list[tuple[str, int]]:
+    """gRPC options: the message limit, and keepalive pings that notice a vanished site."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # A killed process closes its connection at once; pings find a vanished machine.
+        ("grpc.keepalive_time_ms", int(max(heartbeat_s, 10.0) * 1000)),
+        ("grpc.keepalive_timeout_ms", int(max(3 * heartbeat_s, 20.0) * 1000)),
+    ]
+
+
+def deployment_task(config: Config) -> Task:
+    """The task as the server builds it, without data: shape from ``[task]``."""
+    t = config.task
+    in_channels, spatial_dims = t.in_channels, t.spatial_dims
+    if config.data.source == "synthetic":
+        in_channels = 1 if in_channels is None else in_channels
+        spatial_dims = 2 if spatial_dims is None else spatial_dims
+    if in_channels is None or spatial_dims is None:
+        raise ConfigError(
+            "the server holds no data, so it cannot read the input shape: set task.in_channels "
+            "and task.spatial_dims (0 for tabular features, 2 for images, 3 for volumes)"
+        )
+    return task_for_shape(config, in_channels=in_channels, spatial_dims=spatial_dims)
+
+
+def site_plans(config: Config) -> dict[str, dict[str, HParamValue]]:
+    """Each site's local-training settings, as the plan it is shown at register."""
+    base = training_hparams(config)
+    overrides = site_overrides(config)
+    return {site: {**base, **overrides.get(site, {})} for site in config.deploy.sites}
+
+
+@dataclass(frozen=True)
+class ServerResult:
+    """What a server run left: the run directory and the last finished round."""
+
+    path: Path
+    completed_round: int
+    stopped: bool
+
+
+class _Observer:
+    """Appends each round to ``metrics.jsonl``, checkpoints it, and tells the coordinator."""
+
+    def __init__(
+        self,
+        *,
+        run: RunDir,
+        strategy: str,
+        coordinator: Coordinator,
+        progress: Callable[[RoundRecord, int], None] | None,
+        rounds: int,
+    ) -> None:
+        self._run, self._strategy, self._c = run, strategy, coordinator
+        self._progress, self._rounds = progress, rounds
+
+    def on_round(self, record: RoundRecord, params: Params, state: StateRecord) -> None:
+        self._run.append_metrics(record)
+        self._run.write_checkpoint(
+            rnd=record.rnd, arm=record.arm, params=params, state=state, strategy=self._strategy
+        )
+        with self._c.cond:
+            self._c.completed_round = record.rnd
+        if self._progress is not None:
+            self._progress(record, self._rounds)
+
+
+def serve(
+    *,
+    config: Config,
+    certs: Path,
+    address: str,
+    out: Path,
+    resume: bool = False,
+    progress: Callable[[RoundRecord, int], None] | None = None,
+    on_listening: Callable[[str], None] | None = None,
+) -> ServerResult:
+    """Run a federation as its server until every round is done or SIGTERM arrives.
+
+    Parameters
+    ----------
+    config
+        The federation config; ``[deploy] sites`` lists who may connect.
+    certs
+        The server bundle from ``flmi certs init``.
+    address
+        ``HOST:PORT`` to listen on (port 0 picks a free one).
+    out
+        The run directory (created, or continued with ``resume``).
+    resume
+        Continue the run in ``out`` after its last checkpointed round.
+    progress
+        Called after each round.
+    on_listening
+        Called with the bound ``HOST:PORT`` once the server listens.
+    """
+    d = config.deploy
+    if not d.sites:
+        raise ConfigError(
+            "deploy.sites is empty: list the site names (their certificates' common names) "
+            'that may join, e.g. sites = ["hospital_1", "hospital_2"]'
+        )
+    if config.federation.min_sites > len(d.sites):
+        raise ConfigError(
+            f"federation.min_sites = {config.federation.min_sites} exceeds the "
+            f"{len(d.sites)} sites of deploy.sites"
+        )
+    if config.privacy.aggregation != "plain":
+        # Never fall back to plain sums when the config asks for hidden ones.
+        raise ConfigError(
+            f"privacy.aggregation = '{config.privacy.aggregation}' runs in simulation only for "
+            "now: the gRPC server does not yet drive the protocol's staged exchanges; set "
+            "privacy.aggregation = 'plain' or simulate with `flmi run`"
+        )
+    torch.set_num_threads(config.runtime.torch_threads)
+    task = deployment_task(config)
+    seed = config.federation.seed
+    initial = params_copy(task.build_model(seed=seed))
+    strategy = make_strategy(config, d.sites)
+    credentials = server_credentials(certs)
+    revoked = RevocationList(path=Path(d.revocation_list) if d.revocation_list else None)
+    run, resume_point = open_run(config=config, out=out, resume=resume)
+    assert run is not None
+    coordinator = Coordinator(sites=d.sites, heartbeat_s=d.heartbeat_s)
+    coordinator.completed_round = resume_point.completed_round if resume_point else 0
+    audit = AuditLog(path=run.path / AUDIT_LOG)
+    service = FederationService(
+        coordinator=coordinator,
+        settings=ServiceSettings(
+            task=config.task.name,
+            strategy=strategy.name,
+            rounds=config.federation.rounds,
+            reference=initial,
+            plans=site_plans(config),
+            chunk_bytes=d.chunk_bytes,
+            max_message_bytes=d.max_message_bytes,
+            max_payload_bytes=d.max_payload_bytes,
+            heartbeat_s=d.heartbeat_s,
+        ),
+        audit=audit,
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4 * len(d.sites) + 8),
+        interceptors=[SiteAuthInterceptor(allowed=d.sites, revoked=revoked)],
+        options=server_options(max_message_bytes=d.max_message_bytes, heartbeat_s=d.heartbeat_s),
+    )
+    pb_grpc.add_FederationServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise ConfigError(f"--address {address}: cannot listen there (in use, or not this host)")
+    host = address.rsplit(":", 1)[0]
+    server.start()
+    bound = f"{host}:{port}"
+    if on_listening is not None:
+        on_listening(bound)
+
+    previous = _on_sigterm(coordinator)
+    stopped = False
+    try:
+        coordinator.wait_for_sites(
+            minimum=config.federation.min_sites, timeout_s=d.wait_for_sites_s
+        )
+        f = config.federation
+        result = run_federation(
+            strategy=strategy,
+            runtime=GrpcRuntime(coordinator=coordinator, round_timeout_s=d.round_timeout_s),
+            initial_params=initial,
+            plan=FederationPlan(
+                rounds=f.rounds,
+                fraction=f.fraction,
+                min_sites=f.min_sites,
+                seed=seed,
+                eval_every=f.eval_every,
+            ),
+            observer=_Observer(
+                run=run,
+                strategy=strategy.name,
+                coordinator=coordinator,
+                progress=progress,
+                rounds=f.rounds,
+            ),
+            arm=Arm.FEDERATED,
+            resume=resume_point,
+        )
+        history = list(result.history) or [record_from_line(run.metrics_lines()[-1])]
+        run.write_model(params=result.params, meta=model_meta(config, task, strategy.name))
+        last = history[-1]
+        run.write_summary(
+            {
+                Record.ARMS: {
+                    Arm.FEDERATED: {
+                        "per_site": {s: dict(m) for s, m in sorted(last.per_site.items())},
+                        "site_mean": dict(last.site_mean),
+                    }
+                },
+                Record.ROUNDS: f.rounds,
+                Record.SEED: seed,
+                Record.TORCH_THREADS: torch.get_num_threads(),
+                "strategy": strategy.name,
+                "runtime": "grpc",
+                "sites": list(d.sites),
+                Record.VERSIONS: versions(),
+            }
+        )
+        coordinator.finish()
+        coordinator.wait_until_all_done(DONE_GRACE_S)
+    except StopRequestedError:
+        stopped = True
+        log.warning("stopped by SIGTERM; resume with --resume")
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+        server.stop(grace=1.0).wait()
+    return ServerResult(path=out, completed_round=coordinator.completed_round, stopped=stopped)
+
+
+def _on_sigterm(coordinator: Coordinator) -> Any:
+    """Make SIGTERM stop the round loop at its next wait (checkpoints stay consistent)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        coordinator.stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        return signal.getsignal(signal.SIGTERM)
+    return signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,59 @@
+"""The segmentation and multi-label tasks, and DenseNet settings, shaped by config and input."""
+
+from __future__ import annotations
+
+from flmi.config import Config
+from flmi.core.errors import ConfigError
+from flmi.data.arrays import FederatedData
+from flmi.tasks.multilabel import MultiLabelTask
+from flmi.tasks.networks import DENSENET_MIN_SIDE, DenseNetSettings
+from flmi.tasks.segmentation import SegmentationTask
+
+
+def densenet_settings(config: Config) -> DenseNetSettings:
+    """``[task] init_features``, ``growth_rate`` and ``norm`` as DenseNet settings."""
+    t = config.task
+    return DenseNetSettings(init_features=t.init_features, growth_rate=t.growth_rate, norm=t.norm)
+
+
+def check_densenet_images(config: Config, data: FederatedData) -> None:
+    """DenseNet121 halves each side five times: refuse images too small for it."""
+    if config.task.model != "densenet121":
+        return
+    shape = data.central_test.x.shape[2:]
+    if min(shape, default=0) < DENSENET_MIN_SIDE:
+        raise ConfigError(
+            f"task.model = 'densenet121' needs images of at least {DENSENET_MIN_SIDE} pixels a "
+            f"side, got {list(shape)}; use larger images (data.image_size) or "
+            "task.model = 'small_cnn'"
+        )
+
+
+def segmentation_task(config: Config, *, in_channels: int, spatial_dims: int) -> SegmentationTask:
+    """The segmentation task for ``[task]``, for inputs of ``in_channels`` in 2D or 3D."""
+    t = config.task
+    return SegmentationTask(
+        num_classes=t.num_classes,
+        in_channels=in_channels,
+        spatial_dims=spatial_dims,
+        model=t.model,
+        width=t.width,
+        norm=t.norm,
+        patch_size=tuple(t.patch_size) if t.patch_size else None,
+        sw_overlap=t.sw_overlap,
+        augment=t.augment,
+    )
+
+
+def multilabel_task(config: Config, *, in_channels: int, spatial_dims: int) -> MultiLabelTask:
+    """The multi-label classification task for ``[task]``, for inputs of this shape."""
+    t = config.task
+    return MultiLabelTask(
+        num_classes=t.num_classes,
+        in_channels=in_channels,
+        spatial_dims=spatial_dims,
+        model=t.model,
+        width=t.width,
+        densenet=densenet_settings(config),
+        augment=t.augment,
+    )

@@ -1,0 +1,220 @@
+"""Multi-label image classification: several findings per image, each present or not.
+
+One logit per label, binary cross-entropy with logits, and per-label ROC AUC
+(``auc_<k>``) with their macro mean (``auc``, over the labels whose AUC is
+defined on the data).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flmi.core.errors import ConfigError, LabelError
+from flmi.core.keys import MultiLabelMetric
+from flmi.data.arrays import ArraySplit
+from flmi.report.bootstrap import bootstrap_ci
+from flmi.tasks.augment import random_flip_shift
+from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
+from flmi.tasks.loop import train_local
+from flmi.tasks.metrics import binary_auc
+from flmi.tasks.models import SmallCNN
+from flmi.tasks.networks import DenseNetSettings, build_densenet121
+
+MODELS = ("small_cnn", "densenet121")
+EVAL_BATCH = 256
+
+
+def multilabel_metrics(*, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Loss, macro AUC, per-label AUC and mean per-label accuracy at 0.5.
+
+    Parameters
+    ----------
+    labels
+        ``(N, L)`` indicators (1: label present).
+    probs
+        ``(N, L)`` predicted probabilities.
+    """
+    n, num_labels = labels.shape
+    if n == 0:
+        names = [*(m.value for m in MultiLabelMetric), *(f"auc_{k}" for k in range(num_labels))]
+        return dict.fromkeys(names, math.nan)
+    p = np.clip(probs, 1e-12, 1.0 - 1e-12)
+    loss = float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
+    aucs = [binary_auc(scores=probs[:, k], positive=labels[:, k] == 1) for k in range(num_labels)]
+    defined = [a for a in aucs if not math.isnan(a)]
+    out = {
+        MultiLabelMetric.LOSS.value: loss,
+        MultiLabelMetric.AUC.value: float(np.mean(defined)) if defined else math.nan,
+        MultiLabelMetric.ACCURACY.value: float(((probs >= 0.5) == (labels == 1)).mean()),
+    }
+    out.update({f"{MultiLabelMetric.AUC}_{k}": a for k, a in enumerate(aucs)})
+    return out
+
+
+class MultiLabelTask(NoScoreHistogram):
+    """Predict ``num_classes`` independent labels per image.
+
+    Parameters
+    ----------
+    num_classes
+        Number of labels (at least 2); targets are ``(N, num_classes)`` of 0 and 1.
+    in_channels
+        Image channels.
+    spatial_dims
+        2 or 3.
+    model
+        ``"small_cnn"`` or ``"densenet121"``.
+    width
+        Width of the SmallCNN.
+    densenet
+        Size and normalisation of the DenseNet121.
+    augment
+        Random flips, rotations and shifts during local training.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        spatial_dims: int,
+        model: str = "small_cnn",
+        width: int = 32,
+        densenet: DenseNetSettings | None = None,
+        augment: bool = False,
+    ) -> None:
+        if num_classes < 2:
+            raise ConfigError(
+                f"task.num_classes is the number of labels for multi-label classification; "
+                f"it must be at least 2, got {num_classes}"
+            )
+        if model not in MODELS:
+            raise ConfigError(
+                f"task.model = '{model}' cannot do multi-label classification; "
+                f"choose one of {list(MODELS)}"
+            )
+        if spatial_dims not in (2, 3):
+            raise ConfigError(
+                f"multi-label classification needs 2D or 3D images, got {spatial_dims} "
+                "spatial dimensions"
+            )
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.spatial_dims = spatial_dims
+        self.model_name = model
+        self.width = width
+        self.densenet = densenet if densenet is not None else DenseNetSettings()
+        self.densenet.check()
+        self.augment = augment
+
+    @property
+    def name(self) -> str:
+        """The config name, ``"classification"`` (with ``multi_label = true``)."""
+        return "classification"
+
+    def build_model(self, *, seed: int) -> torch.nn.Module:
+        """The network, initialised from ``seed`` without touching torch's global generator."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if self.model_name == "densenet121":
+                return build_densenet121(
+                    spatial_dims=self.spatial_dims,
+                    in_channels=self.in_channels,
+                    out_channels=self.num_classes,
+                    settings=self.densenet,
+                )
+            return SmallCNN(
+                in_channels=self.in_channels,
+                num_classes=self.num_classes,
+                spatial_dims=self.spatial_dims,
+                width=self.width,
+            )
+
+    def check_labels(self, *, data: ArraySplit, where: str) -> None:
+        """Targets must be ``(N, num_classes)`` indicators of 0 and 1."""
+        if data.y.ndim != 2 or data.y.shape[1] != self.num_classes:
+            raise LabelError(
+                f"{where}: multi-label targets must have shape (N, {self.num_classes}), got "
+                f"{list(data.y.shape)}; set [task] num_classes to the number of labels"
+            )
+        if len(data) and not np.isin(data.y, (0, 1)).all():
+            raise LabelError(
+                f"{where}: multi-label targets must be 0 or 1, found "
+                f"{sorted(set(np.unique(data.y).tolist()) - {0, 1})[:3]}"
+            )
+
+    def fit(
+        self,
+        *,
+        model: torch.nn.Module,
+        data: ArraySplit,
+        training: LocalTraining,
+        generator: torch.Generator,
+        device: torch.device,
+        hooks: FitHooks | None = None,
+    ) -> FitResult:
+        """Minimise the mean binary cross-entropy over labels and images."""
+
+        def loss(m: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            return F.binary_cross_entropy_with_logits(m(xb), yb.to(xb.dtype))
+
+        def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            return random_flip_shift(x, generator=g)
+
+        return train_local(
+            model=model,
+            x=torch.from_numpy(data.x),
+            y=torch.from_numpy(data.y),
+            training=training,
+            generator=generator,
+            device=device,
+            loss_fn=loss,
+            transform=augment if self.augment else None,
+            hooks=hooks,
+        )
+
+    @torch.no_grad()
+    def predict_proba(
+        self, *, model: torch.nn.Module, x: np.ndarray, device: torch.device
+    ) -> np.ndarray:
+        """Label probabilities ``(N, num_classes)``, in evaluation mode."""
+        model.eval()
+        parts = [
+            torch.sigmoid(model(torch.from_numpy(x[i : i + EVAL_BATCH]).to(device))).float().cpu()
+            for i in range(0, x.shape[0], EVAL_BATCH)
+        ]
+        if not parts:
+            return np.zeros((0, self.num_classes))
+        return torch.cat(parts).numpy().astype(np.float64)
+
+    def evaluate(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
+    ) -> dict[str, float]:
+        """Loss, macro AUC, per-label AUC and mean per-label accuracy."""
+        probs = self.predict_proba(model=model, x=data.x, device=device)
+        return multilabel_metrics(labels=data.y, probs=probs)
+
+    def confidence_intervals(
+        self,
+        *,
+        model: torch.nn.Module,
+        data: ArraySplit,
+        device: torch.device,
+        resamples: int,
+        seed: int,
+    ) -> dict[str, tuple[float, float]]:
+        """Percentile bootstrap 95 % intervals of every metric, resampling images."""
+        if len(data) == 0 or resamples < 1:
+            return {}
+        probs = self.predict_proba(model=model, x=data.x, device=device)
+
+        def metrics(labels: np.ndarray, p: np.ndarray) -> dict[str, float]:
+            return multilabel_metrics(labels=labels, probs=p)
+
+        return bootstrap_ci(
+            labels=data.y, scores=probs, metrics=metrics, resamples=resamples, seed=seed
+        )

@@ -1,0 +1,120 @@
+"""The privacy audit: what the server reads off an update, and the numbers it reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flmi.cli import main
+from flmi.config import config_from_dict
+from flmi.core.messages import ClientUpdate, UpdateKind
+from flmi.data.arrays import ArraySplit
+from flmi.privacy.audit import (
+    AttackSettings,
+    image_scores,
+    membership_auc,
+    observed_gradient,
+    recover_labels,
+    run_audit,
+)
+from flmi.simulation import run_experiment
+from flmi.tasks.classification import ClassificationTask
+from tests.conftest import tiny_tables
+
+
+def test_labels_come_from_the_sign_of_the_last_bias_gradient() -> None:
+    assert recover_labels(np.array([0.3, -0.3]), 1) == [1]
+    assert recover_labels(np.array([-0.2, 0.1, 0.1]), 1) == [0]
+    assert recover_labels(np.array([-0.4]), 2) == [1, 1]  # one logit: negative means label 1
+    assert sorted(recover_labels(np.array([-0.1, -0.3, 0.4]), 2)) == [0, 1]
+
+
+def test_the_observed_gradient_is_the_same_from_full_weights_or_a_delta() -> None:
+    sent = {"w": np.array([1.0, 2.0], np.float32)}
+    moved = {"w": np.array([0.8, 2.4], np.float32)}
+
+    def update(params: dict[str, np.ndarray], kind: UpdateKind) -> ClientUpdate:
+        return ClientUpdate(
+            site="a", params=params, kind=kind, num_examples=1, num_steps=2, metrics={}
+        )
+
+    full = observed_gradient(sent=sent, update=update(moved, UpdateKind.FULL), lr=0.1, names=["w"])
+    delta = {"w": moved["w"] - sent["w"]}
+    dlt = observed_gradient(sent=sent, update=update(delta, UpdateKind.DELTA), lr=0.1, names=["w"])
+    np.testing.assert_allclose(full["w"], [1.0, -2.0], rtol=1e-5)
+    np.testing.assert_allclose(dlt["w"], full["w"])
+
+
+def test_psnr_of_a_uniform_error_of_a_tenth_is_twenty_decibels() -> None:
+    image = np.full((1, 16, 16), 0.5, np.float32)
+    psnr, ssim = image_scores(image + 0.1, image)
+    assert psnr == pytest.approx(20.0, abs=1e-3)
+    assert image_scores(image, image)[1] == pytest.approx(1.0)
+    assert ssim < 1.0
+
+
+def test_membership_auc_is_one_when_members_have_lower_loss_than_everyone_else() -> None:
+    task = ClassificationTask(
+        num_classes=2, in_channels=1, spatial_dims=0, positive_label=1, model="logistic"
+    )
+    model = task.build_model(seed=0)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+        model.bias.zero_()
+    x = np.array([[1.0], [2.0], [-1.0], [-2.0]], np.float32)
+    members = ArraySplit(x=x[:2], y=np.array([1, 1]))  # confidently right: low loss
+    others = ArraySplit(x=x[2:], y=np.array([1, 1]))  # confidently wrong: high loss
+    auc = membership_auc(
+        task=task, model=model, members=members, others=others, device=torch.device("cpu")
+    )
+    assert auc == 1.0
+
+
+def test_audit_of_an_undefended_batch_of_one_recovers_every_label_and_writes_its_report(
+    tmp_path: Path,
+) -> None:
+    tables = tiny_tables(
+        federation={"batch_size": 1, "local_steps": 1, "momentum": 0.0, "rounds": 1},
+        report={"bootstrap_resamples": 0},
+    )
+    config = config_from_dict(tables)
+    result = run_experiment(config=config, out=tmp_path / "run")
+    report = run_audit(
+        config=config,
+        final_params=dict(result.params),
+        out=tmp_path / "run" / "audit",
+        settings=AttackSettings(batches=3, iterations=20),
+    )
+    assert report.label_recovery_rate == 1.0
+    assert report.local_steps == 1 and report.batch_size == 1
+    assert len(report.psnr) == len(report.unrelated_psnr) == 3
+    assert report.membership_auc is not None and 0.0 <= report.membership_auc <= 1.0
+    written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
+    assert written["psnr_mean"] == pytest.approx(np.mean(report.psnr))
+    assert (tmp_path / "run" / "audit" / "reconstructions.png").stat().st_size > 1000
+
+
+def test_flmi_audit_on_a_run_directory_attacks_under_dp_and_reports(tmp_path: Path) -> None:
+    tables = tiny_tables(
+        federation={"batch_size": 2, "local_steps": 1, "momentum": 0.0, "rounds": 1},
+        privacy={"dp": "sample", "noise_multiplier": 1.0},
+        report={"bootstrap_resamples": 0},
+    )
+    run_experiment(config=config_from_dict(tables), out=tmp_path / "run")
+    code = main(["audit", str(tmp_path / "run"), "--batches", "1", "--iterations", "5"])
+    assert code == 0
+    written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
+    assert written["privacy"]["dp"] == "sample"
+    assert written["batch_size"] == 2
+
+
+def test_flmi_audit_of_an_unknown_site_is_an_error_naming_the_sites(tmp_path: Path) -> None:
+    tables = tiny_tables(federation={"rounds": 1}, report={"bootstrap_resamples": 0})
+    run_experiment(config=config_from_dict(tables), out=tmp_path / "run")
+    code = main(["audit", str(tmp_path / "run"), "--site", "nowhere", "--iterations", "1"])
+    assert code == 2
+    assert not (tmp_path / "run" / "audit").exists()

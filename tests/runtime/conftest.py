@@ -1,0 +1,5 @@
+"""Fixtures of the runtime tests."""
+
+from tests.runtime.deploy_support import deployment
+
+__all__ = ["deployment"]
