@@ -26,6 +26,9 @@ MLFLOW_DIR = "mlruns"
 MLFLOW_EXPERIMENT = "flmi"
 EXTRA = "pip install 'flmi[trackers]'"
 
+# MLflow accepts at most this many params per log_batch call.
+MLFLOW_BATCH_PARAMS = 100
+
 
 def round_scalars(line: Mapping[str, Any]) -> dict[str, float]:
     """The finite numbers of one ``metrics.jsonl`` line, as ``{tag: value}``.
@@ -145,12 +148,14 @@ class MLflowTracker:
             run_name=run_name,
         )
         self.run_id: str = run.info.run_id
-        self._store.log_batch(
-            self.run_id,
-            metrics=[],
-            params=[Param(k, v[:6000]) for k, v in sorted(params.items())],
-            tags=[],
-        )
+        every = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+        for start in range(0, len(every), MLFLOW_BATCH_PARAMS):  # MLflow caps a batch
+            self._store.log_batch(
+                self.run_id,
+                metrics=[],
+                params=every[start : start + MLFLOW_BATCH_PARAMS],
+                tags=[],
+            )
 
     def log_round(self, record: RoundRecord) -> None:
         """Log each of the round's numbers at step = round."""
