@@ -37,7 +37,9 @@ import grpc
 import numpy as np
 
 from flmi.core.messages import (
+    ClientError,
     ClientUpdate,
+    ErrorCode,
     EvaluateInstruction,
     EvaluateReply,
     TrainInstruction,
@@ -89,8 +91,10 @@ class EchoSite:
         )
 
     def evaluate(self, instruction: EvaluateInstruction) -> EvaluateReply:
-        """Not used here."""
-        raise NotImplementedError
+        """An echo site holds no data: it answers any evaluation request with an error code."""
+        return ClientError(
+            site=self.name, code=ErrorCode.DATA_ERROR, message="the echo site holds no data"
+        )
 
 
 # ---------------------------------------------------------------- the flmi arm
