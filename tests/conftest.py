@@ -7,6 +7,13 @@ from typing import Any
 
 import pytest
 import tomli_w
+from hypothesis import settings
+
+# Property tests draw the same examples on every run and every machine, so CI
+# cannot pass or fail by the luck of the draw. (Tests' own @settings still set
+# max_examples and deadlines.)
+settings.register_profile("flmi", derandomize=True, database=None)
+settings.load_profile("flmi")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -283,4 +283,7 @@ def test_one_huge_outlier_moves_the_geometric_median_a_bounded_amount(
     radius = float(np.max(np.linalg.norm(inliers - centre, axis=1)))
     ratio = 1.0 / len(inliers)
     bound = radius / math.sqrt(1.0 - ratio**2)
-    assert float(np.linalg.norm(params["w"] - centre)) <= bound * (1 + 1e-3) + 1e-6
+    # Distances below eps count as eps (the smoothing that keeps Weiszfeld's weights finite),
+    # so with every inlier at one point the result may sit up to about eps away from it.
+    smoothing = 2 * 1e-6  # twice the default eps
+    assert float(np.linalg.norm(params["w"] - centre)) <= bound * (1 + 1e-3) + smoothing
