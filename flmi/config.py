@@ -169,9 +169,9 @@ class TaskConfig:
     name: str = "classification"
     num_classes: int = 2
     positive_label: int = 1
-    model: Literal[
-        "small_cnn", "logistic", "linear", "densenet121", "unet", "segresnet"
-    ] = "small_cnn"
+    model: Literal["small_cnn", "logistic", "linear", "densenet121", "unet", "segresnet"] = (
+        "small_cnn"
+    )
     width: int = 32
     augment: bool = False
     dtype: Literal["float32", "float64"] = "float32"

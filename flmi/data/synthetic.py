@@ -238,6 +238,20 @@ def _check_generate_args(
     test_fraction: float,
 ) -> None:
     """Raise ConfigError for arguments :func:`generate_hospitals` cannot use."""
+    check_profiles(profiles)
+    if image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(
+            f"synthetic image_size: {image_size} is below {MIN_IMAGE_SIZE}; "
+            f"use at least {MIN_IMAGE_SIZE} pixels"
+        )
+    check_split_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
+
+
+def check_profiles(profiles: Sequence[HospitalProfile]) -> None:
+    """Raise ConfigError unless the hospitals are named uniquely and each can be split.
+
+    Shared by every generator built on :class:`HospitalProfile`.
+    """
     if not profiles:
         raise ConfigError("synthetic profiles: no hospitals given; pass at least one profile")
     names = [p.name for p in profiles]
@@ -257,11 +271,10 @@ def _check_generate_args(
                 f"synthetic profile '{p.name}': prevalence = {p.prevalence} must lie "
                 "strictly between 0 and 1 so the hospital holds both classes"
             )
-    if image_size < MIN_IMAGE_SIZE:
-        raise ConfigError(
-            f"synthetic image_size: {image_size} is below {MIN_IMAGE_SIZE}; "
-            f"use at least {MIN_IMAGE_SIZE} pixels"
-        )
+
+
+def check_split_fractions(*, val_fraction: float, test_fraction: float) -> None:
+    """Raise ConfigError unless the fractions leave a training split."""
     if val_fraction < 0.0 or test_fraction < 0.0 or val_fraction + test_fraction >= 1.0:
         raise ConfigError(
             f"synthetic val_fraction = {val_fraction}, test_fraction = {test_fraction}: both "

@@ -29,10 +29,11 @@ from flmi.config import Config
 from flmi.core.errors import ConfigError
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.synthetic import (
-    MIN_PATIENTS_PER_SITE,
     HospitalProfile,
     _blur_matrix,
     _stratified_split,
+    check_profiles,
+    check_split_fractions,
     make_profiles,
 )
 
@@ -241,25 +242,8 @@ def _check_args(
     val_fraction: float,
     test_fraction: float,
 ) -> None:
-    if not hospitals:
-        raise ConfigError("synthetic lesion hospitals: none given; pass at least one hospital")
-    names = [h.name for h in hospitals]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(
-            f"synthetic lesion hospitals: duplicate names {duplicates}; give each a unique name"
-        )
+    check_profiles([h.scanner for h in hospitals])
     for h in hospitals:
-        if h.scanner.n_patients < MIN_PATIENTS_PER_SITE:
-            raise ConfigError(
-                f"synthetic hospital '{h.name}': n_patients = {h.scanner.n_patients}, below "
-                f"{MIN_PATIENTS_PER_SITE}; give the hospital more patients"
-            )
-        if not 0.0 < h.scanner.prevalence < 1.0:
-            raise ConfigError(
-                f"synthetic hospital '{h.name}': prevalence = {h.scanner.prevalence} must lie "
-                "strictly between 0 and 1"
-            )
         if not h.lesion_radius_px > 0:
             raise ConfigError(
                 f"synthetic hospital '{h.name}': lesion_radius_px = {h.lesion_radius_px} "
@@ -278,11 +262,7 @@ def _check_args(
             "lesion classes; for segmentation set task.num_classes to lesion classes + 1 "
             "(background), for multi-label classification to the number of lesion classes"
         )
-    if val_fraction < 0.0 or test_fraction < 0.0 or val_fraction + test_fraction >= 1.0:
-        raise ConfigError(
-            f"val_fraction = {val_fraction}, test_fraction = {test_fraction}: both must be "
-            ">= 0 and sum below 1 so a training split remains"
-        )
+    check_split_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
 
 
 def _draw_cases(
