@@ -19,6 +19,7 @@ from flmi.tasks.metrics import classification_metrics
 from flmi.tasks.models import SmallCNN
 from flmi.tasks.networks import DenseNetSettings, build_densenet121
 from flmi.tasks.semisup import train_semi_supervised
+from flmi.tasks.torch_params import as_tensor
 
 MODELS = ("small_cnn", "logistic", "densenet121")
 METRICS = (
@@ -176,10 +177,6 @@ class ClassificationTask:
                 "set [task] num_classes to cover every label, or fix the labels"
             )
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        return tensor if tensor.dtype == self.dtype else tensor.to(self.dtype)
-
     def fit(
         self,
         *,
@@ -193,7 +190,7 @@ class ClassificationTask:
         """Minimise cross-entropy over seeded mini-batches."""
         return train_local(
             model=model,
-            x=self._tensor(data.x),
+            x=as_tensor(data.x, self.dtype),
             y=torch.from_numpy(data.y),
             training=training,
             generator=generator,
@@ -222,9 +219,9 @@ class ClassificationTask:
         """
         return train_semi_supervised(
             model=model,
-            x=self._tensor(labeled.x),
+            x=as_tensor(labeled.x, self.dtype),
             y=torch.from_numpy(labeled.y),
-            unlabeled=self._tensor(unlabeled),
+            unlabeled=as_tensor(unlabeled, self.dtype),
             training=training,
             generator=generator,
             device=device,
@@ -241,7 +238,7 @@ class ClassificationTask:
         """Class probabilities ``(N, C)`` and the logits, in evaluation mode."""
         model.eval()
         logits = [
-            model(self._tensor(x[i : i + EVAL_BATCH]).to(device)).float().cpu()
+            model(as_tensor(x[i : i + EVAL_BATCH], self.dtype).to(device)).float().cpu()
             for i in range(0, x.shape[0], EVAL_BATCH)
         ]
         out = torch.cat(logits) if logits else torch.zeros(0, self._outputs)

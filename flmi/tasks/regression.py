@@ -16,6 +16,7 @@ from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
 from flmi.tasks.loop import train_local
 from flmi.tasks.models import SmallCNN
 from flmi.tasks.regression_metrics import regression_metrics
+from flmi.tasks.torch_params import as_tensor
 
 MODELS = ("small_cnn", "linear")
 LOSSES = ("mse", "l1")
@@ -137,10 +138,6 @@ class RegressionTask(NoScoreHistogram):
         if len(data) and not np.isfinite(data.y.astype(np.float64)).all():
             raise LabelError(f"{where}: a target is NaN or infinite; fix or drop that row")
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        return tensor if tensor.dtype == self.dtype else tensor.to(self.dtype)
-
     def fit(
         self,
         *,
@@ -154,8 +151,8 @@ class RegressionTask(NoScoreHistogram):
         """Minimise the loss over seeded mini-batches."""
         return train_local(
             model=model,
-            x=self._tensor(data.x),
-            y=self._standard(self._tensor(data.y)),
+            x=as_tensor(data.x, self.dtype),
+            y=self._standard(as_tensor(data.y, self.dtype)),
             training=training,
             generator=generator,
             device=device,
@@ -169,7 +166,7 @@ class RegressionTask(NoScoreHistogram):
         """Predictions ``(N,)`` in the target's units, in evaluation mode."""
         model.eval()
         outs = [
-            model(self._tensor(x[i : i + EVAL_BATCH]).to(device))[:, 0].double().cpu()
+            model(as_tensor(x[i : i + EVAL_BATCH], self.dtype).to(device))[:, 0].double().cpu()
             for i in range(0, x.shape[0], EVAL_BATCH)
         ]
         z = torch.cat(outs).numpy() if outs else np.zeros(0)

@@ -19,6 +19,7 @@ from flmi.data.arrays import ArraySplit
 from flmi.report.bootstrap import bootstrap_ci
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
 from flmi.tasks.loop import train_local
+from flmi.tasks.torch_params import as_tensor
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVENT, TIME = 0, 1
@@ -115,10 +116,6 @@ class CoxTask(NoScoreHistogram):
                 f"{where}: a follow-up time is missing or negative; fix the time column"
             )
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        return tensor if tensor.dtype == self.dtype else tensor.to(self.dtype)
-
     def fit(
         self,
         *,
@@ -132,8 +129,8 @@ class CoxTask(NoScoreHistogram):
         """Minimise the Cox loss over seeded mini-batches."""
         return train_local(
             model=model,
-            x=self._tensor(data.x),
-            y=self._tensor(data.y),
+            x=as_tensor(data.x, self.dtype),
+            y=as_tensor(data.y, self.dtype),
             training=training,
             generator=generator,
             device=device,
@@ -147,7 +144,7 @@ class CoxTask(NoScoreHistogram):
         model.eval()
         if x.shape[0] == 0:
             return np.zeros(0)
-        out: np.ndarray = model(self._tensor(x).to(device))[:, 0].double().cpu().numpy()
+        out: np.ndarray = model(as_tensor(x, self.dtype).to(device))[:, 0].double().cpu().numpy()
         return out
 
     def _metrics(self, target: np.ndarray, risk: np.ndarray) -> dict[str, float]:

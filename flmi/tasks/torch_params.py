@@ -104,3 +104,9 @@ def load_params(model: torch.nn.Module, params: Params, *, where: str) -> None:
             source = params[name]
             tensor = torch.from_numpy(source) if source.flags.writeable else torch.tensor(source)
             target.copy_(tensor)
+
+
+def as_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """``array`` as a tensor of ``dtype``, sharing its memory when the dtype already matches."""
+    tensor = torch.from_numpy(array)
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
