@@ -208,8 +208,17 @@ class FederationConfig:
     false`` or ``labeled_fraction``) learn from them: a prediction at least
     ``pseudo_label_threshold`` confident becomes the target, and the
     unlabeled loss counts ``unlabeled_loss_weight`` times the supervised one.
-    In aggregation an unlabeled image a site trained on counts
-    ``unlabeled_weight`` of a labeled one (1: the same).
+    In aggregation (``unlabeled_aggregation = "mean"``) an unlabeled image a
+    site trained on counts ``unlabeled_weight`` of a labeled one (1: the same);
+    with ``"add"`` the sites that trained on labels are aggregated among
+    themselves and the unlabeled sites' mean change is added, scaled by
+    ``unlabeled_weight`` (see :mod:`flmi.strategies.unlabeled_added`).
+    ``pseudo_label_teacher`` picks the model that predicts the pseudo-labels:
+    ``"local"``, the model being trained (FixMatch), or ``"global"``, a frozen
+    copy of the global model the site received that round.
+    ``distribution_alignment = true`` divides the teacher's class
+    probabilities by their mean over the site's unlabeled images before
+    thresholding, against pseudo-labels drawn mostly from the majority class.
     With ``"none"``, a site without any labeled training example sits out.
     """
 
@@ -229,6 +238,9 @@ class FederationConfig:
     pseudo_label_threshold: float = 0.95
     unlabeled_loss_weight: float = 1.0
     unlabeled_weight: float = 1.0
+    unlabeled_aggregation: Literal["mean", "add"] = "mean"
+    pseudo_label_teacher: Literal["local", "global"] = "local"
+    distribution_alignment: bool = False
 
 
 @dataclass(frozen=True)
@@ -378,7 +390,9 @@ class SiteConfig:
     misbehave, to show what robust aggregation and update checks are for.
     ``labeled = false`` hides every training label of the site (a hospital
     whose images were never annotated), ``labeled_fraction`` all but that
-    share of them; see ``federation.semi_supervised``.
+    share of them; see ``federation.semi_supervised``. ``train_fraction``
+    keeps only that share of the site's training examples and drops the rest
+    (a smaller hospital, for studies where labels are scarce).
     """
 
     local_epochs: int | None = None
@@ -391,6 +405,7 @@ class SiteConfig:
     fault_noise_std: float = 1.0
     labeled: bool = True
     labeled_fraction: float = 1.0
+    train_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -573,6 +588,10 @@ def training_hparams(config: Config) -> dict[str, HParamValue]:
         out[HParam.SEMI_SUPERVISED] = f.semi_supervised
         out[HParam.PSEUDO_LABEL_THRESHOLD] = f.pseudo_label_threshold
         out[HParam.UNLABELED_LOSS_WEIGHT] = f.unlabeled_loss_weight
+        if f.pseudo_label_teacher != "local":
+            out[HParam.PSEUDO_LABEL_TEACHER] = f.pseudo_label_teacher
+        if f.distribution_alignment:
+            out[HParam.DISTRIBUTION_ALIGNMENT] = 1
     if config.task.freeze:
         out[HParam.FREEZE] = ",".join(config.task.freeze)
     return out
@@ -586,6 +605,15 @@ def labeled_fractions(config: Config) -> dict[str, float]:
         if fraction < 1.0:
             out[name] = fraction
     return out
+
+
+def train_fractions(config: Config) -> dict[str, float]:
+    """``{site: share of training examples kept}`` for the sites cut smaller (simulation)."""
+    return {
+        name: site.train_fraction
+        for name, site in sorted(config.sites.items())
+        if site.train_fraction < 1.0
+    }
 
 
 def site_groups(config: Config) -> dict[str, str]:
@@ -742,6 +770,10 @@ def check_config(c: Config) -> None:
             site.labeled or site.labeled_fraction == 1.0,
             f"sites.{name}: labeled = false hides every label; leave labeled_fraction out, "
             "or set labeled = true to keep that share of the labels",
+        )
+        _require(
+            0.0 < site.train_fraction <= 1.0,
+            f"sites.{name}.train_fraction must be in (0, 1], got {site.train_fraction}",
         )
         _require(site.fault_noise_std > 0, f"sites.{name}.fault_noise_std must be positive")
     _require(

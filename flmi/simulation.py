@@ -24,6 +24,7 @@ from flmi.config import (
     check_site_names,
     labeled_fractions,
     site_groups,
+    train_fractions,
     training_hparams,
 )
 from flmi.core.errors import ConfigError
@@ -47,7 +48,7 @@ from flmi.core.strategy import (
 )
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
-from flmi.data.unlabeled import hide_labels, without_unlabeled_sites
+from flmi.data.unlabeled import hide_labels, keep_training_share, without_unlabeled_sites
 from flmi.privacy.dp_sgd import check_dp_model
 from flmi.privacy.setup import build_secure, protect_sites
 from flmi.privacy.strategies import with_privacy
@@ -65,6 +66,7 @@ from flmi.site.site import Site
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.per_site import PerSiteSettings
 from flmi.strategies.registry import BuildContext, build_strategy
+from flmi.strategies.unlabeled_added import UnlabeledAdded
 from flmi.strategies.unlabeled_weight import UnlabeledWeight
 from flmi.tasks.base import Task
 from flmi.tasks.device import resolve_device
@@ -98,13 +100,19 @@ def make_strategy(config: Config, site_names: Sequence[str]) -> Strategy[Any]:
     if overrides:
         strategy = PerSiteSettings(inner=strategy, overrides=overrides)
     f, n = config.federation, len(site_names)
-    if f.unlabeled_weight < 1.0:
+    added = f.unlabeled_aggregation == "add" and f.semi_supervised != "none"
+    if f.unlabeled_weight < 1.0 or added:
         if is_personalised(strategy) or isinstance(strategy, SiteModels | EvaluationSettings):
+            key = "unlabeled_aggregation = 'add'" if added else "unlabeled_weight"
             raise ConfigError(
-                f"federation.unlabeled_weight applies to strategies with one global model; "
-                f"'{strategy.name}' keeps models per site: leave unlabeled_weight at 1"
+                f"federation.{key} applies to strategies with one global model; "
+                f"'{strategy.name}' keeps models per site: leave unlabeled_weight at 1 "
+                "and unlabeled_aggregation at 'mean'"
             )
-        strategy = UnlabeledWeight(inner=strategy, weight=f.unlabeled_weight)
+        if added:
+            strategy = UnlabeledAdded(inner=strategy, weight=f.unlabeled_weight)
+        else:
+            strategy = UnlabeledWeight(inner=strategy, weight=f.unlabeled_weight)
     return with_privacy(
         strategy,
         privacy=config.privacy,
@@ -401,12 +409,18 @@ def semi_supervised_data(config: Config, data: FederatedData) -> tuple[Federated
     ``federation.semi_supervised``, a site left with no labeled training
     example sits out of training (it has nothing to train on): the returned
     names. Their removal must leave ``federation.min_sites`` sites.
+
+    Sites with ``train_fraction`` are first cut to that share of their
+    training examples (drawn from the partition seed too).
     """
+    p = config.partition
+    seed = p.seed if p.seed is not None else config.federation.seed
+    shares = train_fractions(config)
+    if shares:
+        data = keep_training_share(data=data, fractions=shares, seed=seed)
     fractions = labeled_fractions(config)
     if not fractions:
         return data, []
-    p = config.partition
-    seed = p.seed if p.seed is not None else config.federation.seed
     data = hide_labels(data=data, labeled_fractions=fractions, seed=seed)
     if config.federation.semi_supervised != "none":
         return data, []

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from flmi.config import config_from_dict, load_config
+from flmi.config import config_from_dict, load_config, training_hparams
 from flmi.core.errors import ConfigError
+from flmi.core.keys import HParam
 from flmi.simulation import run_experiment
 from tests.conftest import tiny_tables, write_config
 
@@ -113,8 +114,17 @@ def test_a_labeled_fraction_keeps_that_share_of_a_sites_labels(tmp_path: Path) -
     assert set(result.arms) == {"federated", "pooled", "local"}
 
 
-def test_a_resumed_semi_supervised_run_ends_bit_for_bit_as_a_straight_one(tmp_path: Path) -> None:
-    config_path = write_config(tmp_path / "c.toml", _tables(strategy="fedprox", rounds=3))
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"pseudo_label_teacher": "global", "distribution_alignment": True}],
+    ids=["local-teacher", "global-teacher-aligned"],
+)
+def test_a_resumed_semi_supervised_run_ends_bit_for_bit_as_a_straight_one(
+    tmp_path: Path, options: dict[str, Any]
+) -> None:
+    config_path = write_config(
+        tmp_path / "c.toml", _tables(strategy="fedprox", rounds=3, **options)
+    )
     straight = tmp_path / "straight"
     run_experiment(config=load_config(config_path), out=straight)
     # A crash after round 2: the latest checkpoint pointer still names round 2.
@@ -141,3 +151,63 @@ def test_unlabeled_weight_changes_the_model_and_is_refused_for_per_site_models()
         )
     with pytest.raises(ConfigError, match="federation.unlabeled_weight must be in"):
         config_from_dict(_tables(unlabeled_weight=0.0))
+
+
+def test_teacher_and_alignment_reach_the_sites_only_when_set() -> None:
+    plain = training_hparams(config_from_dict(_tables()))
+    assert HParam.PSEUDO_LABEL_TEACHER not in plain
+    assert HParam.DISTRIBUTION_ALIGNMENT not in plain
+    chosen = training_hparams(
+        config_from_dict(_tables(pseudo_label_teacher="global", distribution_alignment=True))
+    )
+    assert chosen[HParam.PSEUDO_LABEL_TEACHER] == "global"
+    assert chosen[HParam.DISTRIBUTION_ALIGNMENT] == 1
+    off = training_hparams(config_from_dict(_tables(method="none", pseudo_label_teacher="global")))
+    assert HParam.PSEUDO_LABEL_TEACHER not in off  # no semi-supervised training: nothing to send
+
+
+def test_a_global_teacher_with_alignment_trains_a_different_model_than_fixmatch() -> None:
+    plain = run_experiment(config=config_from_dict(_tables()), out=None).params
+    options = {"pseudo_label_teacher": "global", "distribution_alignment": True}
+    chosen = run_experiment(config=config_from_dict(_tables(**options)), out=None).params
+    assert not all(np.array_equal(plain[k], chosen[k]) for k in plain)
+
+
+def test_an_unknown_teacher_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="federation.pseudo_label_teacher"):
+        config_from_dict(_tables(pseudo_label_teacher="ema"))
+
+
+def test_a_train_fraction_makes_a_site_smaller_in_every_arm() -> None:
+    full = run_experiment(config=config_from_dict(tiny_tables()), out=None).summary["sites"]
+    tables = tiny_tables(
+        sites={"hospital_1": {"train_fraction": 0.5}}, baselines={"pooled": True, "local": True}
+    )
+    result = run_experiment(config=config_from_dict(tables), out=None)
+    site = result.summary["sites"]["hospital_1"]
+    assert site["n_train"] == round(full["hospital_1"]["n_train"] * 0.5)
+    assert "n_unlabeled" not in site  # the rest is gone, not unlabeled
+    assert result.summary["sites"]["hospital_2"]["n_train"] == full["hospital_2"]["n_train"]
+    assert set(result.arms) == {"federated", "pooled", "local"}
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5])
+def test_a_train_fraction_out_of_range_is_refused_naming_the_key(fraction: float) -> None:
+    tables = tiny_tables(sites={"hospital_1": {"train_fraction": fraction}})
+    with pytest.raises(ConfigError, match="sites.hospital_1.train_fraction"):
+        config_from_dict(tables)
+
+
+def test_added_unlabeled_changes_train_another_model_and_keep_every_site_in() -> None:
+    mean = run_experiment(config=config_from_dict(_tables()), out=None).params
+    result = run_experiment(config=config_from_dict(_tables(unlabeled_aggregation="add")), out=None)
+    assert not all(np.array_equal(mean[k], result.params[k]) for k in mean)
+    assert np.isfinite(result.arms["federated"].global_metrics["auc"])
+
+
+def test_added_unlabeled_changes_are_refused_for_per_site_models_naming_the_key() -> None:
+    tables = _tables(strategy="fedbn", unlabeled_aggregation="add")
+    with pytest.raises(ConfigError, match="federation.unlabeled_aggregation"):
+        run_experiment(config=config_from_dict(tables), out=None)
+    with pytest.raises(ConfigError, match="federation.unlabeled_aggregation"):
+        config_from_dict(_tables(unlabeled_aggregation="sum"))

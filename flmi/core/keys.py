@@ -104,6 +104,8 @@ class HParam(StrEnum):
     SEMI_SUPERVISED = "semi_supervised"
     PSEUDO_LABEL_THRESHOLD = "pseudo_label_threshold"
     UNLABELED_LOSS_WEIGHT = "unlabeled_loss_weight"
+    PSEUDO_LABEL_TEACHER = "pseudo_label_teacher"
+    DISTRIBUTION_ALIGNMENT = "distribution_alignment"
     FREEZE = "freeze"
     DP = "dp"
     DP_NOISE_MULTIPLIER = "dp_noise_multiplier"
@@ -123,6 +125,15 @@ class SemiSupervised(StrEnum):
     NONE = "none"
     FIXMATCH = "fixmatch"
     PSEUDO_LABEL = "pseudo_label"
+
+
+class PseudoLabelTeacher(StrEnum):
+    """Which model predicts a semi-supervised site's pseudo-labels."""
+
+    #: The model being trained, as it moves during the round (FixMatch's own choice).
+    LOCAL = "local"
+    #: A frozen copy of the global model the site received this round.
+    GLOBAL = "global"
 
 
 class TrainMetric(StrEnum):

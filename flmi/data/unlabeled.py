@@ -1,4 +1,4 @@
-"""Semi-supervised sites in simulation: hide a site's training labels.
+"""Semi-supervised sites in simulation: hide a site's training labels, or shrink a site.
 
 A hospital whose images were never annotated has images and no labels. The
 simulation makes one from a labeled data set by moving a seeded share of a
@@ -66,6 +66,51 @@ def hide_labels(
         sites[name] = dataclasses.replace(
             splits, train=splits.train.take(labeled), unlabeled=images
         )
+    return FederatedData(sites=sites, central_test=data.central_test, unreadable=data.unreadable)
+
+
+def keep_training_share(
+    *, data: FederatedData, fractions: Mapping[str, float], seed: int
+) -> FederatedData:
+    """Keep only ``fractions[site]`` of each named site's training examples, dropping the rest.
+
+    A smaller hospital, for studies where labels are scarce: the dropped
+    examples are gone (neither labeled nor unlabeled), unlike
+    :func:`hide_labels`, which keeps their images. Validation and test splits
+    are untouched.
+
+    Parameters
+    ----------
+    data
+        The federation's sites.
+    fractions
+        ``{site: fraction}`` with fractions in ``(0, 1]``; sites not named keep
+        every example. At least one example is kept.
+    seed
+        Chooses which examples stay, per site (the same seed gives the same choice).
+
+    Returns
+    -------
+    FederatedData
+        The same data with each named site's training split cut to its share,
+        the kept examples in their original order.
+    """
+    sites: dict[str, SiteSplits] = dict(data.sites)
+    for name, fraction in sorted(fractions.items()):
+        if name not in sites:
+            raise ConfigError(
+                f"[sites.{name}]: no site is named '{name}'; "
+                f"the sites are {', '.join(sorted(sites))}"
+            )
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"sites.{name}.train_fraction must be in (0, 1], got {fraction}")
+        if fraction == 1.0:
+            continue
+        splits = sites[name]
+        n = len(splits.train)
+        keep = max(1, round(fraction * n))
+        order = generator(seed=seed, party=name, rnd=0, purpose="train_share").permutation(n)
+        sites[name] = dataclasses.replace(splits, train=splits.train.take(np.sort(order[:keep])))
     return FederatedData(sites=sites, central_test=data.central_test, unreadable=data.unreadable)
 
 

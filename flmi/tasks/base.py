@@ -8,7 +8,14 @@ from typing import Protocol
 
 import torch
 
-from flmi.core.keys import ClientAlgorithm, HParam, KeepLocal, Personal, SemiSupervised
+from flmi.core.keys import (
+    ClientAlgorithm,
+    HParam,
+    KeepLocal,
+    Personal,
+    PseudoLabelTeacher,
+    SemiSupervised,
+)
 from flmi.core.messages import HParamValue, ScoreHistogram
 from flmi.data.arrays import ArraySplit
 
@@ -58,6 +65,13 @@ class LocalTraining:
         Confidence a prediction needs to become a pseudo-label.
     unlabeled_loss_weight
         Weight of the unlabeled loss beside the supervised one (FixMatch's lambda).
+    pseudo_label_teacher
+        ``"local"``: the model being trained predicts its own pseudo-labels;
+        ``"global"``: a frozen copy of the received global model does.
+    distribution_alignment
+        Divide the teacher's class probabilities by their mean over the site's
+        unlabeled images (and renormalise) before thresholding, so the
+        pseudo-labels are not drawn mostly from the majority class.
     freeze
         ``state_dict`` name prefixes (module paths) of tensors that are not
         trained: their values after local training are the received ones.
@@ -78,6 +92,8 @@ class LocalTraining:
     semi_supervised: str = SemiSupervised.NONE
     pseudo_label_threshold: float = 0.95
     unlabeled_loss_weight: float = 1.0
+    pseudo_label_teacher: str = PseudoLabelTeacher.LOCAL
+    distribution_alignment: bool = False
     freeze: tuple[str, ...] = ()
 
     @classmethod
@@ -106,6 +122,10 @@ class LocalTraining:
                 semi_supervised=str(hparams.get(HParam.SEMI_SUPERVISED, SemiSupervised.NONE)),
                 pseudo_label_threshold=float(hparams.get(HParam.PSEUDO_LABEL_THRESHOLD, 0.95)),
                 unlabeled_loss_weight=float(hparams.get(HParam.UNLABELED_LOSS_WEIGHT, 1.0)),
+                pseudo_label_teacher=str(
+                    hparams.get(HParam.PSEUDO_LABEL_TEACHER, PseudoLabelTeacher.LOCAL)
+                ),
+                distribution_alignment=bool(int(hparams.get(HParam.DISTRIBUTION_ALIGNMENT, 0))),
                 freeze=split_prefixes(str(hparams.get(HParam.FREEZE, ""))),
             )
         except KeyError as exc:
@@ -168,6 +188,11 @@ class LocalTraining:
         if not self.unlabeled_loss_weight >= 0:
             raise HParamError(
                 f"unlabeled_loss_weight must not be negative, got {self.unlabeled_loss_weight}"
+            )
+        teachers = [t.value for t in PseudoLabelTeacher]
+        if self.pseudo_label_teacher not in teachers:
+            raise HParamError(
+                f"pseudo_label_teacher must be one of {teachers}, got '{self.pseudo_label_teacher}'"
             )
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -13,7 +13,27 @@ MICCAI 2021). Each step it takes a batch of unlabeled images and
 The unlabeled loss, cross-entropy averaged over the whole unlabeled batch with
 the unconfident images masked out, is weighted by ``unlabeled_loss_weight``
 and added to the supervised loss of a labeled batch when the site has labels.
-No gradient flows through the targets. A step with nothing to learn from (no
+No gradient flows through the targets.
+
+Two options shape the pseudo-labels:
+
+- ``pseudo_label_teacher = "global"``: a frozen copy of the global model the
+  site received this round, in evaluation mode, predicts the targets instead
+  of the moving local model. Within a round the targets then cannot drift with
+  the site's own mistakes (confirmation bias), and every site of the round
+  labels with the same model, which holds what the labeled sites taught it
+  (the "global teacher" of federated semi-supervised methods such as SemiFL,
+  Diao et al., NeurIPS 2022, and FedMatch's inter-client consistency).
+- ``distribution_alignment``: the teacher's class probabilities are divided
+  by their mean over the site's unlabeled images, computed once at the start
+  of the round without augmentation, and renormalised (ReMixMatch's
+  distribution alignment, Berthelot et al., ICLR 2020, with a uniform target
+  since an unlabeled site knows no class prior). A model that calls most
+  images benign then no longer hands out mostly "benign" pseudo-labels: the
+  confident share of each class follows how far an image stands from the
+  site's average prediction.
+
+A step with nothing to learn from (no
 labeled batch, no confident image) is skipped rather than taken: with weight
 decay or Adam, a step on a zero loss still moves the weights, and a site
 without labels would otherwise shrink the model round after round before it
@@ -28,6 +48,7 @@ it bit for bit.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
@@ -35,7 +56,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from flmi.core.keys import Metric, SemiSupervised, TrainMetric
+from flmi.core.keys import Metric, PseudoLabelTeacher, SemiSupervised, TrainMetric
 from flmi.data.arrays import ArraySplit
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
@@ -82,6 +103,50 @@ def _cycle(
     return batch_indices(
         n=n, batch_size=batch_size, local_epochs=1, local_steps=steps, generator=generator
     )
+
+
+def frozen_teacher(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``model`` in evaluation mode: the round's global teacher."""
+    teacher = copy.deepcopy(model)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def mean_prediction(
+    *,
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    probs_fn: ProbsFn,
+) -> torch.Tensor:
+    """The mean class probabilities of ``net`` over ``images`` (evaluation mode, no augmentation).
+
+    ``net`` is put back in the mode it was in. Returns a ``(C,)`` tensor on ``device``.
+    """
+    was_training = net.training
+    net.eval()
+    total: torch.Tensor | None = None
+    for start in range(0, int(images.shape[0]), batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        part = probs_fn(net(batch)).sum(dim=0)
+        total = part if total is None else total + part
+    net.train(was_training)
+    if total is None:
+        raise ValueError("mean_prediction needs at least one image")
+    return total / int(images.shape[0])
+
+
+def align(probs: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Distribution alignment to a uniform target: ``probs / mean``, renormalised per row.
+
+    Classes the teacher never predicts (mean 0) are left at 0.
+    """
+    scaled = probs / mean.clamp_min(1e-12)
+    return scaled / scaled.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def train_semi_supervised(
@@ -145,6 +210,22 @@ def train_semi_supervised(
     )
     unlabeled_batches = _cycle(n_unlabeled, training.batch_size, steps, generator)
     fixmatch = training.semi_supervised == SemiSupervised.FIXMATCH
+    teacher = (
+        frozen_teacher(model)
+        if training.pseudo_label_teacher == PseudoLabelTeacher.GLOBAL
+        else None
+    )
+    alignment = (
+        mean_prediction(
+            net=teacher if teacher is not None else model,
+            images=unlabeled,
+            batch_size=training.batch_size,
+            device=device,
+            probs_fn=probs_fn,
+        )
+        if training.distribution_alignment
+        else None
+    )
     model.train()
     optimizer = training.make_optimizer(model)
     sup_sum, sup_seen, unsup_sum, confident, unsup_seen, taken = 0.0, 0, 0.0, 0, 0, 0
@@ -165,7 +246,10 @@ def train_semi_supervised(
         u = unlabeled[u_index]
         weak = _weak(u, generator).to(device, non_blocking=True)
         with torch.no_grad():
-            confidence, target = probs_fn(model(weak)).max(dim=1)
+            probs = probs_fn((teacher if teacher is not None else model)(weak))
+            if alignment is not None:
+                probs = align(probs, alignment)
+            confidence, target = probs.max(dim=1)
             chosen = confidence >= training.pseudo_label_threshold
             mask = chosen.to(weak.dtype)
         view = _strong(u, generator).to(device, non_blocking=True) if fixmatch else weak

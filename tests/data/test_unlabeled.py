@@ -7,7 +7,7 @@ import pytest
 
 from flmi.core.errors import ConfigError
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits
-from flmi.data.unlabeled import hide_labels, without_unlabeled_sites
+from flmi.data.unlabeled import hide_labels, keep_training_share, without_unlabeled_sites
 
 
 def _split(n: int, offset: int) -> ArraySplit:
@@ -70,3 +70,33 @@ def test_sites_without_any_labeled_example_can_be_left_out() -> None:
     kept, left_out = without_unlabeled_sites(data)
     assert left_out == ["a"]
     assert sorted(kept.sites) == ["b", "c"]
+
+
+def test_a_train_fraction_drops_examples_outright_and_keeps_their_labels_with_them() -> None:
+    out = keep_training_share(data=_data(), fractions={"a": 0.25}, seed=4)
+    a = out.sites["a"]
+    assert len(a.train) == 5 and a.unlabeled is None  # dropped, not made unlabeled
+    original = _data().sites["a"].train
+    assert set(a.train.x.ravel().tolist()) < set(original.x.ravel().tolist())
+    for x, y in zip(a.train.x.ravel(), a.train.y, strict=True):
+        assert original.y[int(x)] == y
+    assert np.all(np.diff(a.train.x.ravel()) > 0)  # kept in their original order
+    assert len(a.val) == 4 and len(a.test) == 4
+    assert len(out.sites["b"].train) == 20
+
+
+def test_the_same_seed_keeps_the_same_share_and_at_least_one_example() -> None:
+    one = keep_training_share(data=_data(), fractions={"b": 0.5}, seed=1).sites["b"]
+    same = keep_training_share(data=_data(), fractions={"b": 0.5}, seed=1).sites["b"]
+    other = keep_training_share(data=_data(), fractions={"b": 0.5}, seed=2).sites["b"]
+    np.testing.assert_array_equal(one.train.x, same.train.x)
+    assert not np.array_equal(one.train.x, other.train.x)
+    tiny = keep_training_share(data=_data(), fractions={"b": 0.01}, seed=1).sites["b"]
+    assert len(tiny.train) == 1
+
+
+def test_a_train_fraction_for_an_unknown_site_or_out_of_range_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"\[sites.zz\]"):
+        keep_training_share(data=_data(), fractions={"zz": 0.5}, seed=0)
+    with pytest.raises(ConfigError, match="sites.a.train_fraction"):
+        keep_training_share(data=_data(), fractions={"a": 0.0}, seed=0)

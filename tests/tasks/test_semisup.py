@@ -12,6 +12,7 @@ from flmi.core.keys import Metric, TrainMetric
 from flmi.data.arrays import ArraySplit
 from flmi.tasks.base import LocalTraining
 from flmi.tasks.classification import ClassificationTask
+from flmi.tasks.semisup import align, frozen_teacher, mean_prediction
 from flmi.tasks.strong_augment import strong_augment
 from flmi.tasks.torch_params import params_copy
 
@@ -150,3 +151,133 @@ def test_strong_augmentation_is_seeded_and_keeps_shape_and_dtype(shape: tuple[in
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.allclose(a, x, atol=1e-3)
     assert torch.isfinite(a).all()
+
+
+def _separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose class is their brightness: easy to become confident about."""
+    y = (np.arange(n) % 2).astype(np.int64)
+    noise = np.random.default_rng(seed).random((n, 1, 16, 16), dtype=np.float32) * 0.1
+    return noise + y.reshape(n, 1, 1, 1).astype(np.float32), y
+
+
+def _fit_separable(training: LocalTraining, seed: int = 0) -> tuple[dict, float]:
+    x, y = _separable(8, 1)
+    task = _task()
+    model = task.build_model(seed=0)
+    result = task.fit_semi_supervised(
+        model=model,
+        labeled=ArraySplit(x=x, y=y),
+        unlabeled=_separable(20, 2)[0],
+        training=training,
+        generator=torch.Generator().manual_seed(seed),
+        device=torch.device("cpu"),
+    )
+    return params_copy(model), result.metrics[TrainMetric.PSEUDO_LABEL_RATE]
+
+
+#: Adam steps after which the local model is confident on the separable images.
+CONFIDENT: dict[str, float | str] = {"optimizer": "adam", "lr": 0.01, "local_steps": 30}
+
+
+def test_a_global_teacher_labels_with_the_received_weights_not_the_moving_ones() -> None:
+    # The untrained model is never 0.9 confident; after a few labeled Adam steps
+    # the local model is. A local teacher then hands out pseudo-labels, while the
+    # frozen copy of the received weights still does not.
+    with torch.no_grad():
+        start = _task().build_model(seed=0)
+        untrained = torch.softmax(start(torch.from_numpy(_separable(20, 2)[0])), dim=1)
+    assert float(untrained.max()) < 0.9
+    _, local_rate = _fit_separable(_training(threshold=0.9, **CONFIDENT))
+    _, global_rate = _fit_separable(
+        _training(threshold=0.9, pseudo_label_teacher="global", **CONFIDENT)
+    )
+    assert local_rate > 0
+    assert global_rate == 0.0
+
+
+def test_a_global_teacher_round_is_reproducible_and_differs_from_a_local_teacher() -> None:
+    teacher = _training(threshold=0.9, pseudo_label_teacher="global", **CONFIDENT)
+    a, _ = _fit_separable(teacher, seed=3)
+    b, _ = _fit_separable(teacher, seed=3)
+    local, _ = _fit_separable(_training(threshold=0.9, **CONFIDENT), seed=3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], local[k]) for k in a)
+
+
+def test_the_frozen_teacher_is_a_detached_copy_in_evaluation_mode() -> None:
+    model = _task().build_model(seed=0)
+    model.train()
+    teacher = frozen_teacher(model)
+    assert not teacher.training and model.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert not torch.equal(next(model.parameters()), next(teacher.parameters()))
+    assert {p.device for p in teacher.parameters()} == {p.device for p in model.parameters()}
+
+
+def test_distribution_alignment_moves_an_average_prediction_to_uniform() -> None:
+    probs = torch.tensor([[0.2, 0.8], [0.6, 0.4], [0.02, 0.98]])
+    mean = torch.tensor([0.2, 0.8])
+    aligned = align(probs, mean)
+    torch.testing.assert_close(aligned.sum(dim=1), torch.ones(3))
+    torch.testing.assert_close(aligned[0], torch.tensor([0.5, 0.5]))
+    assert int(aligned[1].argmax()) == 0 and float(aligned[1, 0]) > 0.6  # minority gains
+    assert int(aligned[2].argmax()) == 1  # a clear majority-class image stays one
+    # A class the teacher never predicts stays at 0 instead of dividing by zero.
+    never = align(torch.tensor([[0.0, 1.0]]), torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(never).all() and float(never[0, 0]) == 0.0
+
+
+def test_the_mean_prediction_covers_every_image_and_restores_the_mode() -> None:
+    task = _task()
+    model = task.build_model(seed=0)
+    model.train()
+    images = torch.from_numpy(_images(11, 4))
+    mean = mean_prediction(
+        net=model,
+        images=images,
+        batch_size=4,
+        device=torch.device("cpu"),
+        probs_fn=lambda z: torch.softmax(z, dim=1),
+    )
+    model.eval()
+    with torch.no_grad():
+        expected = torch.softmax(model(images), dim=1).mean(dim=0)
+    torch.testing.assert_close(mean, expected)
+    model.train()
+    assert model.training
+
+
+def test_distribution_alignment_changes_the_pseudo_labels_and_stays_reproducible() -> None:
+    aligned = _training(threshold=0.5, distribution_alignment=1, local_steps=6)
+    a, ma = _fit(aligned, _labeled(0), seed=2)
+    b, _ = _fit(aligned, _labeled(0), seed=2)
+    plain, _ = _fit(_training(threshold=0.5, local_steps=6), _labeled(0), seed=2)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], plain[k]) for k in a)
+    assert 0 < ma[TrainMetric.PSEUDO_LABEL_RATE] <= 1
+
+
+def test_an_unknown_teacher_is_refused_by_name() -> None:
+    from flmi.tasks.base import HParamError
+
+    with pytest.raises(HParamError, match="pseudo_label_teacher"):
+        _training(pseudo_label_teacher="ema")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_global_teacher_with_alignment_trains_on_the_chosen_device() -> None:
+    task = _task()
+    model = task.build_model(seed=0).to("cuda")
+    training = _training(threshold=0.5, pseudo_label_teacher="global", distribution_alignment=1)
+    result = task.fit_semi_supervised(
+        model=model,
+        labeled=_labeled(4),
+        unlabeled=_images(20, 2),
+        training=training,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cuda"),
+    )
+    assert result.num_steps > 0
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
