@@ -219,6 +219,8 @@ class FederationConfig:
     ``distribution_alignment = true`` divides the teacher's class
     probabilities by their mean over the site's unlabeled images before
     thresholding, against pseudo-labels drawn mostly from the majority class.
+    ``soft_pseudo_labels = true`` trains toward the teacher's whole class
+    distribution (cross-entropy with soft targets) instead of its top class.
     With ``"none"``, a site without any labeled training example sits out.
     """
 
@@ -241,6 +243,7 @@ class FederationConfig:
     unlabeled_aggregation: Literal["mean", "add"] = "mean"
     pseudo_label_teacher: Literal["local", "global"] = "local"
     distribution_alignment: bool = False
+    soft_pseudo_labels: bool = False
 
 
 @dataclass(frozen=True)
@@ -592,6 +595,8 @@ def training_hparams(config: Config) -> dict[str, HParamValue]:
             out[HParam.PSEUDO_LABEL_TEACHER] = f.pseudo_label_teacher
         if f.distribution_alignment:
             out[HParam.DISTRIBUTION_ALIGNMENT] = 1
+        if f.soft_pseudo_labels:
+            out[HParam.SOFT_PSEUDO_LABELS] = 1
     if config.task.freeze:
         out[HParam.FREEZE] = ",".join(config.task.freeze)
     return out

@@ -162,6 +162,9 @@ def test_teacher_and_alignment_reach_the_sites_only_when_set() -> None:
     )
     assert chosen[HParam.PSEUDO_LABEL_TEACHER] == "global"
     assert chosen[HParam.DISTRIBUTION_ALIGNMENT] == 1
+    assert HParam.SOFT_PSEUDO_LABELS not in chosen
+    soft = training_hparams(config_from_dict(_tables(soft_pseudo_labels=True)))
+    assert soft[HParam.SOFT_PSEUDO_LABELS] == 1
     off = training_hparams(config_from_dict(_tables(method="none", pseudo_label_teacher="global")))
     assert HParam.PSEUDO_LABEL_TEACHER not in off  # no semi-supervised training: nothing to send
 

@@ -106,6 +106,7 @@ class HParam(StrEnum):
     UNLABELED_LOSS_WEIGHT = "unlabeled_loss_weight"
     PSEUDO_LABEL_TEACHER = "pseudo_label_teacher"
     DISTRIBUTION_ALIGNMENT = "distribution_alignment"
+    SOFT_PSEUDO_LABELS = "soft_pseudo_labels"
     FREEZE = "freeze"
     DP = "dp"
     DP_NOISE_MULTIPLIER = "dp_noise_multiplier"

@@ -72,6 +72,9 @@ class LocalTraining:
         Divide the teacher's class probabilities by their mean over the site's
         unlabeled images (and renormalise) before thresholding, so the
         pseudo-labels are not drawn mostly from the majority class.
+    soft_pseudo_labels
+        Train toward the teacher's whole (aligned) class distribution instead
+        of its top class, on the images that pass the threshold.
     freeze
         ``state_dict`` name prefixes (module paths) of tensors that are not
         trained: their values after local training are the received ones.
@@ -94,6 +97,7 @@ class LocalTraining:
     unlabeled_loss_weight: float = 1.0
     pseudo_label_teacher: str = PseudoLabelTeacher.LOCAL
     distribution_alignment: bool = False
+    soft_pseudo_labels: bool = False
     freeze: tuple[str, ...] = ()
 
     @classmethod
@@ -126,6 +130,7 @@ class LocalTraining:
                     hparams.get(HParam.PSEUDO_LABEL_TEACHER, PseudoLabelTeacher.LOCAL)
                 ),
                 distribution_alignment=bool(int(hparams.get(HParam.DISTRIBUTION_ALIGNMENT, 0))),
+                soft_pseudo_labels=bool(int(hparams.get(HParam.SOFT_PSEUDO_LABELS, 0))),
                 freeze=split_prefixes(str(hparams.get(HParam.FREEZE, ""))),
             )
         except KeyError as exc:

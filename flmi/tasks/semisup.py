@@ -32,6 +32,12 @@ Two options shape the pseudo-labels:
   images benign then no longer hands out mostly "benign" pseudo-labels: the
   confident share of each class follows how far an image stands from the
   site's average prediction.
+- ``soft_pseudo_labels``: the target of a confident image is the teacher's
+  whole (aligned) class distribution, with cross-entropy against soft targets,
+  rather than its top class (the soft targets of consistency training such as
+  UDA, Xie et al., NeurIPS 2020, and Mean Teacher): an image the teacher finds
+  70 % benign does not teach "100 % benign". With a threshold of 0 every
+  unlabeled image then counts, weighted by nothing but the teacher's doubt.
 
 A step with nothing to learn from (no
 labeled batch, no confident image) is skipped rather than taken: with weight
@@ -149,6 +155,13 @@ def align(probs: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return scaled / scaled.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def soft_cross_entropy(
+    *, logits: torch.Tensor, targets: torch.Tensor, probs_fn: ProbsFn
+) -> torch.Tensor:
+    """Per-example cross-entropy of ``probs_fn(logits)`` against target distributions ``(N, C)``."""
+    return -(targets * torch.log(probs_fn(logits).clamp_min(1e-12))).sum(dim=1)
+
+
 def train_semi_supervised(
     *,
     model: torch.nn.Module,
@@ -258,7 +271,11 @@ def train_semi_supervised(
         if not bool(chosen_cpu.any()) and labeled_batches is None:
             continue  # nothing to learn from: no step (see the module notes)
         used[u_index[chosen_cpu]] = True
-        unsup = (loss_fn(model(view), target) * mask).mean()
+        if training.soft_pseudo_labels:
+            per_image = soft_cross_entropy(logits=model(view), targets=probs, probs_fn=probs_fn)
+        else:
+            per_image = loss_fn(model(view), target)
+        unsup = (per_image * mask).mean()
         objective = objective + training.unlabeled_loss_weight * unsup
         unsup_sum += float(unsup.detach()) * u.shape[0]
         confident += int(chosen_cpu.sum())

@@ -12,7 +12,7 @@ from flmi.core.keys import Metric, TrainMetric
 from flmi.data.arrays import ArraySplit
 from flmi.tasks.base import LocalTraining
 from flmi.tasks.classification import ClassificationTask
-from flmi.tasks.semisup import align, frozen_teacher, mean_prediction
+from flmi.tasks.semisup import align, frozen_teacher, mean_prediction, soft_cross_entropy
 from flmi.tasks.strong_augment import strong_augment
 from flmi.tasks.torch_params import params_copy
 
@@ -281,3 +281,33 @@ def test_a_global_teacher_with_alignment_trains_on_the_chosen_device() -> None:
     )
     assert result.num_steps > 0
     assert {p.device.type for p in model.parameters()} == {"cuda"}
+
+
+def test_soft_cross_entropy_matches_the_hard_one_on_one_hot_targets() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [-3.0, 1.0]])
+    hard = torch.tensor([0, 1, 1])
+    one_hot = torch.nn.functional.one_hot(hard, 2).to(logits.dtype)
+    soft = soft_cross_entropy(
+        logits=logits, targets=one_hot, probs_fn=lambda z: torch.softmax(z, dim=1)
+    )
+    torch.testing.assert_close(
+        soft, torch.nn.functional.cross_entropy(logits, hard, reduction="none")
+    )
+    # A target distribution is matched best by predicting that same distribution.
+    target = torch.tensor([[0.7, 0.3]])
+    match = torch.log(target)
+    worse = torch.tensor([[5.0, -5.0]])
+    probs = lambda z: torch.softmax(z, dim=1)  # noqa: E731
+    assert soft_cross_entropy(logits=match, targets=target, probs_fn=probs) < soft_cross_entropy(
+        logits=worse, targets=target, probs_fn=probs
+    )
+
+
+def test_soft_pseudo_labels_train_another_model_reproducibly() -> None:
+    soft = _training(threshold=0.0, soft_pseudo_labels=1, local_steps=4)
+    a, metrics = _fit(soft, _labeled(0), seed=1)
+    b, _ = _fit(soft, _labeled(0), seed=1)
+    hard, _ = _fit(_training(threshold=0.0, local_steps=4), _labeled(0), seed=1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], hard[k]) for k in a)
+    assert metrics[TrainMetric.PSEUDO_LABEL_RATE] == 1.0 and metrics[TrainMetric.UNLABELED_LOSS] > 0
