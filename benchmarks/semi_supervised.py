@@ -1,7 +1,9 @@
 """Semi-supervised sites on BreastMNIST: do 2 unlabeled hospitals help 2 labeled ones?
 
-Runs ``examples/breastmnist_semi_supervised.toml`` (4 hospitals, iid split,
-hospitals 3 and 4 without any training label) in three arms, each over the
+Runs a config of 4 hospitals where hospitals 3 and 4 have no training label
+(``--config``; by default ``examples/breastmnist_semi_supervised_few_labels.toml``,
+where hospitals 1 and 2 also have few labels; ``examples/breastmnist_semi_supervised.toml``
+is the earlier protocol with 136 labels each) in three arms, each over the
 seeds:
 
 - ``semi-supervised``: all 4 hospitals; the unlabeled ones train with FixMatch
@@ -12,18 +14,22 @@ seeds:
 - ``all labeled`` (reference): the same 4 hospitals with every label kept.
 
 It prints the central test AUC (and balanced accuracy) of the final round as
-mean +- sd over the seeds and the ratio of the semi-supervised AUC to the
-labeled-only AUC, measured in the same run.
+mean +- sd over the seeds, each seed's AUC, the ratio of the semi-supervised
+AUC to the labeled-only AUC, and the ratio of the all-labeled AUC to the
+labeled-only AUC (how much labels for hospitals 3 and 4 would be worth: the
+room there is for unlabeled images to fill), all measured in the same run.
 
-With ``--tune``, the pseudo-label threshold and the aggregation weight of an
-unlabeled image (``federation.unlabeled_weight``) are chosen first on
-validation data only (the final-round validation AUC, the example-weighted
-mean over the hospitals' validation splits, averaged over the tuning seeds);
-test data is never looked at to choose anything.
+With ``--tune``, settings of the semi-supervised arm are chosen first on
+validation data only (the final model's AUC on every hospital's validation
+split together, averaged over the tuning seeds);
+test data is never looked at to choose anything. The grid is every
+combination of the ``--grid KEY=V1,V2,...`` options (by default the
+pseudo-label threshold and ``federation.unlabeled_weight``).
 
 Usage::
 
-    nice .venv/bin/python benchmarks/semi_supervised.py [--seeds 0 1 2] [--tune] [--out FILE.md]
+    nice .venv/bin/python benchmarks/semi_supervised.py [--config FILE.toml] [--seeds 0 1 2]
+        [--tune [--grid KEY=V1,V2 ...]] [--set KEY=VALUE ...] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -37,13 +43,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flmi.config import load_config
+import torch
+
+from flmi.config import Config, load_config
+from flmi.core.params import Params
+from flmi.data.arrays import concat_splits
+from flmi.data.sources import load_data
 from flmi.simulation import run_experiment
+from flmi.tasks.registry import build_task
+from flmi.tasks.torch_params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "examples" / "breastmnist_semi_supervised.toml"
-THRESHOLDS = (0.9, 0.95)
-WEIGHTS = (0.5, 1.0)
+CONFIG = ROOT / "examples" / "breastmnist_semi_supervised_few_labels.toml"
+DEFAULT_GRID = (
+    "federation.pseudo_label_threshold=0.9,0.95",
+    "federation.unlabeled_weight=0.5,1.0",
+)
 
 
 def all_labeled(lr: float) -> list[str]:
@@ -58,11 +73,29 @@ def all_labeled(lr: float) -> list[str]:
 
 #: ``--set`` overrides applied to every arm.
 EXTRA: list[str] = []
+#: The config every arm starts from (``--config``).
+CHOSEN: list[Path] = [CONFIG]
+
+
+def pooled_val(config: Config, params: Params) -> dict[str, float]:
+    """AUC and balanced accuracy of ``params`` on every hospital's validation split together.
+
+    The same 78 images for every arm, labeled hospitals or not (an arm's own
+    round records score only the hospitals that took part). Balanced accuracy
+    shows a model that calls every image benign, which AUC does not.
+    """
+    data = load_data(config)
+    task = build_task(config, data)
+    model = task.build_model(seed=0)
+    load_params(model, params, where="benchmark validation")
+    val = concat_splits([data.sites[s].val for s in sorted(data.sites)])
+    metrics = task.evaluate(model=model, data=val, device=torch.device("cpu"))
+    return {"auc": float(metrics["auc"]), "balanced_accuracy": float(metrics["balanced_accuracy"])}
 
 
 def run(seed: int, overrides: Sequence[str]) -> dict[str, float]:
     """One run: central test AUC and balanced accuracy, validation AUC, wall time."""
-    config = load_config(CONFIG, overrides=[f"federation.seed={seed}", *EXTRA, *overrides])
+    config = load_config(CHOSEN[0], overrides=[f"federation.seed={seed}", *EXTRA, *overrides])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = run_experiment(config=config, out=Path(tmp) / "run")
@@ -73,27 +106,34 @@ def run(seed: int, overrides: Sequence[str]) -> dict[str, float]:
         "auc": float(central["auc"]),
         "balanced_accuracy": float(central["balanced_accuracy"]),
         "val_auc": float((final["val"] or {}).get("auc") or float("nan")),
+        **{f"pooled_val_{k}": v for k, v in pooled_val(config, result.params).items()},
         "wall_s": time.perf_counter() - started,
     }
 
 
-def tune(seeds: Sequence[int], method: str) -> tuple[float, float]:
-    """The (threshold, unlabeled_weight) with the best mean validation AUC over ``seeds``."""
-    scores: dict[tuple[float, float], float] = {}
-    for threshold, weight in itertools.product(THRESHOLDS, WEIGHTS):
-        overrides = _ssl(method, threshold, weight)
-        vals = [run(seed, overrides)["val_auc"] for seed in seeds]
-        score = scores[(threshold, weight)] = statistics.fmean(vals)
-        print(f"  tune threshold={threshold} weight={weight}: val AUC {score:.4f}")
+def parse_grid(options: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every combination of ``KEY=V1,V2,...`` options, as tuples of ``KEY=V`` overrides."""
+    axes: list[list[str]] = []
+    for option in options:
+        key, sep, values = option.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"--grid {option!r}: write KEY=V1,V2,...")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return list(itertools.product(*axes))
+
+
+def tune(seeds: Sequence[int], method: str, grid: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+    """The grid point with the best mean validation AUC over ``seeds``."""
+    scores: dict[tuple[str, ...], float] = {}
+    for point in grid:
+        rows = [run(seed, [f"federation.semi_supervised={method}", *point]) for seed in seeds]
+        score = scores[point] = statistics.fmean(r["pooled_val_auc"] for r in rows)
+        balanced = statistics.fmean(r["pooled_val_balanced_accuracy"] for r in rows)
+        print(
+            f"  tune {' '.join(point)}: val AUC {score:.4f}, val balanced accuracy {balanced:.3f}",
+            flush=True,
+        )
     return max(sorted(scores), key=lambda k: scores[k])
-
-
-def _ssl(method: str, threshold: float, weight: float) -> list[str]:
-    return [
-        f"federation.semi_supervised={method}",
-        f"federation.pseudo_label_threshold={threshold}",
-        f"federation.unlabeled_weight={weight}",
-    ]
 
 
 def _mean_sd(values: Sequence[float]) -> str:
@@ -105,56 +145,94 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--method", choices=["fixmatch", "pseudo_label"], default="fixmatch")
-    parser.add_argument("--tune", action="store_true", help="choose threshold and weight on val")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the config of every arm")
+    parser.add_argument("--tune", action="store_true", help="choose --grid settings on val")
     parser.add_argument("--tune-seeds", type=int, nargs="+", default=[10])
+    parser.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2", help="a tuning axis"
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=["semi", "labeled", "reference"],
+        default=["semi", "labeled", "reference"],
+        help="run only these arms (the table and ratios need all three)",
+    )
     parser.add_argument("--out", type=Path, help="also write the table as Markdown here")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every arm"
     )
     args = parser.parse_args(argv)
     EXTRA.extend(args.set)
+    CHOSEN[0] = args.config
 
-    base = load_config(CONFIG, overrides=EXTRA)
-    threshold = base.federation.pseudo_label_threshold
-    weight = base.federation.unlabeled_weight
+    base = load_config(args.config, overrides=EXTRA)
+    chosen: tuple[str, ...] = ()
     if args.tune:
-        print(f"tuning on validation AUC, seeds {args.tune_seeds}")
-        threshold, weight = tune(args.tune_seeds, args.method)
+        print(f"tuning on validation AUC, seeds {args.tune_seeds}", flush=True)
+        chosen = tune(args.tune_seeds, args.method, parse_grid(args.grid or DEFAULT_GRID))
+    ssl = load_config(
+        args.config, overrides=[*EXTRA, f"federation.semi_supervised={args.method}", *chosen]
+    ).federation
+    label = (
+        f"semi-supervised ({args.method}, threshold {ssl.pseudo_label_threshold}, "
+        f"unlabeled_weight {ssl.unlabeled_weight}, teacher {ssl.pseudo_label_teacher}, "
+        f"alignment {'on' if ssl.distribution_alignment else 'off'}"
+        + (f"; tuned {' '.join(chosen)}" if chosen else "")
+        + ")"
+    )
     arms = {
-        f"semi-supervised ({args.method}, threshold {threshold}, unlabeled_weight {weight})": _ssl(
-            args.method, threshold, weight
-        ),
+        label: [f"federation.semi_supervised={args.method}", *chosen],
         "labeled only (2 labeled hospitals)": ["federation.semi_supervised=none"],
         "all labeled (reference)": [
             *all_labeled(base.federation.lr),
             "federation.semi_supervised=none",
         ],
     }
+    keys = dict(zip(arms, ["semi", "labeled", "reference"], strict=True))
     results: dict[str, list[dict[str, float]]] = {}
     for name, overrides in arms.items():
+        if keys[name] not in args.arms:
+            continue
         results[name] = []
         for seed in args.seeds:
             row = run(seed, overrides)
             results[name].append(row)
-            print(f"  {name} seed {seed}: test AUC {row['auc']:.4f} ({row['wall_s']:.0f} s)")
-    ssl_name, labeled_name, _ = list(arms)
+            print(
+                f"  {name} seed {seed}: test AUC {row['auc']:.4f}, "
+                f"val AUC {row['pooled_val_auc']:.4f}, val balanced accuracy "
+                f"{row['pooled_val_balanced_accuracy']:.3f} ({row['wall_s']:.0f} s)",
+                flush=True,
+            )
+    if len(results) < len(arms):
+        return
+    ssl_name, labeled_name, reference_name = list(arms)
     aucs = {name: [r["auc"] for r in rows] for name, rows in results.items()}
     ratio = statistics.fmean(aucs[ssl_name]) / statistics.fmean(aucs[labeled_name])
+    headroom = statistics.fmean(aucs[reference_name]) / statistics.fmean(aucs[labeled_name])
+    f = base.federation
+    budget = f"{f.local_steps} local steps" if f.local_steps else f"{f.local_epochs} local epoch(s)"
     lines = [
-        f"BreastMNIST, 4 hospitals (iid), hospitals 3 and 4 without labels; "
-        f"{base.federation.rounds} rounds of {base.strategy.name}, "
-        f"{base.federation.local_epochs} local epoch(s); seeds {args.seeds}",
+        f"BreastMNIST, 4 hospitals ({base.partition.method}), hospitals 3 and 4 without labels "
+        f"({args.config.name}); {f.rounds} rounds of {base.strategy.name}, {budget} a round; "
+        f"seeds {args.seeds}",
         "",
-        "| arm | central test AUC | central test balanced accuracy | mean wall s |",
-        "| --- | --- | --- | --- |",
+        "| arm | central test AUC | per seed | central test balanced accuracy | mean wall s |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name, rows in results.items():
+        per_seed = ", ".join(f"{r['auc']:.3f}" for r in rows)
         lines.append(
-            f"| {name} | {_mean_sd([r['auc'] for r in rows])} | "
+            f"| {name} | {_mean_sd([r['auc'] for r in rows])} | {per_seed} | "
             f"{_mean_sd([r['balanced_accuracy'] for r in rows])} | "
             f"{statistics.fmean(r['wall_s'] for r in rows):.0f} |"
         )
-    lines += ["", f"ratio semi-supervised / labeled only (test AUC): {ratio:.3f}"]
+    lines += [
+        "",
+        f"ratio semi-supervised / labeled only (test AUC): {ratio:.3f}",
+        f"ratio all labeled / labeled only (test AUC, the room for unlabeled images): "
+        f"{headroom:.3f}",
+    ]
     text = "\n".join(lines)
     print(text)
     if args.out is not None:

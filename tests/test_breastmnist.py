@@ -32,3 +32,19 @@ def test_breastmnist_example_trains_one_round_on_the_real_data(tmp_path: Path) -
     counts = [site["label_counts"] for site in summary["sites"].values()]
     assert sum(c.get("0", 0) for c in counts) == 147  # malignant training images
     assert 0.0 <= summary["arms"]["federated"]["global"]["auc"] <= 1.0
+
+
+@requires_breastmnist
+def test_the_few_labels_example_gives_two_small_labeled_and_two_unlabeled_hospitals(
+    tmp_path: Path,
+) -> None:
+    overrides = ["federation.rounds=1", "task.width=4"]
+    path = REPO / "examples" / "breastmnist_semi_supervised_few_labels.toml"
+    config = load_config(path, overrides=overrides)
+    run_experiment(config=config, out=tmp_path / "run")
+    sites = json.loads((tmp_path / "run" / "summary.json").read_text())["sites"]
+    for name in ("site_1", "site_2"):
+        assert 20 <= sites[name]["n_train"] <= 35 and "n_unlabeled" not in sites[name]
+    for name in ("site_3", "site_4"):
+        assert sites[name]["n_train"] == 0 and sites[name]["label_counts"] == {}
+        assert sites[name]["n_unlabeled"] > 100
