@@ -11,6 +11,7 @@ although every mask is fresh randomness.
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,25 @@ import numpy as np
 import pytest
 
 from flmi.config import load_config
+from flmi.core.messages import ClientUpdate, TrainInstruction, TrainReply
+from flmi.privacy.linear import LinearRule, linear_terms
+from flmi.privacy.secagg import FixedPoint, quantised_vector
+from flmi.privacy.wire import Payload
+from flmi.runtime.grpc.coordinator import GrpcRuntime
 from flmi.runtime.grpc.secure import EXIT_AT_STAGE_ENV, EXIT_AT_STAGE_STATUS
+from flmi.runtime.grpc.server import deployment_task, serve
 from flmi.simulation import run_experiment
+from flmi.site.site import Site
+from flmi.tasks.torch_params import params_copy
 from flmi.tensorio import load_tensors
-from tests.runtime.deploy_support import Deployment, fed_tables, metrics, wait, write_fed
+from tests.runtime.deploy_support import (
+    Deployment,
+    fed_tables,
+    metrics,
+    wait,
+    wait_for,
+    write_fed,
+)
 
 pytestmark = pytest.mark.slow
 SITES = ["hospital_1", "hospital_2", "hospital_3"]
@@ -168,10 +184,89 @@ def test_fewer_survivors_than_the_threshold_refuse_the_round_and_leave_the_model
     assert "2 survivors" in log and "threshold 3" in log and "cannot be recovered" in log
     assert metrics(run)[0]["sites_failed"] == {"hospital_3": "unavailable"}
     config = load_config(deployment.fed)
-    from flmi.runtime.grpc.server import deployment_task
-    from flmi.tasks.torch_params import params_copy
-
     initial = params_copy(deployment_task(config).build_model(seed=config.federation.seed))
     final, _ = load_tensors(path=run / "model.safetensors")
     for name, value in initial.items():
         np.testing.assert_array_equal(final[name], value)
+
+
+def test_the_server_never_holds_an_unmasked_update_only_masked_words_and_sealed_shares(
+    deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: the server runs in this process so that everything its runtime hands
+    # the protocol (training replies, stage answers) is captured; the sites are processes.
+    write_fed(
+        deployment,
+        fed_tables(
+            site_names=SITES,
+            federation={"min_sites": 2, "rounds": 1},
+            privacy={"aggregation": "secagg"},
+        ),
+    )
+    config = load_config(deployment.fed)
+    trained: list[TrainReply] = []
+    answers: list[tuple[str, str, bytes]] = []
+    train, exchange = GrpcRuntime.train, GrpcRuntime.exchange
+
+    def capture_train(self: GrpcRuntime, instructions: Any) -> Any:
+        replies = train(self, instructions)
+        trained.extend(replies.values())
+        return replies
+
+    def capture_exchange(self: GrpcRuntime, *, stage: str, rnd: int, payloads: Any) -> Any:
+        replies = exchange(self, stage=stage, rnd=rnd, payloads=payloads)
+        answers.extend((s, stage, r) for s, r in replies.items() if isinstance(r, bytes))
+        return replies
+
+    monkeypatch.setattr(GrpcRuntime, "train", capture_train)
+    monkeypatch.setattr(GrpcRuntime, "exchange", capture_exchange)
+    plain: dict[str, ClientUpdate] = {}  # each site's own update, from the in-process run
+    site_train = Site.train
+
+    def capture_plain(self: Site, instruction: TrainInstruction) -> Any:
+        reply = site_train(self, instruction)
+        assert isinstance(reply, ClientUpdate)
+        plain[reply.site] = reply
+        return reply
+
+    monkeypatch.setattr(Site, "train", capture_plain)
+    bound: list[str] = []
+    server = threading.Thread(
+        target=serve,
+        kwargs={
+            "config": config,
+            "certs": deployment.ca / "server",
+            "address": "127.0.0.1:0",
+            "out": tmp_path / "run",
+            "on_listening": bound.append,
+        },
+    )
+    server.start()
+    wait_for(lambda: bool(bound), what="the server to listen")
+    clients = [deployment.start_client(site, bound[0]) for site in SITES]
+
+    # Act
+    run_experiment(config=config, out=None)  # the same round in process: each site's update
+    statuses = [wait(client) for client in clients]
+    server.join(timeout=120)
+
+    # Assert: training replies carried no tensor; every stage answer is keys, sealed
+    # shares, masked ring words or the shares that unmask the sum, never an update.
+    assert statuses == [0, 0, 0] and not server.is_alive()
+    assert len(trained) == 3 and all(
+        isinstance(r, ClientUpdate) and not r.params and not r.extras and r.num_examples == 0
+        for r in trained
+    )
+    assert sorted(stage for _, stage, _ in answers) == sorted(SECAGG_STAGES * 3)
+    initial = params_copy(deployment_task(config).build_model(seed=config.federation.seed))
+    fixed = FixedPoint(clip=config.privacy.secagg_clip, bits=config.privacy.secagg_bits)
+    for site, update in plain.items():
+        terms = linear_terms(update, reference=initial, rule=LinearRule.WEIGHTED_MEAN)
+        quantised = quantised_vector(terms, fixed)
+        forms = [quantised.tobytes(), terms.weighted.tobytes()]
+        forms += [np.ascontiguousarray(v).tobytes() for v in update.params.values() if v.size > 4]
+        for _, stage, payload in answers:
+            assert not any(form[:32] in payload for form in forms), (site, stage)
+        (masked,) = [p for s, stage, p in answers if s == site and stage == "secagg/masked"]
+        y = np.frombuffer(Payload.decode(masked, where="test").blobs["y"], dtype="<u8")
+        assert y.size == quantised.size and np.mean(y == quantised) < 0.01
