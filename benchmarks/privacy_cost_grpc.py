@@ -64,7 +64,7 @@ def run_grpc_arm(
     arm: str, *, sites: int, images: int, rounds: int, width: int
 ) -> tuple[list[RoundRecord], Params]:
     """One deployment under ``arm``; the server's round records and final weights."""
-    names = [f"site_{i:02d}" for i in range(sites)]
+    names = [f"hospital_{i + 1}" for i in range(sites)]  # the generated hospitals' names
     with tempfile.TemporaryDirectory(prefix=f"flmi-bench-{arm}-") as tmp:
         root = Path(tmp)
         init_ca(ca_dir=root / "ca")
@@ -106,9 +106,7 @@ def run_grpc_arm(
                         root / f"{name}.log",
                     )
                 )
-            for process in processes:
-                if process.wait(timeout=3600) != 0:
-                    raise SystemExit(f"{arm}: a process failed:\n{server_log.read_text()}")
+            _wait_all(processes, root)
             lines = (root / "run" / "metrics.jsonl").read_text().splitlines()
             records = [record_from_line(_json(line)) for line in lines if line.strip()]
             params, _ = load_tensors(path=root / "run" / "model.safetensors")
@@ -118,6 +116,17 @@ def run_grpc_arm(
                 if process.poll() is None:
                     process.kill()
                     process.wait()
+
+
+def _wait_all(processes: list[subprocess.Popen[bytes]], root: Path) -> None:
+    """Wait for every process; stop at the first that fails, showing the logs."""
+    while any(p.poll() is None for p in processes):
+        if any(p.returncode not in (None, 0) for p in processes):
+            break
+        time.sleep(0.2)
+    if any(p.returncode != 0 for p in processes):
+        logs = "\n".join(f"--- {log.name}\n{log.read_text()}" for log in sorted(root.glob("*.log")))
+        raise SystemExit(f"a deployment process failed:\n{logs}")
 
 
 def _json(line: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -38,6 +39,7 @@ from flmi.runtime.grpc.secure import (
     protect,
 )
 from flmi.runtime.grpc.service import FederationService, ServiceSettings
+from flmi.runtime.grpc.siteconf import Bounds, load_site_settings
 from tests.runtime.grpc_calls import register_request
 from tests.runtime.test_staged_exchange import Context
 
@@ -220,3 +222,26 @@ def test_the_test_only_fault_is_off_unless_its_variable_is_set_and_well_formed()
     for bad in ("secagg/unmask", "@2", "secagg/unmask@0", "secagg/unmask@x"):
         with pytest.raises(ConfigError, match=EXIT_AT_STAGE_ENV):
             exit_at_stage({EXIT_AT_STAGE_ENV: bad})
+
+
+def test_a_site_that_requires_a_hidden_sum_refuses_a_plain_plan(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[data]\nfederation_config = "fed.toml"\n[bounds]\naggregation = ["secagg", "he"]\n'
+    )
+    bounds = load_site_settings(path, site="hospital_1").bounds
+
+    refusal = bounds.check_aggregation("plain")
+
+    assert bounds.check_aggregation("secagg") is None and bounds.check_aggregation("he") is None
+    assert refusal is not None and refusal[0] is WireError.AGGREGATION_REFUSED
+    assert "privacy.aggregation = 'plain' is not one this site allows (secagg, he)" in refusal[1]
+    assert Bounds().check_aggregation("plain") is None  # no bound: anything
+
+
+def test_an_unknown_aggregation_bound_is_a_site_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('[data]\nfederation_config = "f.toml"\n[bounds]\naggregation = ["mpc"]\n')
+
+    with pytest.raises(ConfigError, match="bounds.aggregation must be a list of"):
+        load_site_settings(path, site="hospital_1")

@@ -218,9 +218,12 @@ class SiteClient:
         out = reply.SerializeToString()
         self._log("RegisterReply", "in", len(out), hashlib.sha256(out).hexdigest())
         plan = reply.plan
-        refusal = self._s.bounds.check_plan(
-            strategy=plan.strategy, rounds=plan.rounds, hparams=hparams_from_wire(plan.hparams)
-        )
+        aggregation = AggregationPlan.from_wire(plan)
+        refusal = self._s.bounds.check_aggregation(aggregation.aggregation)
+        if refusal is None:
+            refusal = self._s.bounds.check_plan(
+                strategy=plan.strategy, rounds=plan.rounds, hparams=hparams_from_wire(plan.hparams)
+            )
         if refusal is not None:
             code, reason = refusal
             self._done(ErrorCode.HPARAM_REFUSED, f"{code.value}: {reason}")
@@ -228,9 +231,7 @@ class SiteClient:
         self._chunk_bytes = int(reply.chunk_bytes)
         self._heartbeat_s = float(reply.heartbeat_s)
         try:
-            self._site = protect(
-                self._make_site(reply.completed_round), AggregationPlan.from_wire(plan)
-            )
+            self._site = protect(self._make_site(reply.completed_round), aggregation)
         except ConfigError as exc:
             self._done(ErrorCode.HPARAM_REFUSED, str(exc))
             raise ClientExitError(2, f"this site refuses the training plan: {exc}") from None

@@ -27,6 +27,7 @@ class WireError(StrEnum):
     STALE_TICKET = "stale_ticket"
     SHUTTING_DOWN = "shutting_down"
     STAGES_UNSUPPORTED = "stages_unsupported"
+    AGGREGATION_REFUSED = "aggregation_refused"
 
 
 class RefusalError(Exception):
