@@ -350,7 +350,10 @@ class PrivacyConfig:
     drop out) or ``"he"`` (CKKS homomorphic encryption: the server adds
     ciphertexts under a public context; ``he_key_holder`` makes the keys).
     Only strategies linear in the updates may run under ``"secagg"`` or
-    ``"he"`` (see :mod:`flmi.privacy.linear`).
+    ``"he"`` (see :mod:`flmi.privacy.linear`). DP combines with them where
+    the mechanism needs only the sum: ``dp = "sample"``, and ``dp = "client"``
+    with ``noise_at = "site"`` (then ``secagg_clip`` must hold each site's
+    noised change); ``noise_at = "server"`` needs each site's own update.
     """
 
     dp: Literal["none", "sample", "client"] = "none"

@@ -321,8 +321,8 @@ def run_audit(
     in_update, reconstructed = 1, 0
     shown: list[tuple[np.ndarray, np.ndarray]] = []
     for b in range(settings.batches):
-        attacked = names if config.privacy.aggregation != "plain" else [name]
-        batches = {s: _pick(data.sites[s].train, batch, rng) for s in attacked}
+        # Every site's batch is drawn under every setting, so each attacks the same images.
+        batches = {s: _pick(data.sites[s].train, batch, rng) for s in names}
         view = server_view(
             config=config,
             task=task,

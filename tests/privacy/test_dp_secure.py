@@ -8,12 +8,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
 from flmi.config import config_from_dict
 from flmi.core.errors import ConfigError
 from flmi.core.exchange import SecureAggregation
 from flmi.core.federation import FederationPlan, RoundRecord, run_federation
+from flmi.core.keys import Extra, HParam
 from flmi.core.messages import (
     ClientUpdate,
     EvaluateInstruction,
@@ -26,7 +29,7 @@ from flmi.core.messages import (
 from flmi.core.params import Params
 from flmi.core.strategy import StateRecord
 from flmi.privacy.he import CkksSettings, HEServer
-from flmi.privacy.linear import LinearRule
+from flmi.privacy.linear import LinearRule, equivalent_update, linear_terms
 from flmi.privacy.secagg import FixedPoint, SecAggServer, Stage
 from flmi.privacy.site import SecureSite
 from flmi.privacy.site_noise import SiteNoise
@@ -34,6 +37,7 @@ from flmi.privacy.strategies import ClientDP, ClientDPSettings
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.simulation import run_experiment
 from flmi.strategies.fedavg import FedAvg
+from flmi.strategies.registry import build_strategy
 from tests.conftest import tiny_tables
 from tests.privacy.fakes import DropAt
 
@@ -252,3 +256,67 @@ def test_a_target_epsilon_too_noisy_for_the_fixed_point_range_stops_before_the_r
     with pytest.raises(ConfigError, match="privacy.secagg_clip = 3 cannot hold"):
         run_experiment(config=config_from_dict(tables), out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _noised_updates(seed: int, count: int) -> tuple[Params, list[ClientUpdate]]:
+    """Sites' clipped, noised deltas with their noised bits, and different example counts."""
+    rng = np.random.default_rng(seed)
+    x = {"w": rng.normal(size=(5, 3)).astype(np.float32), "b": np.zeros(3, np.float32)}
+    updates = [
+        ClientUpdate(
+            site=f"s{i}",
+            params={
+                k: rng.normal(scale=0.2, size=v.shape).astype(np.float32) for k, v in x.items()
+            },
+            kind=UpdateKind.DELTA,
+            num_examples=int(rng.integers(1, 500)),
+            num_steps=int(rng.integers(1, 5)),
+            metrics={},
+            extras={Extra.DP_UNCLIPPED.value: np.array([rng.normal(1.0, 0.5)])},
+        )
+        for i in range(count)
+    ]
+    return x, updates
+
+
+@pytest.mark.parametrize("inner", ["fedavg", "fedavgm", "fedadam"])
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), count=st.integers(2, 6))
+def test_property_dp_fedavg_on_the_unweighted_hidden_sum_equals_it_on_the_updates(
+    inner: str, seed: int, count: int
+) -> None:
+    x, updates = _noised_updates(seed, count)
+    strategy = ClientDP(
+        inner=build_strategy(name=inner, hparams={HParam.LR: 0.1}, options={}),
+        settings=ClientDPSettings(
+            noise_multiplier=1.0, clip_norm=0.3, noise_at="site", adaptive_clip=True
+        ),
+        delta=1e-5,
+        accountant="rdp",
+        sites_per_round=count + 1,  # one site of the round dropped out
+        seed=0,
+    )
+    state = strategy.init(x)
+    rule = LinearRule.UNWEIGHTED_MEAN
+    terms = [linear_terms(u, reference=x, rule=rule) for u in updates]
+    hidden = equivalent_update(
+        layout=terms[0].layout,
+        weighted_sum=np.sum([t.n * t.weighted for t in terms], axis=0),
+        unweighted_sum=np.sum([t.unweighted for t in terms], axis=0),
+        n_sum=sum(t.n for t in terms),
+        n_tau_sum=sum(t.n_tau for t in terms),
+        rule=rule,
+        reference=x,
+        site="secagg",
+    )
+
+    plain_state, plain = strategy.aggregate(1, state, updates)
+    noted = strategy.note_secure_round(1, state, reports={}, contributors=[u.site for u in updates])
+    secure_state, secure = strategy.aggregate(1, noted, [hidden])
+
+    for k in x:
+        np.testing.assert_allclose(secure[k], plain[k], rtol=1e-5, atol=1e-6)
+    assert secure_state.clip_norm == pytest.approx(plain_state.clip_norm)
+    assert {s: v.to_json() for s, v in secure_state.ledgers.items()} == {
+        s: v.to_json() for s, v in plain_state.ledgers.items()
+    }
