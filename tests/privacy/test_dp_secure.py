@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
+from flmi.cli import main
 from flmi.config import config_from_dict
 from flmi.core.errors import ConfigError
 from flmi.core.exchange import SecureAggregation
@@ -38,7 +39,7 @@ from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.simulation import run_experiment
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.registry import build_strategy
-from tests.conftest import tiny_tables
+from tests.conftest import tiny_tables, write_config
 from tests.privacy.fakes import DropAt
 
 SIGMA, CLIP, SITES, SIZE = 1.0, 0.5, 4, 20_000
@@ -141,6 +142,10 @@ def test_with_a_site_dropped_after_sharing_the_sum_carries_its_survivors_noise_a
         assert entry["epsilon_against_server"] == entry["epsilon"]  # the server sees the sum only
 
 
+def _sets(overrides: list[str]) -> list[str]:
+    return [part for text in overrides for part in ("--set", text)]
+
+
 def _summary(out: Path) -> dict[str, Any]:
     result: dict[str, Any] = json.loads((out / "summary.json").read_text())
     return result
@@ -180,12 +185,11 @@ def test_dp_fedavg_with_noise_at_the_sites_under_secure_aggregation_ends_where_a
     }
     federation = {"rounds": 2, "min_sites": 2}
     plain = tiny_tables(privacy=privacy, federation=federation)
-    secure = tiny_tables(
-        privacy={**privacy, "aggregation": aggregation, "secagg_clip": 5.0},
-        federation=federation,
-    )
+    secure = write_config(tmp_path / "secure.toml", plain)
     run_experiment(config=config_from_dict(plain), out=tmp_path / "plain")
-    run_experiment(config=config_from_dict(secure), out=tmp_path / "secure")
+    overrides = [f"privacy.aggregation={aggregation}", "privacy.secagg_clip=5.0"]
+    code = main(["run", str(secure), "--out", str(tmp_path / "secure"), *_sets(overrides)])
+    assert code == 0
 
     x = load_file(str(tmp_path / "plain" / "model.safetensors"))
     y = load_file(str(tmp_path / "secure" / "model.safetensors"))
