@@ -227,6 +227,11 @@ class FederationConfig:
     thresholding, against pseudo-labels drawn mostly from the majority class.
     ``soft_pseudo_labels = true`` trains toward the teacher's whole class
     distribution (cross-entropy with soft targets) instead of its top class.
+    ``pseudo_label_selection = "class_quota"`` replaces the threshold: once a
+    round each site gives a pseudo-label to the ``pseudo_label_quota`` share
+    of its unlabeled images, split between the classes as the teacher's mean
+    prediction splits them, each class taking its most confident images (a
+    class-wise selection after FlexMatch, Zhang et al., NeurIPS 2021).
     With ``"none"``, a site without any labeled training example sits out.
     """
 
@@ -250,6 +255,8 @@ class FederationConfig:
     pseudo_label_teacher: Literal["local", "global"] = "local"
     distribution_alignment: bool = False
     soft_pseudo_labels: bool = False
+    pseudo_label_selection: Literal["threshold", "class_quota"] = "threshold"
+    pseudo_label_quota: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -606,6 +613,9 @@ def training_hparams(config: Config) -> dict[str, HParamValue]:
             out[HParam.DISTRIBUTION_ALIGNMENT] = 1
         if f.soft_pseudo_labels:
             out[HParam.SOFT_PSEUDO_LABELS] = 1
+        if f.pseudo_label_selection != "threshold":
+            out[HParam.PSEUDO_LABEL_SELECTION] = f.pseudo_label_selection
+            out[HParam.PSEUDO_LABEL_QUOTA] = f.pseudo_label_quota
     if config.task.freeze:
         out[HParam.FREEZE] = ",".join(config.task.freeze)
     return out
@@ -726,6 +736,11 @@ def check_config(c: Config) -> None:
     _require(
         0.0 <= f.pseudo_label_threshold <= 1.0,
         f"federation.pseudo_label_threshold must be in [0, 1], got {f.pseudo_label_threshold}",
+    )
+    _require(
+        0.0 < f.pseudo_label_quota <= 1.0,
+        f"federation.pseudo_label_quota must be in (0, 1] (the share of a site's unlabeled "
+        f"images that get a pseudo-label each round), got {f.pseudo_label_quota}",
     )
     _require(
         f.unlabeled_loss_weight >= 0,

@@ -116,8 +116,12 @@ def test_a_labeled_fraction_keeps_that_share_of_a_sites_labels(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"pseudo_label_teacher": "global", "distribution_alignment": True}],
-    ids=["local-teacher", "global-teacher-aligned"],
+    [
+        {},
+        {"pseudo_label_teacher": "global", "distribution_alignment": True},
+        {"pseudo_label_teacher": "global", "pseudo_label_selection": "class_quota"},
+    ],
+    ids=["local-teacher", "global-teacher-aligned", "class-quota"],
 )
 def test_a_resumed_semi_supervised_run_ends_bit_for_bit_as_a_straight_one(
     tmp_path: Path, options: dict[str, Any]
@@ -214,3 +218,54 @@ def test_added_unlabeled_changes_are_refused_for_per_site_models_naming_the_key(
         run_experiment(config=config_from_dict(tables), out=None)
     with pytest.raises(ConfigError, match="federation.unlabeled_aggregation"):
         config_from_dict(_tables(unlabeled_aggregation="sum"))
+
+
+QUOTA: dict[str, Any] = {
+    "pseudo_label_teacher": "global",
+    "pseudo_label_selection": "class_quota",
+    "pseudo_label_quota": 0.25,
+}
+
+
+def test_a_class_quota_reaches_the_sites_only_when_chosen() -> None:
+    plain = training_hparams(config_from_dict(_tables()))
+    assert HParam.PSEUDO_LABEL_SELECTION not in plain and HParam.PSEUDO_LABEL_QUOTA not in plain
+    chosen = training_hparams(config_from_dict(_tables(**QUOTA)))
+    assert chosen[HParam.PSEUDO_LABEL_SELECTION] == "class_quota"
+    assert chosen[HParam.PSEUDO_LABEL_QUOTA] == 0.25
+
+
+def test_class_quota_sites_take_part_without_labels_and_train_another_model(
+    tmp_path: Path,
+) -> None:
+    global_teacher = _tables(
+        pseudo_label_teacher="global", pseudo_label_threshold=0.99, unlabeled_aggregation="add"
+    )
+    threshold = run_experiment(config=config_from_dict(global_teacher), out=tmp_path / "t").params
+    # A threshold no fresh prediction reaches: the unlabeled sites send nothing at first.
+    assert any(x["sites_failed"] for x in _lines(tmp_path / "t"))
+    config = config_from_dict(_tables(unlabeled_aggregation="add", **QUOTA))
+    result = run_experiment(config=config, out=tmp_path / "run")
+    assert not all(np.array_equal(threshold[k], result.params[k]) for k in threshold)
+    sites = result.summary["sites"]
+    rounds = [x for x in _lines(tmp_path / "run") if x["arm"] == "federated"]
+    for name in ("hospital_3", "hospital_4"):
+        assert sites[name]["n_train"] == 0 and sites[name]["label_counts"] == {}
+    # A quarter of each site's images carry a pseudo-label in every round, so
+    # the unlabeled sites send an update every round, though nothing is 0.99 sure.
+    assert all(x["sites_failed"] == {} for x in rounds)
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"pseudo_label_selection": "flexmatch"}, "federation.pseudo_label_selection"),
+        ({"pseudo_label_quota": 0.0}, "federation.pseudo_label_quota must be in"),
+        ({"pseudo_label_quota": 1.5}, "federation.pseudo_label_quota must be in"),
+    ],
+)
+def test_a_bad_selection_or_quota_is_refused_naming_the_key(
+    options: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict(_tables(**options))

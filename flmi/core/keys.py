@@ -107,6 +107,8 @@ class HParam(StrEnum):
     PSEUDO_LABEL_TEACHER = "pseudo_label_teacher"
     DISTRIBUTION_ALIGNMENT = "distribution_alignment"
     SOFT_PSEUDO_LABELS = "soft_pseudo_labels"
+    PSEUDO_LABEL_SELECTION = "pseudo_label_selection"
+    PSEUDO_LABEL_QUOTA = "pseudo_label_quota"
     FREEZE = "freeze"
     DP = "dp"
     DP_NOISE_MULTIPLIER = "dp_noise_multiplier"
@@ -135,6 +137,16 @@ class PseudoLabelTeacher(StrEnum):
     LOCAL = "local"
     #: A frozen copy of the global model the site received this round.
     GLOBAL = "global"
+
+
+class PseudoLabelSelection(StrEnum):
+    """Which unlabeled images of a semi-supervised site get a pseudo-label."""
+
+    #: Every image whose (aligned) top class probability reaches the threshold.
+    THRESHOLD = "threshold"
+    #: Once a round, per class, the teacher's most confident images of that
+    #: class, in numbers set by the quota and the teacher's class prior.
+    CLASS_QUOTA = "class_quota"
 
 
 class TrainMetric(StrEnum):

@@ -271,7 +271,8 @@ class Site:
             log.info("site %s: no confident pseudo-label in round %d", self.name, instruction.rnd)
             return self._error(
                 ErrorCode.DATA_ERROR,
-                "no unlabeled image reached pseudo_label_threshold this round: nothing learnt",
+                "no unlabeled image got a pseudo-label this round (pseudo_label_threshold, "
+                "or pseudo_label_quota too small for the site): nothing learnt",
             )
         params = params_copy(self._model)
         extras: Params = {}

@@ -13,6 +13,7 @@ from flmi.core.keys import (
     HParam,
     KeepLocal,
     Personal,
+    PseudoLabelSelection,
     PseudoLabelTeacher,
     SemiSupervised,
 )
@@ -75,6 +76,15 @@ class LocalTraining:
     soft_pseudo_labels
         Train toward the teacher's whole (aligned) class distribution instead
         of its top class, on the images that pass the threshold.
+    pseudo_label_selection
+        ``"threshold"``: every image whose (aligned) top probability reaches
+        ``pseudo_label_threshold``; ``"class_quota"``: once a round, per
+        class, the most confident images of that class, the numbers set by
+        ``pseudo_label_quota`` and the teacher's class prior (see
+        :func:`flmi.tasks.semisup.class_quota_selection`).
+    pseudo_label_quota
+        With ``"class_quota"``: the share of the site's unlabeled images that
+        get a pseudo-label each round, in (0, 1].
     freeze
         ``state_dict`` name prefixes (module paths) of tensors that are not
         trained: their values after local training are the received ones.
@@ -98,6 +108,8 @@ class LocalTraining:
     pseudo_label_teacher: str = PseudoLabelTeacher.LOCAL
     distribution_alignment: bool = False
     soft_pseudo_labels: bool = False
+    pseudo_label_selection: str = PseudoLabelSelection.THRESHOLD
+    pseudo_label_quota: float = 0.5
     freeze: tuple[str, ...] = ()
 
     @classmethod
@@ -131,6 +143,10 @@ class LocalTraining:
                 ),
                 distribution_alignment=bool(int(hparams.get(HParam.DISTRIBUTION_ALIGNMENT, 0))),
                 soft_pseudo_labels=bool(int(hparams.get(HParam.SOFT_PSEUDO_LABELS, 0))),
+                pseudo_label_selection=str(
+                    hparams.get(HParam.PSEUDO_LABEL_SELECTION, PseudoLabelSelection.THRESHOLD)
+                ),
+                pseudo_label_quota=float(hparams.get(HParam.PSEUDO_LABEL_QUOTA, 0.5)),
                 freeze=split_prefixes(str(hparams.get(HParam.FREEZE, ""))),
             )
         except KeyError as exc:
@@ -198,6 +214,16 @@ class LocalTraining:
         if self.pseudo_label_teacher not in teachers:
             raise HParamError(
                 f"pseudo_label_teacher must be one of {teachers}, got '{self.pseudo_label_teacher}'"
+            )
+        selections = [m.value for m in PseudoLabelSelection]
+        if self.pseudo_label_selection not in selections:
+            raise HParamError(
+                f"pseudo_label_selection must be one of {selections}, "
+                f"got '{self.pseudo_label_selection}'"
+            )
+        if not 0.0 < self.pseudo_label_quota <= 1.0:
+            raise HParamError(
+                f"pseudo_label_quota must be in (0, 1], got {self.pseudo_label_quota}"
             )
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -38,6 +38,18 @@ Two options shape the pseudo-labels:
   UDA, Xie et al., NeurIPS 2020, and Mean Teacher): an image the teacher finds
   70 % benign does not teach "100 % benign". With a threshold of 0 every
   unlabeled image then counts, weighted by nothing but the teacher's doubt.
+- ``pseudo_label_selection = "class_quota"`` replaces the confidence
+  threshold by a quota per class, chosen once a round
+  (:func:`class_quota_selection`): the teacher (the received model, frozen)
+  predicts every unlabeled image of the site without augmentation; its mean
+  prediction is its estimate of the class prior; each image is assigned the
+  class of its aligned prediction, and class ``c`` keeps its
+  ``round(pseudo_label_quota * N * prior[c])`` most confident images. A
+  single threshold on a model that favours the majority class either hands
+  out mostly majority pseudo-labels or, after alignment, hardly any; a
+  class-wise selection (after FlexMatch's class-wise thresholds, Zhang et
+  al., NeurIPS 2021) keeps a steady share of both. The targets stay fixed for
+  the round (a global teacher's labels, as in SemiFL).
 
 A step with nothing to learn from (no
 labeled batch, no confident image) is skipped rather than taken: with weight
@@ -62,7 +74,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from flmi.core.keys import Metric, PseudoLabelTeacher, SemiSupervised, TrainMetric
+from flmi.core.keys import (
+    Metric,
+    PseudoLabelSelection,
+    PseudoLabelTeacher,
+    SemiSupervised,
+    TrainMetric,
+)
 from flmi.data.arrays import ArraySplit
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
@@ -121,6 +139,30 @@ def frozen_teacher(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
+def predict_probs(
+    *,
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    probs_fn: ProbsFn,
+) -> torch.Tensor:
+    """The class probabilities of ``net`` for every image (evaluation mode, no augmentation).
+
+    ``net`` is put back in the mode it was in. Returns an ``(N, C)`` tensor on ``device``.
+    """
+    if int(images.shape[0]) < 1:
+        raise ValueError("predicting pseudo-labels needs at least one image")
+    was_training = net.training
+    net.eval()
+    parts = [
+        probs_fn(net(images[start : start + batch_size].to(device, non_blocking=True)))
+        for start in range(0, int(images.shape[0]), batch_size)
+    ]
+    net.train(was_training)
+    return torch.cat(parts)
+
+
 def mean_prediction(
     *,
     net: torch.nn.Module,
@@ -133,17 +175,50 @@ def mean_prediction(
 
     ``net`` is put back in the mode it was in. Returns a ``(C,)`` tensor on ``device``.
     """
-    was_training = net.training
-    net.eval()
-    total: torch.Tensor | None = None
-    for start in range(0, int(images.shape[0]), batch_size):
-        batch = images[start : start + batch_size].to(device, non_blocking=True)
-        part = probs_fn(net(batch)).sum(dim=0)
-        total = part if total is None else total + part
-    net.train(was_training)
-    if total is None:
-        raise ValueError("mean_prediction needs at least one image")
-    return total / int(images.shape[0])
+    probs = predict_probs(
+        net=net, images=images, batch_size=batch_size, device=device, probs_fn=probs_fn
+    )
+    return probs.mean(dim=0)
+
+
+def class_quota_selection(
+    *, probs: torch.Tensor, quota: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, the teacher's most confident images, in numbers set by its class prior.
+
+    Parameters
+    ----------
+    probs
+        ``(N, C)`` teacher probabilities for a site's unlabeled images.
+    quota
+        Share of the ``N`` images to pseudo-label, in (0, 1].
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``(chosen, target)``: a boolean ``(N,)`` mask of the images that get a
+        pseudo-label and their ``(N,)`` classes (the aligned top class; for
+        images not chosen, meaningless). The prior is the mean of ``probs``;
+        each image belongs to the top class of its aligned prediction
+        (:func:`align`), and class ``c`` keeps the ``round(quota * N *
+        prior[c])`` images it holds with the highest probability of ``c``
+        (ties to the lower index), or all it holds when fewer. The result
+        depends on ``probs`` alone.
+    """
+    if not 0.0 < quota <= 1.0:
+        raise ValueError(f"pseudo_label_quota must be in (0, 1], got {quota}")
+    n, num_classes = int(probs.shape[0]), int(probs.shape[1])
+    prior = probs.mean(dim=0)
+    target = align(probs, prior).argmax(dim=1)
+    chosen = torch.zeros(n, dtype=torch.bool, device=probs.device)
+    for c in range(num_classes):
+        members = torch.nonzero(target == c).flatten()
+        k = min(round(quota * n * float(prior[c])), int(members.numel()))
+        if k < 1:
+            continue
+        order = torch.sort(probs[members, c], descending=True, stable=True).indices
+        chosen[members[order[:k]]] = True
+    return chosen, target
 
 
 def align(probs: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -228,6 +303,25 @@ def train_semi_supervised(
         if training.pseudo_label_teacher == PseudoLabelTeacher.GLOBAL
         else None
     )
+    quota = training.pseudo_label_selection == PseudoLabelSelection.CLASS_QUOTA
+    fixed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    if quota:
+        all_probs = predict_probs(
+            net=teacher if teacher is not None else model,
+            images=unlabeled,
+            batch_size=training.batch_size,
+            device=device,
+            probs_fn=probs_fn,
+        )
+        fixed_chosen, fixed_target = class_quota_selection(
+            probs=all_probs, quota=training.pseudo_label_quota
+        )
+        soft = (
+            align(all_probs, all_probs.mean(dim=0))
+            if training.distribution_alignment
+            else all_probs
+        )
+        fixed = (fixed_chosen.cpu(), fixed_target, soft)
     alignment = (
         mean_prediction(
             net=teacher if teacher is not None else model,
@@ -236,7 +330,7 @@ def train_semi_supervised(
             device=device,
             probs_fn=probs_fn,
         )
-        if training.distribution_alignment
+        if training.distribution_alignment and not quota
         else None
     )
     model.train()
@@ -258,13 +352,21 @@ def train_semi_supervised(
         u_index = next(unlabeled_batches)
         u = unlabeled[u_index]
         weak = _weak(u, generator).to(device, non_blocking=True)
-        with torch.no_grad():
-            probs = probs_fn((teacher if teacher is not None else model)(weak))
-            if alignment is not None:
-                probs = align(probs, alignment)
-            confidence, target = probs.max(dim=1)
-            chosen = confidence >= training.pseudo_label_threshold
-            mask = chosen.to(weak.dtype)
+        if fixed is not None:
+            on_device = u_index.to(device)
+            chosen, target, probs = (
+                fixed[0][u_index].to(device),
+                fixed[1][on_device],
+                fixed[2][on_device],
+            )
+        else:
+            with torch.no_grad():
+                probs = probs_fn((teacher if teacher is not None else model)(weak))
+                if alignment is not None:
+                    probs = align(probs, alignment)
+                confidence, target = probs.max(dim=1)
+                chosen = confidence >= training.pseudo_label_threshold
+        mask = chosen.to(weak.dtype)
         view = _strong(u, generator).to(device, non_blocking=True) if fixmatch else weak
         unsup_seen += int(u.shape[0])
         chosen_cpu = chosen.cpu()

@@ -12,7 +12,13 @@ from flmi.core.keys import Metric, TrainMetric
 from flmi.data.arrays import ArraySplit
 from flmi.tasks.base import LocalTraining
 from flmi.tasks.classification import ClassificationTask
-from flmi.tasks.semisup import align, frozen_teacher, mean_prediction, soft_cross_entropy
+from flmi.tasks.semisup import (
+    align,
+    class_quota_selection,
+    frozen_teacher,
+    mean_prediction,
+    soft_cross_entropy,
+)
 from flmi.tasks.strong_augment import strong_augment
 from flmi.tasks.torch_params import params_copy
 
@@ -311,3 +317,73 @@ def test_soft_pseudo_labels_train_another_model_reproducibly() -> None:
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not all(np.array_equal(a[k], hard[k]) for k in a)
     assert metrics[TrainMetric.PSEUDO_LABEL_RATE] == 1.0 and metrics[TrainMetric.UNLABELED_LOSS] > 0
+
+
+#: Teacher probabilities of class 0 for 8 images, in no particular order; their
+#: mean is 0.75, so an image's aligned prediction is class 0 exactly when p0 > 0.75.
+HAND_MADE_P0 = [0.8, 0.3, 0.99, 0.5, 0.84, 0.7, 0.97, 0.9]
+
+
+def _hand_made() -> torch.Tensor:
+    p0 = torch.tensor(HAND_MADE_P0, dtype=torch.float64)
+    return torch.stack([p0, 1 - p0], dim=1)
+
+
+def test_the_class_quota_takes_each_classs_most_confident_images_in_prior_proportion() -> None:
+    chosen, target = class_quota_selection(probs=_hand_made(), quota=0.5)
+    # Class 0 holds the images with p0 0.8, 0.99, 0.84, 0.97, 0.9; class 1 the rest.
+    assert target.tolist() == [0, 1, 0, 1, 0, 1, 0, 0]
+    # 4 pseudo-labels: 0.5 * 8 * 0.75 = 3 of class 0 (p0 0.99, 0.97, 0.9) and
+    # 0.5 * 8 * 0.25 = 1 of class 1 (p1 0.7, the image with p0 0.3).
+    assert torch.nonzero(chosen).flatten().tolist() == [1, 2, 6, 7]
+    # A class holding fewer images than its quota gives all of them: 6 asked, 5 held.
+    everything, _ = class_quota_selection(probs=_hand_made(), quota=1.0)
+    assert everything.tolist() == [True, True, True, True, True, False, True, True]
+
+
+def test_a_single_threshold_after_alignment_gives_the_minority_class_nothing_here() -> None:
+    probs = _hand_made()
+    confidence, target = align(probs, probs.mean(dim=0)).max(dim=1)
+    picked = confidence >= 0.95
+    assert target[picked].tolist() == [0]  # one majority image, no minority one
+    chosen, quota_target = class_quota_selection(probs=probs, quota=0.5)
+    assert set(quota_target[chosen].tolist()) == {0, 1}
+
+
+def test_the_class_quota_breaks_ties_by_index_and_refuses_a_quota_out_of_range() -> None:
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.1, 0.9]])
+    chosen, _ = class_quota_selection(probs=probs, quota=0.5)
+    # Prior 0.7 / 0.3: round(1.4) = 1 image of class 0 (the first of the tie),
+    # round(0.6) = 1 of class 1.
+    assert chosen.tolist() == [True, False, False, True]
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="pseudo_label_quota"):
+            class_quota_selection(probs=probs, quota=bad)
+
+
+def test_class_quota_training_is_reproducible_and_labels_the_quota_share() -> None:
+    quota = _training(
+        threshold=0.99,
+        pseudo_label_teacher="global",
+        pseudo_label_selection="class_quota",
+        pseudo_label_quota=0.5,
+        local_steps=5,
+    )
+    a, metrics = _fit(quota, _labeled(0), seed=4)
+    b, again = _fit(quota, _labeled(0), seed=4)
+    threshold, _ = _fit(_training(threshold=0.5, local_steps=5), _labeled(0), seed=4)
+    assert all(np.array_equal(a[k], b[k]) for k in a) and metrics == again
+    assert not all(np.array_equal(a[k], threshold[k]) for k in a)
+    # The threshold (0.99, never reached by a fresh model) no longer decides:
+    # 10 of the 20 unlabeled images carry a pseudo-label all round.
+    assert metrics[TrainMetric.NUM_UNLABELED] == 10
+    assert metrics["steps"] == 5 and 0 < metrics[TrainMetric.PSEUDO_LABEL_RATE] < 1
+
+
+def test_an_unknown_selection_or_a_quota_out_of_range_is_refused_by_name() -> None:
+    from flmi.tasks.base import HParamError
+
+    with pytest.raises(HParamError, match="pseudo_label_selection"):
+        _training(pseudo_label_selection="flexmatch")
+    with pytest.raises(HParamError, match="pseudo_label_quota"):
+        _training(pseudo_label_selection="class_quota", pseudo_label_quota=0.0)
