@@ -29,7 +29,7 @@ pseudo-label threshold and ``federation.unlabeled_weight``).
 Usage::
 
     nice .venv/bin/python benchmarks/semi_supervised.py [--config FILE.toml] [--seeds 0 1 2]
-        [--tune [--grid KEY=V1,V2 ...]] [--set KEY=VALUE ...] [--out FILE.md]
+        [--tune [--tune-only] [--grid KEY=V1,V2 ...]] [--set KEY=VALUE ...] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -149,6 +149,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tune", action="store_true", help="choose --grid settings on val")
     parser.add_argument("--tune-seeds", type=int, nargs="+", default=[10])
     parser.add_argument(
+        "--tune-only",
+        action="store_true",
+        help="stop after --tune: score the grid on validation, never touch the test split",
+    )
+    parser.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2", help="a tuning axis"
     )
     parser.add_argument(
@@ -171,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.tune:
         print(f"tuning on validation AUC, seeds {args.tune_seeds}", flush=True)
         chosen = tune(args.tune_seeds, args.method, parse_grid(args.grid or DEFAULT_GRID))
+        if args.tune_only:
+            print(f"best on validation: {' '.join(chosen)}")
+            return
     ssl = load_config(
         args.config, overrides=[*EXTRA, f"federation.semi_supervised={args.method}", *chosen]
     ).federation
@@ -178,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"semi-supervised ({args.method}, threshold {ssl.pseudo_label_threshold}, "
         f"unlabeled_weight {ssl.unlabeled_weight}, teacher {ssl.pseudo_label_teacher}, "
         f"alignment {'on' if ssl.distribution_alignment else 'off'}"
+        + (
+            f", class quota {ssl.pseudo_label_quota}"
+            if ssl.pseudo_label_selection == "class_quota"
+            else ""
+        )
+        + (", soft targets" if ssl.soft_pseudo_labels else "")
         + (f"; tuned {' '.join(chosen)}" if chosen else "")
         + ")"
     )

@@ -273,10 +273,17 @@ def test_an_unknown_teacher_is_refused_by_name() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_global_teacher_with_alignment_trains_on_the_chosen_device() -> None:
+@pytest.mark.parametrize("selection", ["threshold", "class_quota"])
+def test_a_global_teacher_with_alignment_trains_on_the_chosen_device(selection: str) -> None:
     task = _task()
     model = task.build_model(seed=0).to("cuda")
-    training = _training(threshold=0.5, pseudo_label_teacher="global", distribution_alignment=1)
+    training = _training(
+        threshold=0.5,
+        pseudo_label_teacher="global",
+        distribution_alignment=1,
+        pseudo_label_selection=selection,
+        soft_pseudo_labels=1,
+    )
     result = task.fit_semi_supervised(
         model=model,
         labeled=_labeled(4),
