@@ -817,6 +817,8 @@ def robustness_table(
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for strategy in strategies:
+        if not any(r["algorithm"] == strategy for r in rows):
+            continue  # a row never run on this partition
         means: dict[str, float] = {}
         smooth: dict[str, float] = {}
         cells: list[str] = []
@@ -879,7 +881,7 @@ def robustness_table(
         "example-weighted: each site's vote in proportion to its training examples, no site "
         f'above {ROBUST_MAX_WEIGHT_SHARE:g} of the total (`weighting = "examples"`, '
         f"`max_weight_share = {ROBUST_MAX_WEIGHT_SHARE:g}`); the trimmed mean trims one site "
-        "at each end either way and weights the mean of the rest.",
+        "at each end in both, and the weighted row weights the mean of the rest.",
         "- Reference row: FedAvg with the faulty site left out of every round (it is "
         "told to send NaN, which a site refuses to send; `federation.min_sites = 4`): "
         "about the best a robust rule can do once that site's data is lost.",
