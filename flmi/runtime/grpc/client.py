@@ -27,9 +27,8 @@ import numpy as np
 from flmi.core.messages import ClientError, ErrorCode, EvaluateInstruction, TrainInstruction
 from flmi.core.params import Params, schema_hash
 from flmi.runtime.grpc import flmi_pb2 as pb
-from flmi.runtime.grpc import flmi_pb2_grpc as pb_grpc
 from flmi.runtime.grpc.audit import AuditLog
-from flmi.runtime.grpc.chunking import collect, data_frames, raw_bytes
+from flmi.runtime.grpc.chunking import WireFrame, collect, data_frames, raw_bytes
 from flmi.runtime.grpc.codec import (
     Reply,
     decode_instruction,
@@ -40,6 +39,7 @@ from flmi.runtime.grpc.codec import (
 from flmi.runtime.grpc.codes import ERROR_CODE_KEY, PROTOCOL_VERSION, WireError
 from flmi.runtime.grpc.schema import schema_specs
 from flmi.runtime.grpc.siteconf import Bounds
+from flmi.runtime.grpc.transport import FederationStub
 from flmi.runtime.inprocess import SiteEndpoint
 
 log = logging.getLogger("flmi.client")
@@ -138,7 +138,7 @@ class SiteClient:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
             ],
         )
-        self._stub = pb_grpc.FederationStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = FederationStub(self._channel)
         self._site: SiteEndpoint | None = None
         self._chunk_bytes = 1 << 20
         self._heartbeat_s = 5.0
@@ -239,12 +239,12 @@ class SiteClient:
 
     def _fetch(self, after: str) -> tuple[pb.Instruction, list[tuple[str, np.ndarray]]]:
         def call() -> tuple[pb.Instruction, list[tuple[str, np.ndarray]]]:
-            frames: Iterator[pb.Frame] = self._stub.FetchInstruction(
+            frames: Iterator[WireFrame] = self._stub.FetchInstruction(
                 pb.FetchRequest(after_ticket=after, wait_s=LONG_POLL_S),
                 timeout=LONG_POLL_S + 600.0,
             )
             first = next(frames)
-            header = first.instruction
+            header = first.instruction if isinstance(first, pb.Frame) else pb.Instruction()
             digest = hashlib.sha256()
             tensors = collect(
                 frames,
@@ -289,7 +289,7 @@ class SiteClient:
             digest.update(raw)
             self._log("Reply", "out", len(raw) + int(header.payload_bytes), digest.hexdigest())
 
-        def frames() -> Iterator[pb.Frame]:
+        def frames() -> Iterator[pb.Frame | bytes]:
             yield pb.Frame(reply=header)
             yield from data_frames(arrays, chunk_bytes=self._chunk_bytes)
 
