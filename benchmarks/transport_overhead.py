@@ -1,16 +1,18 @@
 """Transport overhead: flmi's gRPC runtime against a bare gRPC echo of raw byte chunks.
 
-Transport alone, no training: the server broadcasts a model to 4 sites and
-collects 4 updates of the same size (each site sends back what it received)
-on 127.0.0.1, over mutual TLS. The flmi arm runs the real deployment code:
-:class:`GrpcRuntime` and the gRPC service with the certificate interceptor on
-the server, :class:`SiteClient` in 4 client processes, tensors streamed as raw
-bytes in 1 MiB frames, every update checked for schema and NaN, with and
-without the audit trail's SHA-256 of every payload.
+Transport alone, no training: the server broadcasts a model to 4 sites (by
+default) and collects 4 updates of the same size (each site sends back what it
+received) on 127.0.0.1, over mutual TLS. The flmi arm runs the real deployment
+code: :class:`GrpcRuntime` and the gRPC service with the certificate
+interceptor on the server, :class:`SiteClient` in 4 client processes, tensors
+streamed as raw bytes in 1 MiB frames, every update checked for size, schema
+and NaN, with and without the audit trail's SHA-256 of every payload.
 
 The floor moves the same bytes with the least gRPC can do: the same mTLS, a
-server-streaming download and a client-streaming upload of pre-made 1 MiB
-byte chunks per site, 4 client processes, no protobuf messages, no checks.
+server-streaming download of one pre-made 1 MiB byte chunk sent again and
+again (no copy), and a client-streaming upload of 1 MiB slices of what was
+received (one copy each, as any sender makes), 4 client processes, no
+protobuf messages, no checks. Both arms receive into a numpy buffer.
 
 Usage::
 
@@ -25,8 +27,8 @@ of flmi's time to the floor's (goal: <= 1.3 for 10 M parameters). It prints
 CPU seconds per round too (server and all site processes together, from the
 end of the warm-up round's download), and their ratio: on a machine shared
 with other work, CPU time is disturbed less than wall time. Last come the peak
-resident memory of the server process (the largest so far in this run) and of
-the largest site process, in GB.
+resident memory of the server process (the largest so far in this run, read
+after each arm: the floor runs first) and of the largest site process, in GB.
 """
 
 from __future__ import annotations
@@ -387,18 +389,19 @@ def main() -> None:
         for million in args.sizes:
             repeats = args.repeats if million <= 20 else 1
             moved = 2 * len(sites) * million * ROWS * 1000 * 4  # down and up
-            runs = [("grpc echo (floor)", floor_arm(root, million, repeats, sites))]
-            runs.append(("flmi", flmi_arm(root, million, repeats, sites, audit=False)))
-            runs.append(
-                ("flmi + audit sha256", flmi_arm(root, million, repeats, sites, audit=True))
-            )
+            # The server's peak memory is read after each arm (it only grows; the floor is first).
+            runs = [("grpc echo (floor)", floor_arm(root, million, repeats, sites), peak_rss_gb())]
+            flmi = flmi_arm(root, million, repeats, sites, audit=False)
+            runs.append(("flmi", flmi, peak_rss_gb()))
+            audited = flmi_arm(root, million, repeats, sites, audit=True)
+            runs.append(("flmi + audit sha256", audited, peak_rss_gb()))
             floor_s, floor_cpu = statistics.median(runs[0][1][0]), runs[0][1][1]
-            for arm, (times, cpu, site_rss) in runs:
+            for arm, (times, cpu, site_rss), server_rss in runs:
                 seconds = statistics.median(times)
                 print(
                     f"{million:>6}M {arm:<20} {seconds:>8.2f} {moved / seconds / 1e6:>6.0f} "
                     f"{seconds / floor_s:>7.2f} {cpu:>6.2f} {cpu / floor_cpu:>7.2f} "
-                    f"{peak_rss_gb():>13.1f} {site_rss:>5.1f}",
+                    f"{server_rss:>13.1f} {site_rss:>5.1f}",
                     flush=True,
                 )
 

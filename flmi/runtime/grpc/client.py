@@ -332,6 +332,8 @@ class SiteClient:
                 self._round = instruction.rnd
                 self._submit(header.ticket, self._answer(instruction))
                 last = header.ticket
+                # Free this payload before the next one arrives: one model's bytes at a time.
+                del tensors, instruction
         except _Stopped:
             log.warning("stopped by SIGTERM; the saved site state is consistent")
             self.stopped = True
