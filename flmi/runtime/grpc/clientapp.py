@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from flmi.data.sources import load_data
 from flmi.runtime.grpc.audit import AuditLog
 from flmi.runtime.grpc.client import ClientSettings, SiteClient
 from flmi.runtime.grpc.provisioning import SITE_CERT, site_identity
+from flmi.runtime.grpc.secure import exit_at_stage
 from flmi.runtime.grpc.siteconf import load_site_settings
 from flmi.runtime.grpc.sitedata import load_site_data, site_data_config
 from flmi.runtime.grpc.tls import site_credentials
@@ -87,6 +89,7 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
             bounds=settings.bounds,
             reconnect_timeout_s=settings.reconnect_timeout_s,
             max_message_bytes=config.deploy.max_message_bytes,
+            exit_at_stage=exit_at_stage(os.environ),
         ),
         credentials=site_credentials(certs),
         make_site=make_site,

@@ -19,6 +19,7 @@ Example::
 
     [bounds]
     strategies = ["fedavg", "fedprox"]   # empty or absent: any
+    aggregation = ["secagg", "he"]       # how the update may leave; empty or absent: any
     max_rounds = 100
     max_local_epochs = 5
     max_local_steps = 0                  # 0: no bound
@@ -49,7 +50,14 @@ SITE_SOURCES = ("manifest", "medmnist", "csv")
 TABLES = {
     "data": ("federation_config", *DATA_KEYS),
     "site": ("state_dir", "device", "torch_threads", "reconnect_timeout_s", "audit_log"),
-    "bounds": ("strategies", "max_rounds", "max_local_epochs", "max_local_steps", "hparams"),
+    "bounds": (
+        "strategies",
+        "max_rounds",
+        "max_local_epochs",
+        "max_local_steps",
+        "hparams",
+        "aggregation",
+    ),
 }
 
 
@@ -84,6 +92,17 @@ class Bounds:
     max_local_epochs: int | None = None
     max_local_steps: int | None = None
     hparams: Mapping[str, HParamBound] = field(default_factory=dict)
+    aggregation: tuple[str, ...] = ()
+
+    def check_aggregation(self, aggregation: str) -> tuple[WireError, str] | None:
+        """The code and reason this site refuses to send its update as ``aggregation``."""
+        if self.aggregation and aggregation not in self.aggregation:
+            return (
+                WireError.AGGREGATION_REFUSED,
+                f"privacy.aggregation = '{aggregation}' is not one this site allows "
+                f"({', '.join(self.aggregation)})",
+            )
+        return None
 
     def check_plan(
         self, *, strategy: str, rounds: int, hparams: Mapping[str, HParamValue]
@@ -230,6 +249,11 @@ def load_site_settings(path: Path, *, site: str) -> SiteSettings:
     strategies = bounds.get("strategies", [])
     if not isinstance(strategies, list) or not all(isinstance(s, str) for s in strategies):
         raise ConfigError(f"{path}: bounds.strategies must be a list of strategy names")
+    aggregation = bounds.get("aggregation", [])
+    if not isinstance(aggregation, list) or not set(aggregation) <= {"plain", "secagg", "he"}:
+        raise ConfigError(
+            f'{path}: bounds.aggregation must be a list of "plain", "secagg" and "he"'
+        )
     timeout = own.get("reconnect_timeout_s", 300.0)
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise ConfigError(f"{path}: site.reconnect_timeout_s must be a positive number")
@@ -249,5 +273,6 @@ def load_site_settings(path: Path, *, site: str) -> SiteSettings:
             max_local_epochs=optional_int(bounds, "max_local_epochs", "bounds"),
             max_local_steps=optional_int(bounds, "max_local_steps", "bounds"),
             hparams={k: _bound(k, v, path) for k, v in bounds.get("hparams", {}).items()},
+            aggregation=tuple(aggregation),
         ),
     )
