@@ -12,6 +12,11 @@ the in-process runtime. Only ``privacy.aggregation`` differs:
 * ``he``: each site CKKS-encrypts its count-weighted change; the server adds
   the ciphertexts; the key holder decrypts the sum (:mod:`flmi.privacy.he`).
 
+With ``--runtime grpc`` each arm is a real deployment instead: one ``flmi
+server`` process and one ``flmi client`` process per site on 127.0.0.1, over
+mutual TLS, on generated hospital images (``privacy_cost_grpc.py``); the round
+time then includes the protocol's network stages (defaults: 4 sites, width 16).
+
 Round 1 of ``he`` also makes and distributes the keys, so it is reported apart;
 the steady-state numbers are medians over rounds 2..R. The arms run one after
 another in this process, so the baseline is measured in the same run. The
@@ -20,6 +25,7 @@ script also checks that the secure arms end within 1e-4 of the plain weights.
 Usage::
 
     .venv/bin/python benchmarks/privacy_cost.py [--sites 10] [--rounds 3] [--arms plain,secagg,he]
+    .venv/bin/python benchmarks/privacy_cost.py --runtime grpc [--sites 4] [--rounds 4]
 
 Prints one row per arm (median round time, bytes up and down per round) and
 the ratios to ``plain``; the goal for ``secagg`` is a round time <= 1.5x plain.
@@ -48,6 +54,11 @@ from flmi.site.site import Site
 from flmi.strategies.fedavg import FedAvg
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.torch_params import params_copy
+
+try:
+    from privacy_cost_grpc import run_grpc_arm  # run as a script: benchmarks/ is on the path
+except ImportError:  # imported as benchmarks.privacy_cost
+    from benchmarks.privacy_cost_grpc import run_grpc_arm
 
 SEED = 0
 HPARAMS: Mapping[str, float | int | str] = {
@@ -133,12 +144,24 @@ def run_arm(
 def main() -> None:
     """Run every arm and print the table and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sites", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sites", type=int, default=None, help="10 (in process), 4 (grpc)")
+    parser.add_argument("--rounds", type=int, default=None, help="3 (in process), 4 (grpc)")
     parser.add_argument("--images", type=int, default=64, help="training images per site")
-    parser.add_argument("--width", type=int, default=88, help="SmallCNN width (88: ~1.05 M params)")
+    parser.add_argument(
+        "--width", type=int, default=None, help="SmallCNN width: 88 (~1.05 M params), 16 (grpc)"
+    )
     parser.add_argument("--arms", default="plain,secagg,he")
+    parser.add_argument(
+        "--runtime",
+        choices=("inprocess", "grpc"),
+        default="inprocess",
+        help="grpc: a server and one client process per site on 127.0.0.1",
+    )
     args = parser.parse_args()
+    grpc = args.runtime == "grpc"
+    args.sites = args.sites or (4 if grpc else 10)
+    args.rounds = args.rounds or (4 if grpc else 3)
+    args.width = args.width or (16 if grpc else 88)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 (round 1 of he includes key set-up)")
     torch.set_num_threads(1)
@@ -147,10 +170,11 @@ def main() -> None:
         parser.error("--arms must start with plain: it is the baseline")
     rows: dict[str, dict[str, float]] = {}
     finals: dict[str, Params] = {}
-    run_arm("plain", sites=2, images=8, rounds=1, width=8)  # warm-up: first torch calls are slow
+    if not grpc:
+        run_arm("plain", sites=2, images=8, rounds=1, width=8)  # warm-up: first torch calls
     for arm in arms:
         started = time.perf_counter()
-        records, params = run_arm(
+        records, params = (run_grpc_arm if grpc else run_arm)(
             arm, sites=args.sites, images=args.images, rounds=args.rounds, width=args.width
         )
         steady = records[1:]
@@ -166,8 +190,8 @@ def main() -> None:
         print(f"{arm}: done in {rows[arm]['total_s']:.1f} s", flush=True)
     size = sum(v.size for v in finals["plain"].values())
     print(
-        f"\n{args.sites} sites x {size:,} parameters, {args.images} images per site, "
-        f"{args.rounds} rounds; steady state = median of rounds 2..{args.rounds}\n"
+        f"\n{args.runtime}: {args.sites} sites x {size:,} parameters, {args.images} images per "
+        f"site, {args.rounds} rounds; steady state = median of rounds 2..{args.rounds}\n"
     )
     head = (
         f"{'arm':8} {'round s':>9} {'x plain':>8} {'up MB':>9} {'x plain':>8} "

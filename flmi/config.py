@@ -21,7 +21,13 @@ from flmi.core.errors import ConfigError
 from flmi.core.keys import HParam
 from flmi.core.messages import HParamValue
 from flmi.data.download import medmnist_file
-from flmi.privacy.compat import SAMPLE_DP_REFUSED, client_dp_refusal
+from flmi.privacy.clip import update_noise_multiplier
+from flmi.privacy.compat import (
+    SAMPLE_DP_REFUSED,
+    SERVER_NOISE_REFUSAL,
+    client_dp_refusal,
+    secagg_noise_room,
+)
 from flmi.privacy.linear import linear_rule
 from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
 
@@ -344,7 +350,10 @@ class PrivacyConfig:
     drop out) or ``"he"`` (CKKS homomorphic encryption: the server adds
     ciphertexts under a public context; ``he_key_holder`` makes the keys).
     Only strategies linear in the updates may run under ``"secagg"`` or
-    ``"he"`` (see :mod:`flmi.privacy.linear`).
+    ``"he"`` (see :mod:`flmi.privacy.linear`). DP combines with them where
+    the mechanism needs only the sum: ``dp = "sample"``, and ``dp = "client"``
+    with ``noise_at = "site"`` (then ``secagg_clip`` must hold each site's
+    noised change); ``noise_at = "server"`` needs each site's own update.
     """
 
     dp: Literal["none", "sample", "client"] = "none"
@@ -1029,10 +1038,9 @@ def check_dp(c: Config) -> None:
     )
     name = c.strategy.name
     _require(
-        v.dp == "none" or v.aggregation == "plain",
-        f"privacy.dp = '{v.dp}' with privacy.aggregation = '{v.aggregation}' is not supported "
-        "yet: the DP ledger and DP-FedAvg's clipping read each site's own update or report, "
-        "which a masked or encrypted sum hides; choose one of the two",
+        v.dp != "client" or v.aggregation == "plain" or v.noise_at == "site",
+        f"privacy.dp = 'client' with privacy.aggregation = '{v.aggregation}': "
+        + SERVER_NOISE_REFUSAL,
     )
     if v.dp == "sample":
         reason = SAMPLE_DP_REFUSED.get(name)
@@ -1049,6 +1057,24 @@ def check_dp(c: Config) -> None:
             f"2 * privacy.adaptive_clip_count_noise ({2 * v.adaptive_clip_count_noise}); "
             "raise adaptive_clip_count_noise or lower noise_multiplier",
         )
+        if v.aggregation == "secagg" and v.target_epsilon is None:
+            _check_secagg_noise_room(c)
+
+
+def _check_secagg_noise_room(c: Config) -> None:
+    """DP-FedAvg's noised changes fit secure aggregation's fixed-point range (fixed noise)."""
+    v, f, n = c.privacy, c.federation, c.partition.num_sites
+    count_noise = v.adaptive_clip_count_noise if v.adaptive_clip else None
+    problem = secagg_noise_room(
+        secagg_clip=v.secagg_clip,
+        clip_norm=v.clip_norm,
+        update_noise_multiplier=update_noise_multiplier(
+            noise_multiplier=v.noise_multiplier, count_noise=count_noise
+        ),
+        count_noise=count_noise,
+        sites=min(n, max(f.min_sites, math.ceil(f.fraction * n))),
+    )
+    _require(problem is None, str(problem))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -37,6 +37,7 @@ from flmi.core.strategy import (
     EvaluationSettings,
     Personalised,
     PrivacyReporting,
+    SecureRoundAccounting,
     SiteModels,
     StateRecord,
     Strategy,
@@ -426,6 +427,14 @@ def run_federation(
             contributors = outcome.contributors if updates else 0
             protocol_down, protocol_up = outcome.bytes_down, outcome.bytes_up
         if updates and contributors >= plan.min_sites:
+            if secure is not None and isinstance(strategy, SecureRoundAccounting):
+                names = _contributor_names(replies, errors, expected=contributors)
+                state = strategy.note_secure_round(
+                    rnd,
+                    state,
+                    reports={s: _metrics(replies[s]) for s in names},
+                    contributors=names,
+                )
             state, params = strategy.aggregate(rnd, state, updates)
         else:
             log.warning(
@@ -489,6 +498,23 @@ def run_federation(
         history.append(record)
         observer.on_round(record, params, strategy.state_to_record(state))
     return FederationResult(params=params, state=strategy.state_to_record(state), history=history)
+
+
+def _metrics(reply: TrainReply) -> Metrics:
+    return reply.metrics if isinstance(reply, ClientUpdate) else {}
+
+
+def _contributor_names(
+    replies: Mapping[str, TrainReply], errors: Mapping[str, ClientError], *, expected: int
+) -> list[str]:
+    """The sites whose updates a secure aggregate holds: they trained and did not drop.
+
+    If that does not match the protocol's count, every site that trained is
+    returned, so that accounting errs on the side of counting a site.
+    """
+    trained = sorted(s for s, r in replies.items() if not isinstance(r, ClientError))
+    kept = [s for s in trained if s not in errors]
+    return kept if len(kept) == expected else trained
 
 
 def _secure_update(

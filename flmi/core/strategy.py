@@ -110,3 +110,38 @@ class PrivacyReporting(Protocol):
     def privacy_record(self, state: Any) -> Mapping[str, JSONValue]:
         """Epsilon so far, overall and per site, and the settings it was spent at."""
         ...
+
+
+@runtime_checkable
+class SecureRoundAccounting(Protocol):
+    """A strategy that accounts for a round whose updates it only receives summed.
+
+    Under secure or homomorphic aggregation the strategy receives one update
+    equivalent to the sites' sum. Before handing it over, the loop calls
+    :meth:`note_secure_round` with what the server holds in the clear: each
+    site's training metrics (aggregate numbers such as a DP-SGD report, never
+    an update) and the names of the sites whose update is in the sum.
+    """
+
+    def note_secure_round(
+        self,
+        rnd: int,
+        state: Any,
+        *,
+        reports: Mapping[str, Mapping[str, float]],
+        contributors: Sequence[str],
+    ) -> Any:
+        """The state with this round's contributions accounted for.
+
+        Parameters
+        ----------
+        rnd
+            The round.
+        state
+            The strategy's state before :meth:`Strategy.aggregate` of this round.
+        reports
+            Each contributing site's training metrics.
+        contributors
+            The sites whose updates the aggregate holds.
+        """
+        ...

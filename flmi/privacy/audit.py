@@ -3,7 +3,14 @@
 The attacker is the server. It sees exactly what the server receives: the
 global weights it sent, one site's update (made by the site code path under
 the run's settings: batch size, local steps, optimiser, DP), the update's
-step count and the learning rate it asked for. From a random image it runs a
+step count and the learning rate it asked for. Under secure or homomorphic
+aggregation (``privacy.aggregation``) it holds no site's update, only the
+aggregate the protocol gives it: every site trains on a batch of its own, the
+real protocol runs in process (masking, fixed-point quantisation, unmasking;
+or encryption, addition and decryption by a site), and the attacker inverts
+that aggregate, reconstructing as many images as the sum holds, of which the
+attacked site's are scored against their best-matching reconstructions.
+From a random image it runs a
 gradient-inversion attack (Geiping et al., "Inverting Gradients", NeurIPS
 2020: cosine distance between gradients plus a total-variation prior), with
 labels recovered from the last layer's bias gradient as in iDLG (Zhao et al.
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +36,13 @@ import torch
 from flmi.config import Config, site_groups, training_hparams
 from flmi.core.errors import ConfigError
 from flmi.core.keys import Split
-from flmi.core.messages import ClientError, ClientUpdate, UpdateKind
+from flmi.core.messages import ClientError, ClientUpdate, TrainInstruction, UpdateKind
 from flmi.core.params import Params
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
+from flmi.privacy.setup import build_secure, protect_sites
 from flmi.privacy.strategies import with_privacy
+from flmi.runtime.inprocess import InProcessRuntime
 from flmi.site.site import Site
 from flmi.strategies.registry import BuildContext, build_strategy
 from flmi.tasks.classification import ClassificationTask
@@ -164,12 +173,16 @@ def image_scores(reconstructed: np.ndarray, original: np.ndarray) -> tuple[float
     return psnr, ssim
 
 
-def _match(reconstructed: np.ndarray, originals: np.ndarray) -> list[int]:
-    """The pairing of reconstructions to originals with the best total PSNR."""
+def match_reconstructions(originals: np.ndarray, reconstructed: np.ndarray) -> list[int]:
+    """For each original, its own reconstruction: the pairing with the best total PSNR.
+
+    There may be more reconstructions than originals (an aggregate holds every
+    site's images); each original gets a different one, the attacker's best case.
+    """
     from scipy.optimize import linear_sum_assignment
 
     cost = np.array(
-        [[-image_scores(r, o)[0] for o in originals] for r in reconstructed], dtype=np.float64
+        [[-image_scores(r, o)[0] for r in reconstructed] for o in originals], dtype=np.float64
     )
     _, cols = linear_sum_assignment(cost)
     return [int(c) for c in cols]
@@ -211,6 +224,9 @@ class AuditReport:
     unrelated_ssim: list[float]
     label_recovery_rate: float
     membership_auc: float | None
+    aggregation: str = "plain"
+    sites_in_update: int = 1
+    images_reconstructed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Every number, plus their means."""
@@ -220,7 +236,8 @@ class AuditReport:
         return out
 
 
-def _task(config: Config, data: FederatedData) -> ClassificationTask:
+def audit_task(config: Config, data: FederatedData) -> ClassificationTask:
+    """The run's classification task, for 2D images only (the attack reconstructs images)."""
     x = data.central_test.x
     if x.ndim != 4:
         raise ConfigError(
@@ -266,7 +283,7 @@ def run_audit(
     torch.set_num_threads(config.runtime.torch_threads)
     device = resolve_device(config.runtime.device)
     data = load_data(config)
-    task = _task(config, data)
+    task = audit_task(config, data)
     name = site or sorted(data.sites)[0]
     if name not in data.sites:
         raise ConfigError(f"audit --site {name}: no such site; the sites are {sorted(data.sites)}")
@@ -293,46 +310,52 @@ def run_audit(
     )
     model = task.build_model(seed=f.seed).to(device)
     sent = params_copy(model)
-    instruction = strategy.configure(1, strategy.init(sent), sorted(data.sites))[name]
-    lr = float(instruction.hparams["lr"])
+    names = sorted(data.sites)
+    instructions = strategy.configure(1, strategy.init(sent), names)
+    lr = float(instructions[name].hparams["lr"])
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     trainable = [n for n, _ in model.named_parameters()]
     bias = next(n for n in sorted(head_names(model)) if n.endswith("bias"))
     psnr, ssim, un_psnr, un_ssim, right, steps = [], [], [], [], 0, 0
+    in_update, reconstructed = 1, 0
     shown: list[tuple[np.ndarray, np.ndarray]] = []
     for b in range(settings.batches):
-        chosen = rng.choice(len(train), size=batch, replace=False)
-        targets = train.take(chosen)
-        victim = Site(
-            name=name,
-            data=SiteSplits(train=targets, val=targets, test=targets),
+        # Every site's batch is drawn under every setting, so each attacks the same images.
+        batches = {s: _pick(data.sites[s].train, batch, rng) for s in names}
+        view = server_view(
+            config=config,
             task=task,
+            batches={s: data.sites[s].train.take(c) for s, c in batches.items()},
+            victim=name,
+            instructions=instructions,
+            sent=sent,
             seed=f.seed + b,
             device=device,
         )
-        update = victim.train(instruction)
-        if isinstance(update, ClientError):
-            raise ConfigError(f"audit: the site refused to train: {update.message}")
-        steps = update.num_steps
-        target = observed_gradient(sent=sent, update=update, lr=lr, names=trainable)
-        labels = recover_labels(target[bias], batch)
-        truth = sorted(int(v) for v in targets.y)
-        right += sum(min(labels.count(c), truth.count(c)) for c in set(truth))
+        steps, in_update = view.update.num_steps, view.sites
+        targets = data.sites[name].train.take(batches[name])
+        count = sum(len(batches[s]) for s in view.summed)
+        target = observed_gradient(sent=sent, update=view.update, lr=lr, names=trainable)
+        labels = recover_labels(target[bias], count)
         load_params(model, sent, where="audit")
         images = invert(
             task=task,
             model=model,
             target=target,
             labels=labels,
-            shape=tuple(targets.x.shape),
+            shape=(count, *targets.x.shape[1:]),
             settings=settings,
             generator=generator,
             device=device,
         )
-        pairing = _match(images, targets.x)
-        others = np.setdiff1d(np.arange(len(train)), chosen)
-        for i, j in enumerate(pairing):
+        reconstructed += count
+        pairing = match_reconstructions(targets.x, images)
+        truth = sorted(int(v) for v in targets.y)
+        guessed = [labels[i] for i in pairing]
+        right += sum(min(guessed.count(c), truth.count(c)) for c in set(truth))
+        others = np.setdiff1d(np.arange(len(train)), batches[name])
+        for j, i in enumerate(pairing):
             p, s = image_scores(images[i], targets.x[j])
             psnr.append(p)
             ssim.append(s)
@@ -344,7 +367,6 @@ def run_audit(
     auc: float | None = None
     if final_params is not None:
         load_params(model, final_params, where="the run's final model")
-        names = sorted(data.sites)
         auc = membership_auc(
             task=task,
             model=model,
@@ -363,6 +385,9 @@ def run_audit(
         unrelated_ssim=un_ssim,
         label_recovery_rate=right / (batch * settings.batches),
         membership_auc=auc,
+        aggregation=config.privacy.aggregation,
+        sites_in_update=in_update,
+        images_reconstructed=reconstructed,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
@@ -370,11 +395,86 @@ def run_audit(
     return report
 
 
+@dataclass(frozen=True)
+class ServerView:
+    """What the server holds after round 1: one update, and how many sites it sums.
+
+    Parameters
+    ----------
+    update
+        The attacked site's own update (plain aggregation) or the aggregate the
+        secure protocol recovered (a delta: the sites' linear combination).
+    sites
+        How many sites' updates it holds (the protocol tells the server this count).
+    summed
+        The sites in it, for scoring only: the server is not told who they are.
+    """
+
+    update: ClientUpdate
+    sites: int
+    summed: tuple[str, ...]
+
+
+def _pick(train: ArraySplit, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one batch of ``train`` (all of it if smaller)."""
+    return rng.choice(len(train), size=min(batch, len(train)), replace=False)
+
+
+def server_view(
+    *,
+    config: Config,
+    task: ClassificationTask,
+    batches: dict[str, ArraySplit],
+    victim: str,
+    instructions: Mapping[str, TrainInstruction],
+    sent: Params,
+    seed: int,
+    device: torch.device,
+) -> ServerView:
+    """Round 1 as the server sees it: each site trains on its batch through the real protocol.
+
+    Under plain aggregation only the victim matters and its update is returned.
+    Under ``"secagg"`` or ``"he"`` every site trains and the configured
+    protocol runs in process exactly as in a run (each site's update held
+    back, validated, quantised and masked, or encrypted); the server's share is
+    the recovered aggregate.
+    """
+
+    def site(s: str) -> Site:
+        splits = SiteSplits(train=batches[s], val=batches[s], test=batches[s])
+        return Site(name=s, data=splits, task=task, seed=seed, device=device)
+
+    if config.privacy.aggregation == "plain":
+        update = site(victim).train(instructions[victim])
+        if isinstance(update, ClientError):
+            raise ConfigError(f"audit: the site refused to train: {update.message}")
+        return ServerView(update=update, sites=1, summed=(victim,))
+    names = sorted(batches)
+    runtime = InProcessRuntime(sites=protect_sites(config.privacy, [site(s) for s in names]))
+    secure = build_secure(config.privacy, strategy=config.strategy.name, site_names=names)
+    assert secure is not None
+    replies = runtime.train({s: instructions[s] for s in names})
+    outcome = secure.aggregate(rnd=1, exchange=runtime, replies=replies, reference=sent)
+    if outcome.update is None or victim in outcome.errors:
+        why = "; ".join(f"{s}: {e.message}" for s, e in sorted(outcome.errors.items()))
+        raise ConfigError(
+            f"audit: privacy.aggregation = '{config.privacy.aggregation}' gave the server no "
+            f"aggregate holding site '{victim}' ({why or 'no reason given'})"
+        )
+    summed = tuple(s for s in names if s not in outcome.errors)
+    return ServerView(update=outcome.update, sites=outcome.contributors, summed=summed)
+
+
 def _title(report: AuditReport) -> str:
     dp = report.privacy.get("dp", "none")
+    held = (
+        f"{report.aggregation} sum of {report.sites_in_update} sites"
+        if report.aggregation != "plain"
+        else "its own update"
+    )
     return (
         f"site {report.site}, batch {report.batch_size}, {report.local_steps} local step(s), "
-        f"dp = {dp}: PSNR {np.mean(report.psnr):.1f} dB "
+        f"dp = {dp}, server holds {held}: PSNR {np.mean(report.psnr):.1f} dB "
         f"(unrelated image {np.mean(report.unrelated_psnr):.1f} dB)"
     )
 

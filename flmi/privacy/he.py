@@ -287,11 +287,17 @@ class HEServer:
         )
 
     def _setup(self, run: _HERound, roster: list[str]) -> list[str]:
-        """Give every roster site without the secret context its own sealed copy."""
+        """Key the round's sites when one lacks the secret context: every one, from one context.
+
+        A site lacks it in its first round, or after it failed to encrypt (it
+        dropped out, or its process restarted and lost its context). Then the
+        key holder seals its context (a new one if it lost its own) to every
+        site of the round again, so that all encrypt under the same keys.
+        """
         missing = [s for s in roster if s not in self._installed]
         if not missing:
             return roster
-        targets = sorted(set(missing) | {self._holder})
+        targets = sorted(set(roster) | {self._holder})
         hello = run.stage(Stage.HELLO, {s: Payload(header={"round": run.rnd}) for s in targets})
         if self._holder not in hello:
             log.warning("he round %d: key holder '%s' is unavailable", run.rnd, self._holder)
@@ -332,6 +338,9 @@ class HEServer:
         assert self._public is not None
         request = {s: Payload(header={"round": run.rnd, "rule": self._rule.value}) for s in roster}
         encrypted = run.stage(Stage.ENCRYPT, request)
+        for site in roster:
+            if site not in encrypted:  # dropped, or lost its context: key it again when seen
+                self._installed.discard(site)
         layouts: dict[str, Layout] = {}
         for site, payload in sorted(encrypted.items()):
             try:

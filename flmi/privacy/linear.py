@@ -9,7 +9,9 @@ only if its aggregate is a *linear* function of the updates:
   global model, fine-tuning) needs ``sum n_i delta_i`` and ``sum n_i``;
 * FedNova's step-normalised mean needs ``sum n_i delta_i / tau_i`` and
   ``sum n_i tau_i``;
-* SCAFFOLD's control variates need the plain sum of ``delta c_i``.
+* SCAFFOLD's control variates need the plain sum of ``delta c_i``;
+* DP-FedAvg with noise added at the sites needs the plain sum of the sites'
+  clipped, noised changes (every site weighs 1).
 
 Each site therefore contributes the *terms* of that sum (:class:`LinearTerms`):
 its count-weighted change, its unweighted extras and the scalars ``n``,
@@ -41,6 +43,9 @@ class LinearRule(StrEnum):
 
     WEIGHTED_MEAN = "weighted_mean"
     STEP_NORMALISED = "step_normalised"
+    #: Every site counts once, whatever its example count: DP-FedAvg's sum of
+    #: clipped, noised updates (the noise is calibrated to a sum of sites).
+    UNWEIGHTED_MEAN = "unweighted_mean"
 
 
 class Aggregation(StrEnum):
@@ -197,7 +202,8 @@ class LinearTerms:
     unweighted
         The ``e/`` values as one float64 vector, summed as they are.
     n, n_tau
-        The site's example count and ``n * tau`` (tau: its local steps).
+        The site's example count (1 under :attr:`LinearRule.UNWEIGHTED_MEAN`)
+        and ``n * tau`` (tau: its local steps).
     """
 
     layout: Layout
@@ -249,12 +255,13 @@ def linear_terms(update: ClientUpdate, *, reference: Params, rule: LinearRule) -
         value = np.asarray(update.extras[name], dtype=np.float64)
         unweighted.append(value.ravel())
         entries.append((EXTRAS_PREFIX + name, tuple(int(d) for d in value.shape)))
+    n = 1 if rule is LinearRule.UNWEIGHTED_MEAN else int(update.num_examples)
     terms = LinearTerms(
         layout=Layout(entries=tuple(entries)),
         weighted=np.concatenate(weighted) if weighted else np.zeros(0),
         unweighted=np.concatenate(unweighted) if unweighted else np.zeros(0),
-        n=int(update.num_examples),
-        n_tau=int(update.num_examples) * max(tau, 0),
+        n=n,
+        n_tau=n * max(tau, 0),
     )
     for part, values in (("update", terms.weighted), ("extras", terms.unweighted)):
         if not np.isfinite(values).all():
@@ -277,6 +284,8 @@ def equivalent_update(
 
     With ``S = sum n_i d_i`` and ``N = sum n_i``: under the weighted mean the
     update is ``S / N`` with ``N`` examples (the mean of one update is itself);
+    under the unweighted mean every ``n_i`` is 1, so ``N`` is the number of
+    sites summed and the update is their plain mean;
     under FedNova's rule it is ``(sum n_i tau_i / N) * S / N`` with one local
     step (FedNova's result for a single update). Extras are the plain sums
     (SCAFFOLD moves its variate by ``1/N_sites`` times their sum).

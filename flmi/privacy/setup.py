@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from flmi.config import PrivacyConfig
 from flmi.core.errors import ConfigError
 from flmi.core.exchange import SecureAggregation
-from flmi.privacy.linear import Aggregation, linear_rule
+from flmi.privacy.linear import Aggregation, LinearRule, linear_rule
 from flmi.runtime.inprocess import SiteEndpoint
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ def build_secure(
     if privacy.aggregation == Aggregation.PLAIN.value:
         return None
     rule = linear_rule(strategy, aggregation=privacy.aggregation)
+    if privacy.dp == "client":
+        # DP-FedAvg's noise is calibrated to a sum in which every site counts once.
+        rule = LinearRule.UNWEIGHTED_MEAN
     if privacy.aggregation == Aggregation.SECAGG.value:
         from flmi.privacy.secagg import FixedPoint, SecAggServer
 

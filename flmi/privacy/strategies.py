@@ -36,6 +36,7 @@ from flmi.core.strategy import (
 )
 from flmi.privacy.accounting import Ledger, json_epsilon, noise_for_epsilon
 from flmi.privacy.clip import clip_to_norm, gaussian_noise, update_noise_multiplier
+from flmi.privacy.compat import SERVER_NOISE_REFUSAL, secagg_max_clip, secagg_noise_room
 
 #: Key of the privacy block inside a checkpointed strategy record's meta.
 META_KEY = "privacy"
@@ -60,6 +61,11 @@ class PrivateState:
         DP-FedAvg's current clip (adaptive clipping moves it).
     params
         The current global weights (DP-FedAvg clips deltas from them).
+    secure_round
+        The round whose sum arrived through secure or homomorphic aggregation
+        and was accounted for by :meth:`note_secure_round` (0: none yet).
+    secure_sites
+        The sites whose updates that round's sum holds.
     """
 
     inner: Any
@@ -67,6 +73,8 @@ class PrivateState:
     server_view: Mapping[str, Ledger] = field(default_factory=dict)
     clip_norm: float = 0.0
     params: Params = field(default_factory=dict)
+    secure_round: int = 0
+    secure_sites: tuple[str, ...] = ()
 
 
 class _Wrapper:
@@ -216,26 +224,37 @@ class SampleDP(_Wrapper):
             s: replace(i, hparams={**i.hparams, **self._hparams}) for s, i in sorted(out.items())
         }
 
+    def note_secure_round(
+        self,
+        rnd: int,
+        state: PrivateState,
+        *,
+        reports: Mapping[str, Mapping[str, float]],
+        contributors: Sequence[str],
+    ) -> PrivateState:
+        """Charge each contributor what its DP-SGD report says it spent.
+
+        Under secure or homomorphic aggregation the update is hidden, but each
+        site's report (noise multiplier, sample rate, steps: aggregate numbers
+        from its own ledger) travels in the clear with its training metrics.
+        """
+        ledgers = dict(state.ledgers)
+        for site in sorted(contributors):
+            ledgers[site] = _charge(ledgers.get(site, Ledger()), reports.get(site, {}), site, rnd)
+        return replace(state, ledgers=ledgers, secure_round=rnd, secure_sites=tuple(contributors))
+
     def aggregate(
         self, rnd: int, state: PrivateState, updates: Sequence[ClientUpdate]
     ) -> tuple[PrivateState, Params]:
         """Aggregate as the wrapped strategy does; add what each site spent to its ledger."""
         ledgers = dict(state.ledgers)
-        for update in sorted(updates, key=lambda u: u.site):
-            report = update.metrics
-            needed = (PrivacyKey.NOISE_MULTIPLIER, PrivacyKey.SAMPLE_RATE, PrivacyKey.STEPS)
-            if not all(k in report for k in needed):
-                raise ValueError(
-                    f"round {rnd}: site '{update.site}' sent no DP-SGD report; "
-                    "every site must train with DP-SGD under privacy.dp = 'sample'"
+        if state.secure_round != rnd:  # a secure round was charged by note_secure_round
+            for update in sorted(updates, key=lambda u: u.site):
+                ledgers[update.site] = _charge(
+                    ledgers.get(update.site, Ledger()), update.metrics, update.site, rnd
                 )
-            ledgers[update.site] = ledgers.get(update.site, Ledger()).add(
-                noise_multiplier=float(report[PrivacyKey.NOISE_MULTIPLIER]),
-                sample_rate=float(report[PrivacyKey.SAMPLE_RATE]),
-                steps=int(report[PrivacyKey.STEPS]),
-            )
         inner, params = self._inner.aggregate(rnd, state.inner, updates)
-        return replace(state, inner=inner, ledgers=ledgers), params
+        return replace(state, inner=inner, ledgers=ledgers, secure_round=0, secure_sites=()), params
 
     def state_to_record(self, state: PrivateState) -> StateRecord:
         """The wrapped strategy's record, with the ledgers in its meta."""
@@ -253,6 +272,21 @@ class SampleDP(_Wrapper):
             "epsilon": max(finite) if finite else 0.0,
             "sites": sites,
         }
+
+
+def _charge(ledger: Ledger, report: Mapping[str, float], site: str, rnd: int) -> Ledger:
+    """``ledger`` plus one round of the DP-SGD ``report`` a site sent."""
+    needed = (PrivacyKey.NOISE_MULTIPLIER, PrivacyKey.SAMPLE_RATE, PrivacyKey.STEPS)
+    if not all(k in report for k in needed):
+        raise ValueError(
+            f"round {rnd}: site '{site}' sent no DP-SGD report; "
+            "every site must train with DP-SGD under privacy.dp = 'sample'"
+        )
+    return ledger.add(
+        noise_multiplier=float(report[PrivacyKey.NOISE_MULTIPLIER]),
+        sample_rate=float(report[PrivacyKey.SAMPLE_RATE]),
+        steps=int(report[PrivacyKey.STEPS]),
+    )
 
 
 @dataclass(frozen=True)
@@ -274,6 +308,10 @@ class ClientDPSettings:
     adaptive_clip_quantile, adaptive_clip_lr, adaptive_clip_count_noise
         Andrew et al. (2021)'s target quantile, geometric learning rate and
         the noise std of the count of unclipped updates.
+    max_clip_norm
+        The most the adaptive clip may grow to (``None``: no bound). Under
+        secure aggregation it keeps a site's noised change inside the
+        fixed-point range; the bound is public, so capping costs no privacy.
     """
 
     noise_multiplier: float
@@ -283,6 +321,7 @@ class ClientDPSettings:
     adaptive_clip_quantile: float = 0.5
     adaptive_clip_lr: float = 0.2
     adaptive_clip_count_noise: float = 1.0
+    max_clip_norm: float | None = None
 
     @property
     def update_noise_multiplier(self) -> float:
@@ -370,12 +409,36 @@ class ClientDP(_Wrapper):
         }
         return {s: replace(i, hparams={**i.hparams, **extra}) for s, i in sorted(out.items())}
 
+    def note_secure_round(
+        self,
+        rnd: int,
+        state: PrivateState,
+        *,
+        reports: Mapping[str, Mapping[str, float]],
+        contributors: Sequence[str],
+    ) -> PrivateState:
+        """Remember which sites this round's secure sum holds (their ledgers are charged)."""
+        del reports  # DP-FedAvg's accounting needs no site report
+        if self._settings.noise_at != "site":
+            raise ValueError(
+                f"round {rnd}: privacy.noise_at = 'server' clips each site's update at the "
+                "server, which a secure or homomorphic sum hides; use privacy.noise_at = 'site'"
+            )
+        return replace(state, secure_round=rnd, secure_sites=tuple(sorted(contributors)))
+
     def aggregate(
         self, rnd: int, state: PrivateState, updates: Sequence[ClientUpdate]
     ) -> tuple[PrivateState, Params]:
-        """Clip, sum, noise, average over the expected sites; step the wrapped strategy."""
+        """Clip, sum, noise, average over the expected sites; step the wrapped strategy.
+
+        After :meth:`note_secure_round` the one update is the mean of the
+        contributors' clipped, noised changes (each counted once), with the
+        sum of their noised "not clipped" bits as an extra.
+        """
         if not updates:
             raise ValueError(f"round {rnd}: DP-FedAvg needs at least one update")
+        if state.secure_round == rnd:
+            return self._aggregate_sum(rnd, state, updates)
         ordered = sorted(updates, key=lambda u: u.site)
         clip = state.clip_norm
         at_site = self._settings.noise_at == "site"
@@ -421,12 +484,7 @@ class ClientDP(_Wrapper):
             metrics={},
         )
         inner, params = self._inner.aggregate(rnd, state.inner, [pseudo])
-        new_clip = clip
-        if self._settings.adaptive_clip:
-            share = unclipped / self._m
-            new_clip = clip * math.exp(
-                -self._settings.adaptive_clip_lr * (share - self._settings.adaptive_clip_quantile)
-            )
+        new_clip = self._next_clip(clip, unclipped)
         arrived = len(ordered) / self._m
         z_release = self._settings.noise_multiplier * (math.sqrt(arrived) if at_site else 1.0)
         ledgers, seen = dict(state.ledgers), dict(state.server_view)
@@ -440,6 +498,60 @@ class ClientDP(_Wrapper):
                     sample_rate=1.0,
                     steps=1,
                 )
+        new_state = PrivateState(
+            inner=inner, ledgers=ledgers, server_view=seen, clip_norm=new_clip, params=params
+        )
+        return new_state, params
+
+    def _next_clip(self, clip: float, unclipped: float) -> float:
+        """The clip after a round with ``unclipped`` (noised) updates under it."""
+        if not self._settings.adaptive_clip:
+            return clip
+        share = unclipped / self._m
+        moved = clip * math.exp(
+            -self._settings.adaptive_clip_lr * (share - self._settings.adaptive_clip_quantile)
+        )
+        bound = self._settings.max_clip_norm
+        return moved if bound is None else min(moved, bound)
+
+    def _aggregate_sum(
+        self, rnd: int, state: PrivateState, updates: Sequence[ClientUpdate]
+    ) -> tuple[PrivateState, Params]:
+        """A round whose sites' noised changes arrived summed (secure or homomorphic)."""
+        if len(updates) != 1:
+            raise ValueError(
+                f"round {rnd}: a secure round gives one summed update, not {len(updates)}"
+            )
+        (summed,) = updates
+        if summed.kind is not UpdateKind.DELTA or Extra.DP_UNCLIPPED not in summed.extras:
+            raise ValueError(
+                f"round {rnd}: the secure sum holds no clipped, noised changes; with "
+                "privacy.noise_at = 'site' every site must clip and noise its own update"
+            )
+        count = int(summed.num_examples)  # every site counts once under DP-FedAvg's rule
+        if count < 1:
+            raise ValueError(f"round {rnd}: the secure sum holds {count} sites")
+        mean = {
+            k: (np.asarray(summed.params[k], np.float64) * count / self._m).astype(
+                state.params[k].dtype, copy=False
+            )
+            for k in sorted(state.params)
+        }
+        pseudo = replace(summed, site="dp-fedavg", params=mean, num_examples=1, extras={})
+        inner, params = self._inner.aggregate(rnd, state.inner, [pseudo])
+        unclipped = float(np.sum(summed.extras[Extra.DP_UNCLIPPED]))
+        new_clip = self._next_clip(state.clip_norm, unclipped)
+        # The sum carries the noise of the sites in it: N(0, (z C)^2 count / m). The server
+        # sees that sum only, so against it each site has the released model's guarantee.
+        z_release = self._settings.noise_multiplier * math.sqrt(count / self._m)
+        ledgers, seen = dict(state.ledgers), dict(state.server_view)
+        for site in state.secure_sites:
+            ledgers[site] = ledgers.get(site, Ledger()).add(
+                noise_multiplier=z_release, sample_rate=1.0, steps=1
+            )
+            seen[site] = seen.get(site, Ledger()).add(
+                noise_multiplier=z_release, sample_rate=1.0, steps=1
+            )
         new_state = PrivateState(
             inner=inner, ledgers=ledgers, server_view=seen, clip_norm=new_clip, params=params
         )
@@ -530,9 +642,30 @@ def with_privacy(
             adaptive_clip_count_noise=privacy.adaptive_clip_count_noise,
         )
         try:
-            _ = settings.update_noise_multiplier
+            z_update = settings.update_noise_multiplier
         except ValueError as exc:
             raise ConfigError(f"privacy.adaptive_clip_count_noise: {exc}") from None
+        if privacy.aggregation != "plain" and privacy.noise_at != "site":
+            raise ConfigError(
+                f"privacy.aggregation = '{privacy.aggregation}': {SERVER_NOISE_REFUSAL}"
+            )
+        if privacy.aggregation == "secagg":
+            count_noise = privacy.adaptive_clip_count_noise if privacy.adaptive_clip else None
+            problem = secagg_noise_room(
+                secagg_clip=privacy.secagg_clip,
+                clip_norm=privacy.clip_norm,
+                update_noise_multiplier=z_update,
+                count_noise=count_noise,
+                sites=sites_per_round,
+            )
+            if problem is not None:
+                raise ConfigError(problem)
+            bound = secagg_max_clip(
+                secagg_clip=privacy.secagg_clip,
+                update_noise_multiplier=z_update,
+                sites=sites_per_round,
+            )
+            settings = replace(settings, max_clip_norm=bound)
         return ClientDP(
             inner=strategy,
             settings=settings,

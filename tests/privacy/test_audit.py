@@ -10,19 +10,26 @@ import pytest
 import torch
 
 from flmi.cli import main
-from flmi.config import config_from_dict
-from flmi.core.messages import ClientUpdate, UpdateKind
-from flmi.data.arrays import ArraySplit
+from flmi.config import Config, config_from_dict, training_hparams
+from flmi.core.messages import ClientUpdate, TrainInstruction, UpdateKind
+from flmi.core.params import Params
+from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits
+from flmi.data.sources import load_data
 from flmi.privacy.audit import (
     AttackSettings,
+    audit_task,
     image_scores,
     membership_auc,
     observed_gradient,
     recover_labels,
     run_audit,
+    server_view,
 )
 from flmi.simulation import run_experiment
+from flmi.site.site import Site
+from flmi.strategies.registry import build_strategy
 from flmi.tasks.classification import ClassificationTask
+from flmi.tasks.torch_params import params_copy
 from tests.conftest import tiny_tables
 
 
@@ -118,3 +125,76 @@ def test_flmi_audit_of_an_unknown_site_is_an_error_naming_the_sites(tmp_path: Pa
     code = main(["audit", str(tmp_path / "run"), "--site", "nowhere", "--iterations", "1"])
     assert code == 2
     assert not (tmp_path / "run" / "audit").exists()
+
+
+def _secure_view_setup(
+    aggregation: str,
+) -> tuple[Config, FederatedData, ClassificationTask, Params, dict[str, TrainInstruction]]:
+    tables = tiny_tables(
+        federation={"batch_size": 2, "local_steps": 1, "momentum": 0.0, "rounds": 1},
+        privacy={"aggregation": aggregation},
+    )
+    config = config_from_dict(tables)
+    data = load_data(config)
+    task = audit_task(config, data)
+    sent = params_copy(task.build_model(seed=0))
+    strategy = build_strategy(name="fedavg", hparams=training_hparams(config), options={})
+    instructions = dict(strategy.configure(1, strategy.init(sent), sorted(data.sites)))
+    return config, data, task, sent, instructions
+
+
+@pytest.mark.parametrize("aggregation", ["secagg", "he"])
+def test_under_secure_aggregation_the_attacker_holds_the_sites_mean_update_not_any_one(
+    aggregation: str,
+) -> None:
+    config, data, task, sent, instructions = _secure_view_setup(aggregation)
+    batches = {s: data.sites[s].train.take(np.array([0, 1])) for s in sorted(data.sites)}
+    device = torch.device("cpu")
+
+    view = server_view(
+        config=config,
+        task=task,
+        batches=batches,
+        victim="hospital_1",
+        instructions=instructions,
+        sent=sent,
+        seed=3,
+        device=device,
+    )
+
+    own: dict[str, dict[str, np.ndarray]] = {}
+    for name, batch in batches.items():
+        site = Site(
+            name=name,
+            data=SiteSplits(train=batch, val=batch, test=batch),
+            task=task,
+            seed=3,
+            device=device,
+        )
+        update = site.train(instructions[name])
+        assert isinstance(update, ClientUpdate)
+        own[name] = {k: update.params[k] - sent[k] for k in sent}
+    mean = {k: np.mean([own[s][k] for s in own], axis=0) for k in sent}
+    assert view.sites == 4 and view.update.kind is UpdateKind.DELTA
+    for k in sent:  # the sum within fixed-point (or CKKS) rounding
+        np.testing.assert_allclose(view.update.params[k], mean[k], rtol=0, atol=1e-6)
+    for name in own:  # and no single site's change
+        gap = max(float(np.max(np.abs(view.update.params[k] - own[name][k]))) for k in sent)
+        assert gap > 1e-4
+
+
+def test_flmi_audit_under_secure_aggregation_reconstructs_every_image_of_the_sum(
+    tmp_path: Path,
+) -> None:
+    tables = tiny_tables(
+        federation={"batch_size": 1, "local_steps": 1, "momentum": 0.0, "rounds": 1},
+        privacy={"aggregation": "secagg"},
+        report={"bootstrap_resamples": 0},
+    )
+    run_experiment(config=config_from_dict(tables), out=tmp_path / "run")
+    code = main(["audit", str(tmp_path / "run"), "--batches", "2", "--iterations", "5"])
+    assert code == 0
+    written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
+    assert written["aggregation"] == "secagg" and written["sites_in_update"] == 4
+    assert written["images_reconstructed"] == 8  # 4 sites x batch 1, twice
+    assert len(written["psnr"]) == len(written["unrelated_psnr"]) == 2  # the victim's images

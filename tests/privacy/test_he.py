@@ -177,3 +177,29 @@ def test_ckks_settings_name_the_config_key_when_out_of_range() -> None:
         CkksSettings(poly_modulus_degree=4096)
     with pytest.raises(ValueError, match="privacy.he_scale_bits"):
         CkksSettings(scale_bits=60)
+
+
+def test_a_key_holder_that_restarts_and_loses_its_context_has_every_site_rekeyed() -> None:
+    sites, reference = fixed_sites(count=3, size=200, seed=6)
+    server = _server("site_0")
+    endpoints = [SecureSite(site=s) for s in sites]
+    before = InProcessRuntime(sites=endpoints)
+    server.aggregate(
+        rnd=1, exchange=before, replies=train_all(before, reference, 1), reference=reference
+    )
+    restarted = SecureSite(site=sites[0])  # the key holder's new process: no context
+    after = InProcessRuntime(sites=[restarted, *endpoints[1:]])
+
+    lost = server.aggregate(
+        rnd=2, exchange=after, replies=train_all(after, reference, 2), reference=reference
+    )
+    rekeyed = server.aggregate(
+        rnd=3, exchange=after, replies=train_all(after, reference, 3), reference=reference
+    )
+
+    assert lost.contributors == 2 and lost.errors["site_0"].code == ErrorCode.PROTOCOL_ERROR
+    assert rekeyed.update is not None and rekeyed.contributors == 3 and not rekeyed.errors
+    expected = plain_mean(sites, reference, {s.name for s in sites})
+    for name, value in rekeyed.update.params.items():
+        assert _relative_l2(value.astype(np.float64), expected[name]) < 1e-6
+    assert restarted.has_secret_key

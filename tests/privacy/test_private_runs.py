@@ -60,8 +60,8 @@ def test_client_dp_reports_epsilon_every_round_and_a_per_site_ledger(tmp_path: P
         ("fedavg", {"dp": "sample", "delta": 0.0}, "privacy.delta"),
         ("fedavg", {"dp": "sample", "noise_multiplier": -1.0}, "privacy.noise_multiplier"),
         ("fedavg", {"dp": "maybe"}, "privacy.dp"),
-        ("fedavg", {"dp": "sample", "aggregation": "secagg"}, "not supported yet"),
-        ("fedavg", {"dp": "client", "aggregation": "he"}, "not supported yet"),
+        ("fedavg", {"dp": "client", "aggregation": "he"}, "privacy.noise_at = 'site'"),
+        ("median", {"dp": "sample", "aggregation": "secagg"}, "coordinate-wise median"),
     ],
 )
 def test_privacy_config_errors_name_the_key_and_write_nothing(

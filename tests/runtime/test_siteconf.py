@@ -104,7 +104,7 @@ def test_the_shipped_site_files_are_valid_and_accept_the_shipped_plan(name: str)
     )
 
 
-def test_the_server_refuses_secure_aggregation_rather_than_summing_in_the_clear(
+def test_the_server_refuses_a_he_key_holder_outside_deploy_sites_before_writing_anything(
     tmp_path: Path,
 ) -> None:
     from flmi.config import config_from_dict
@@ -112,8 +112,10 @@ def test_the_server_refuses_secure_aggregation_rather_than_summing_in_the_clear(
     from flmi.runtime.grpc.server import serve
     from tests.runtime.deploy_support import fed_tables
 
-    tables = fed_tables(site_names=["a", "b"], privacy={"aggregation": "secagg"})
-    with pytest.raises(ConfigError, match="privacy.aggregation = 'secagg'"):
+    tables = fed_tables(
+        site_names=["a", "b"], privacy={"aggregation": "he", "he_key_holder": "hospital_9"}
+    )
+    with pytest.raises(ConfigError, match="privacy.he_key_holder = 'hospital_9' is not a site"):
         serve(
             config=config_from_dict(tables),
             certs=tmp_path,

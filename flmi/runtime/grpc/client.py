@@ -6,7 +6,9 @@ instructions, runs them through the same :class:`flmi.site.site.Site` the
 simulation uses, and pushes the replies. It reconnects with exponential
 backoff when the server is unreachable and registers again after a server
 restart, reloading its saved :class:`SiteState` as of the server's last
-finished round.
+finished round. Under secure or homomorphic aggregation (the plan says which)
+the site holds its update back and answers the protocol's stages, which arrive
+as instructions like any other.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
+from flmi.core.errors import ConfigError
+from flmi.core.exchange import StageEndpoint
 from flmi.core.messages import ClientError, ErrorCode, EvaluateInstruction, TrainInstruction
 from flmi.core.params import Params, schema_hash
 from flmi.runtime.grpc import flmi_pb2 as pb
-from flmi.runtime.grpc import flmi_pb2_grpc as pb_grpc
 from flmi.runtime.grpc.audit import AuditLog
-from flmi.runtime.grpc.chunking import collect, data_frames, raw_bytes
+from flmi.runtime.grpc.chunking import WireFrame, collect, data_frames, raw_bytes
 from flmi.runtime.grpc.codec import (
     Reply,
+    StageMessage,
+    audit_label,
     decode_instruction,
     encode_reply,
     hparams_from_wire,
@@ -39,7 +44,15 @@ from flmi.runtime.grpc.codec import (
 )
 from flmi.runtime.grpc.codes import ERROR_CODE_KEY, PROTOCOL_VERSION, WireError
 from flmi.runtime.grpc.schema import schema_specs
+from flmi.runtime.grpc.secure import (
+    CAPABILITY_STAGES,
+    AggregationPlan,
+    ExitAtStage,
+    injected_exit,
+    protect,
+)
 from flmi.runtime.grpc.siteconf import Bounds
+from flmi.runtime.grpc.transport import FederationStub
 from flmi.runtime.inprocess import SiteEndpoint
 
 log = logging.getLogger("flmi.client")
@@ -94,6 +107,8 @@ class ClientSettings:
         Give up after the server has been unreachable this long.
     max_message_bytes
         Largest gRPC message sent or received.
+    exit_at_stage
+        Test-only fault injection (:mod:`flmi.runtime.grpc.secure`); ``None`` in a real run.
     """
 
     server: str
@@ -102,6 +117,7 @@ class ClientSettings:
     bounds: Bounds
     reconnect_timeout_s: float = 300.0
     max_message_bytes: int = 64 << 20
+    exit_at_stage: ExitAtStage | None = None
 
 
 class SiteClient:
@@ -138,7 +154,7 @@ class SiteClient:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
             ],
         )
-        self._stub = pb_grpc.FederationStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = FederationStub(self._channel)
         self._site: SiteEndpoint | None = None
         self._chunk_bytes = 1 << 20
         self._heartbeat_s = 5.0
@@ -188,6 +204,7 @@ class SiteClient:
             task=self._s.task,
             schema_sha256=schema_hash(self._s.schema),
             schema=schema_specs(self._s.schema),
+            capabilities=[CAPABILITY_STAGES],
         )
         raw = request.SerializeToString()
         self._log("Register", "out", len(raw), hashlib.sha256(raw).hexdigest())
@@ -201,16 +218,23 @@ class SiteClient:
         out = reply.SerializeToString()
         self._log("RegisterReply", "in", len(out), hashlib.sha256(out).hexdigest())
         plan = reply.plan
-        refusal = self._s.bounds.check_plan(
-            strategy=plan.strategy, rounds=plan.rounds, hparams=hparams_from_wire(plan.hparams)
-        )
+        aggregation = AggregationPlan.from_wire(plan)
+        refusal = self._s.bounds.check_aggregation(aggregation.aggregation)
+        if refusal is None:
+            refusal = self._s.bounds.check_plan(
+                strategy=plan.strategy, rounds=plan.rounds, hparams=hparams_from_wire(plan.hparams)
+            )
         if refusal is not None:
             code, reason = refusal
             self._done(ErrorCode.HPARAM_REFUSED, f"{code.value}: {reason}")
             raise ClientExitError(2, f"this site refuses the training plan: {code.value}: {reason}")
         self._chunk_bytes = int(reply.chunk_bytes)
         self._heartbeat_s = float(reply.heartbeat_s)
-        self._site = self._make_site(reply.completed_round)
+        try:
+            self._site = protect(self._make_site(reply.completed_round), aggregation)
+        except ConfigError as exc:
+            self._done(ErrorCode.HPARAM_REFUSED, str(exc))
+            raise ClientExitError(2, f"this site refuses the training plan: {exc}") from None
         log.info("registered; the server has finished %d rounds", reply.completed_round)
 
     def _done(self, code: str = "", message: str = "") -> None:
@@ -239,12 +263,12 @@ class SiteClient:
 
     def _fetch(self, after: str) -> tuple[pb.Instruction, list[tuple[str, np.ndarray]]]:
         def call() -> tuple[pb.Instruction, list[tuple[str, np.ndarray]]]:
-            frames: Iterator[pb.Frame] = self._stub.FetchInstruction(
+            frames: Iterator[WireFrame] = self._stub.FetchInstruction(
                 pb.FetchRequest(after_ticket=after, wait_s=LONG_POLL_S),
                 timeout=LONG_POLL_S + 600.0,
             )
             first = next(frames)
-            header = first.instruction
+            header = first.instruction if isinstance(first, pb.Frame) else pb.Instruction()
             digest = hashlib.sha256()
             tensors = collect(
                 frames,
@@ -254,12 +278,12 @@ class SiteClient:
                 digest=digest if self._audit is not None else None,
             )
             kind = header.WhichOneof("body")
-            if kind in ("train", "evaluate"):
-                self._round = header.train.round if kind == "train" else header.evaluate.round
+            if kind in ("train", "evaluate", "staged"):
+                self._round = getattr(header, kind).round
                 raw = header.SerializeToString()
                 digest.update(raw)
                 self._log(
-                    f"Instruction:{kind}",
+                    audit_label("Instruction", header),
                     "in",
                     len(raw) + int(header.payload_bytes),
                     digest.hexdigest(),
@@ -268,8 +292,10 @@ class SiteClient:
 
         return self._retry("fetch", call)
 
-    def _answer(self, instruction: TrainInstruction | EvaluateInstruction) -> Reply:
+    def _answer(self, instruction: TrainInstruction | EvaluateInstruction | StageMessage) -> Reply:
         assert self._site is not None
+        if isinstance(instruction, StageMessage):
+            return self._answer_stage(instruction)
         refusal = self._s.bounds.check_hparams(instruction.hparams)
         if refusal is not None:
             _, reason = refusal
@@ -279,6 +305,23 @@ class SiteClient:
             return self._site.train(instruction)
         return self._site.evaluate(instruction)
 
+    def _answer_stage(self, message: StageMessage) -> Reply:
+        """Answer one protocol stage through the site (a :class:`SecureSite`)."""
+        assert self._site is not None
+        fault = self._s.exit_at_stage
+        if fault is not None and fault.hit(message.stage, message.rnd):
+            injected_exit(fault)
+        if not isinstance(self._site, StageEndpoint):
+            return ClientError(
+                site=self._site.name,
+                code=ErrorCode.UNAVAILABLE,
+                message=f"this site's plan has no protocol stages; refused '{message.stage}'",
+            )
+        answer = self._site.exchange(stage=message.stage, rnd=message.rnd, payload=message.payload)
+        if isinstance(answer, ClientError):
+            return answer
+        return StageMessage(stage=message.stage, rnd=message.rnd, payload=answer)
+
     def _submit(self, ticket: str, reply: Reply) -> None:
         header, arrays = encode_reply(ticket, reply)
         if self._audit is not None:
@@ -287,9 +330,14 @@ class SiteClient:
                 digest.update(raw_bytes(array))
             raw = header.SerializeToString()
             digest.update(raw)
-            self._log("Reply", "out", len(raw) + int(header.payload_bytes), digest.hexdigest())
+            self._log(
+                audit_label("Reply", header),
+                "out",
+                len(raw) + int(header.payload_bytes),
+                digest.hexdigest(),
+            )
 
-        def frames() -> Iterator[pb.Frame]:
+        def frames() -> Iterator[pb.Frame | bytes]:
             yield pb.Frame(reply=header)
             yield from data_frames(arrays, chunk_bytes=self._chunk_bytes)
 
@@ -332,6 +380,8 @@ class SiteClient:
                 self._round = instruction.rnd
                 self._submit(header.ticket, self._answer(instruction))
                 last = header.ticket
+                # Free this payload before the next one arrives: one model's bytes at a time.
+                del tensors, instruction
         except _Stopped:
             log.warning("stopped by SIGTERM; the saved site state is consistent")
             self.stopped = True

@@ -2,12 +2,15 @@
 
 A message becomes a header (a protobuf message holding tensor specs) plus the
 tensors' arrays in spec order; :mod:`flmi.runtime.grpc.chunking` moves the
-arrays' bytes. Nothing is pickled.
+arrays' bytes. A protocol stage (secure or homomorphic aggregation) travels the
+same way: a ``staged`` header naming the stage and round, and its opaque
+payload as one ``uint8`` array. Nothing is pickled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,7 +29,30 @@ from flmi.runtime.grpc import flmi_pb2 as pb
 from flmi.runtime.grpc.chunking import spec_of
 from flmi.runtime.grpc.codes import RefusalError, WireError
 
-Reply = ClientUpdate | EvaluateResult | ClientError
+#: The name of a stage payload's one array on the wire.
+STAGE_PAYLOAD = "payload"
+
+
+@dataclass(frozen=True)
+class StageMessage:
+    """One protocol stage's opaque payload, to a site or back from it.
+
+    Parameters
+    ----------
+    stage
+        The stage name (for example ``"secagg/masked"``).
+    rnd
+        The round the stage belongs to.
+    payload
+        The bytes; only the protocol's own code reads them.
+    """
+
+    stage: str
+    rnd: int
+    payload: bytes
+
+
+Reply = ClientUpdate | EvaluateResult | ClientError | StageMessage
 
 
 def value_to_wire(value: HParamValue) -> pb.Value:
@@ -70,8 +96,18 @@ def _specs(params: Params) -> tuple[list[pb.TensorSpec], list[np.ndarray]]:
     return [spec_of(n, params[n]) for n in names], [params[n] for n in names]
 
 
+def audit_label(kind: str, header: pb.Instruction | pb.Reply) -> str:
+    """The audit log's message type: ``Instruction:train``, ``Reply``, ``Reply:staged:STAGE``..."""
+    body = header.WhichOneof("body")
+    if body == "staged":
+        return f"{kind}:staged:{header.staged.stage[:100]}"
+    return f"{kind}:{body}" if kind == "Instruction" else kind
+
+
 def tensor_specs(header: pb.Instruction | pb.Reply) -> list[pb.TensorSpec]:
     """Every tensor spec of a header, in the order their bytes travel."""
+    if header.WhichOneof("body") == "staged":
+        return [pb.TensorSpec(name=STAGE_PAYLOAD, dtype="uint8", shape=[header.payload_bytes])]
     if isinstance(header, pb.Instruction):
         kind = header.WhichOneof("body")
         if kind == "train":
@@ -119,15 +155,36 @@ def encode_evaluate(
     return header, arrays
 
 
+def encode_stage(ticket: str, message: StageMessage) -> tuple[pb.Instruction, list[np.ndarray]]:
+    """A protocol stage's header and its payload as one ``uint8`` array."""
+    payload = np.frombuffer(message.payload, dtype=np.uint8)
+    header = pb.Instruction(
+        ticket=ticket,
+        staged=pb.StagedMessage(stage=message.stage, round=message.rnd),
+        payload_bytes=int(payload.nbytes),
+    )
+    return header, [payload]
+
+
+def _stage_message(
+    header: pb.StagedMessage, tensors: Sequence[tuple[str, np.ndarray]]
+) -> StageMessage:
+    if header.payload or len(tensors) != 1 or tensors[0][0] != STAGE_PAYLOAD:
+        raise RefusalError(WireError.BAD_FRAME, "a stage's payload must follow in data frames")
+    return StageMessage(stage=header.stage, rnd=int(header.round), payload=tensors[0][1].tobytes())
+
+
 def _split(tensors: Sequence[tuple[str, np.ndarray]], first: int) -> tuple[Params, Params]:
     return dict(tensors[:first]), dict(tensors[first:])
 
 
 def decode_instruction(
     header: pb.Instruction, tensors: Sequence[tuple[str, np.ndarray]]
-) -> TrainInstruction | EvaluateInstruction:
-    """A received instruction (train or evaluate) as a core message."""
+) -> TrainInstruction | EvaluateInstruction | StageMessage:
+    """A received instruction (train, evaluate or a protocol stage) as a core message."""
     kind = header.WhichOneof("body")
+    if kind == "staged":
+        return _stage_message(header.staged, tensors)
     if kind == "train":
         params, extras = _split(tensors, len(header.train.params))
         return TrainInstruction(
@@ -152,6 +209,10 @@ def decode_instruction(
 
 def encode_reply(ticket: str, reply: Reply) -> tuple[pb.Reply, list[np.ndarray]]:
     """A site's reply (update, evaluation result or error) as a header and arrays."""
+    if isinstance(reply, StageMessage):
+        payload = np.frombuffer(reply.payload, dtype=np.uint8)
+        staged = pb.StagedMessage(stage=reply.stage, round=reply.rnd)
+        return pb.Reply(ticket=ticket, staged=staged, payload_bytes=int(payload.nbytes)), [payload]
     if isinstance(reply, ClientError):
         return pb.Reply(
             ticket=ticket, error=pb.SiteError(code=reply.code, message=reply.message)
@@ -183,6 +244,8 @@ def encode_reply(ticket: str, reply: Reply) -> tuple[pb.Reply, list[np.ndarray]]
 def decode_reply(site: str, header: pb.Reply, tensors: Sequence[tuple[str, np.ndarray]]) -> Reply:
     """A received reply as a core message; ``site`` is the caller's certified identity."""
     kind = header.WhichOneof("body")
+    if kind == "staged":
+        return _stage_message(header.staged, tensors)
     if kind == "error":
         try:
             code = ErrorCode(header.error.code)

@@ -26,6 +26,8 @@ class WireError(StrEnum):
     NON_FINITE_UPDATE = "non_finite_update"
     STALE_TICKET = "stale_ticket"
     SHUTTING_DOWN = "shutting_down"
+    STAGES_UNSUPPORTED = "stages_unsupported"
+    AGGREGATION_REFUSED = "aggregation_refused"
 
 
 class RefusalError(Exception):

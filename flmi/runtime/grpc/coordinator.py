@@ -7,6 +7,12 @@ its reply (the service threads fill these in), and returns every reply when
 all have come in, or when the round's deadline passes. A site whose session
 breaks (its heartbeat stream ends: process killed, link lost) or that misses
 the deadline is left out of the round with a logged :class:`ClientError`.
+
+It is also a :class:`flmi.core.exchange.StagedExchange`: a protocol stage
+(secure or homomorphic aggregation) is posted like an instruction, one opaque
+payload per site, and each site's answer comes back the same way, under the
+same deadline. A site that drops out of a stage answers with an error, and
+its late answer finds its ticket closed.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flmi.core.exchange import StageReply
 from flmi.core.messages import (
     ClientError,
     ErrorCode,
@@ -33,7 +40,13 @@ from flmi.core.messages import (
 from flmi.core.params import Params
 from flmi.runtime.grpc import flmi_pb2 as pb
 from flmi.runtime.grpc.chunking import raw_bytes
-from flmi.runtime.grpc.codec import Reply, encode_evaluate, encode_train
+from flmi.runtime.grpc.codec import (
+    Reply,
+    StageMessage,
+    encode_evaluate,
+    encode_stage,
+    encode_train,
+)
 
 log = logging.getLogger("flmi.server")
 
@@ -203,9 +216,11 @@ class GrpcRuntime:
         replies = self._exchange(rnd, encoded, references)
         out: dict[str, TrainReply] = {}
         for site, reply in replies.items():
-            if isinstance(reply, EvaluateResult):
+            if isinstance(reply, EvaluateResult | StageMessage):
                 reply = ClientError(
-                    site=site, code=ErrorCode.REJECTED_BY_SERVER, message="answered with a score"
+                    site=site,
+                    code=ErrorCode.REJECTED_BY_SERVER,
+                    message="answered a training instruction with something else",
                 )
             out[site] = reply
         return out
@@ -227,6 +242,39 @@ class GrpcRuntime:
                     site=site, code=ErrorCode.REJECTED_BY_SERVER, message="answered with an update"
                 )
             out[site] = reply
+        return out
+
+    def exchange(
+        self, *, stage: str, rnd: int, payloads: Mapping[str, bytes]
+    ) -> Mapping[str, StageReply]:
+        """Post one protocol stage to each named site and wait for their answers.
+
+        The payloads are opaque here: the protocol's server side reads the
+        answers. A site that is not connected, drops out or misses the
+        deadline (``deploy.round_timeout_s``, per stage) answers with a
+        :class:`ClientError`, as does one that answers another stage or round.
+        """
+        if not payloads:
+            return {}
+        ticket = self._ticket(rnd, f"stage-{stage}")
+        encoded = {
+            site: encode_stage(ticket, StageMessage(stage=stage, rnd=rnd, payload=bytes(payload)))
+            for site, payload in payloads.items()
+        }
+        replies = self._exchange(rnd, encoded, {})
+        out: dict[str, StageReply] = {}
+        for site, reply in sorted(replies.items()):
+            if isinstance(reply, StageMessage) and reply.stage == stage and reply.rnd == rnd:
+                out[site] = reply.payload
+            elif isinstance(reply, ClientError):
+                out[site] = reply
+            else:
+                out[site] = ClientError(
+                    site=site,
+                    code=ErrorCode.PROTOCOL_ERROR,
+                    message=f"did not answer stage '{stage}' of round {rnd}",
+                )
+                log.warning("round %d: site %s did not answer stage %s", rnd, site, stage)
         return out
 
     def _ticket(self, rnd: int, what: str) -> str:

@@ -27,19 +27,21 @@ class Value(_message.Message):
     def __init__(self, real: _Optional[float] = ..., integer: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("protocol_version", "task", "schema_sha256", "schema")
+    __slots__ = ("protocol_version", "task", "schema_sha256", "schema", "capabilities")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_SHA256_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     task: str
     schema_sha256: str
     schema: _containers.RepeatedCompositeFieldContainer[TensorSpec]
-    def __init__(self, protocol_version: _Optional[int] = ..., task: _Optional[str] = ..., schema_sha256: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_version: _Optional[int] = ..., task: _Optional[str] = ..., schema_sha256: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainingPlan(_message.Message):
-    __slots__ = ("task", "strategy", "hparams", "rounds")
+    __slots__ = ("task", "strategy", "hparams", "rounds", "aggregation")
     class HparamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,11 +53,23 @@ class TrainingPlan(_message.Message):
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     HPARAMS_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     task: str
     strategy: str
     hparams: _containers.MessageMap[str, Value]
     rounds: int
-    def __init__(self, task: _Optional[str] = ..., strategy: _Optional[str] = ..., hparams: _Optional[_Mapping[str, Value]] = ..., rounds: _Optional[int] = ...) -> None: ...
+    aggregation: AggregationPlan
+    def __init__(self, task: _Optional[str] = ..., strategy: _Optional[str] = ..., hparams: _Optional[_Mapping[str, Value]] = ..., rounds: _Optional[int] = ..., aggregation: _Optional[_Union[AggregationPlan, _Mapping]] = ...) -> None: ...
+
+class AggregationPlan(_message.Message):
+    __slots__ = ("aggregation", "he_poly_modulus_degree", "he_scale_bits")
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    HE_POLY_MODULUS_DEGREE_FIELD_NUMBER: _ClassVar[int]
+    HE_SCALE_BITS_FIELD_NUMBER: _ClassVar[int]
+    aggregation: str
+    he_poly_modulus_degree: int
+    he_scale_bits: int
+    def __init__(self, aggregation: _Optional[str] = ..., he_poly_modulus_degree: _Optional[int] = ..., he_scale_bits: _Optional[int] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("plan", "completed_round", "chunk_bytes", "max_message_bytes", "heartbeat_s")
@@ -128,20 +142,22 @@ class Finish(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class Instruction(_message.Message):
-    __slots__ = ("ticket", "payload_bytes", "train", "evaluate", "wait", "finish")
+    __slots__ = ("ticket", "payload_bytes", "train", "evaluate", "wait", "finish", "staged")
     TICKET_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     FINISH_FIELD_NUMBER: _ClassVar[int]
+    STAGED_FIELD_NUMBER: _ClassVar[int]
     ticket: str
     payload_bytes: int
     train: TrainInstruction
     evaluate: EvaluateInstruction
     wait: Wait
     finish: Finish
-    def __init__(self, ticket: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., train: _Optional[_Union[TrainInstruction, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateInstruction, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ...) -> None: ...
+    staged: StagedMessage
+    def __init__(self, ticket: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., train: _Optional[_Union[TrainInstruction, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateInstruction, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., staged: _Optional[_Union[StagedMessage, _Mapping]] = ...) -> None: ...
 
 class ClientUpdate(_message.Message):
     __slots__ = ("kind", "num_examples", "num_steps", "metrics", "params", "extras")
@@ -209,18 +225,20 @@ class SiteError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("ticket", "payload_bytes", "update", "result", "error")
+    __slots__ = ("ticket", "payload_bytes", "update", "result", "error", "staged")
     TICKET_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STAGED_FIELD_NUMBER: _ClassVar[int]
     ticket: str
     payload_bytes: int
     update: ClientUpdate
     result: EvaluateResult
     error: SiteError
-    def __init__(self, ticket: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., update: _Optional[_Union[ClientUpdate, _Mapping]] = ..., result: _Optional[_Union[EvaluateResult, _Mapping]] = ..., error: _Optional[_Union[SiteError, _Mapping]] = ...) -> None: ...
+    staged: StagedMessage
+    def __init__(self, ticket: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., update: _Optional[_Union[ClientUpdate, _Mapping]] = ..., result: _Optional[_Union[EvaluateResult, _Mapping]] = ..., error: _Optional[_Union[SiteError, _Mapping]] = ..., staged: _Optional[_Union[StagedMessage, _Mapping]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("instruction", "reply", "data")

@@ -3,7 +3,10 @@
 It runs the same round loop, strategy, checkpoints and run directory as
 ``flmi run``; only the runtime differs (:class:`GrpcRuntime`). The server
 holds no data: sites score the model on their own splits, and there is no
-central test set.
+central test set. Under ``privacy.aggregation = "secagg"`` or ``"he"`` the same
+:class:`flmi.core.exchange.SecureAggregation` as in simulation drives the
+protocol's stages through the gRPC runtime; the server sees masked sums or
+ciphertexts under a public context, never a site's own update.
 """
 
 from __future__ import annotations
@@ -28,15 +31,17 @@ from flmi.core.keys import Arm, Record
 from flmi.core.messages import HParamValue
 from flmi.core.params import Params
 from flmi.core.strategy import StateRecord
+from flmi.privacy.setup import build_secure
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import versions
-from flmi.runtime.grpc import flmi_pb2_grpc as pb_grpc
 from flmi.runtime.grpc.audit import AuditLog
 from flmi.runtime.grpc.coordinator import Coordinator, GrpcRuntime, StopRequestedError
 from flmi.runtime.grpc.interceptor import RevocationList, SiteAuthInterceptor
+from flmi.runtime.grpc.secure import AggregationPlan, privacy_summary
 from flmi.runtime.grpc.service import FederationService, ServiceSettings
 from flmi.runtime.grpc.tls import server_credentials
+from flmi.runtime.grpc.transport import add_federation_service
 from flmi.simulation import make_strategy, model_meta, site_overrides
 from flmi.tasks.base import Task
 from flmi.tasks.registry import task_for_shape
@@ -155,18 +160,12 @@ def serve(
             f"federation.min_sites = {config.federation.min_sites} exceeds the "
             f"{len(d.sites)} sites of deploy.sites"
         )
-    if config.privacy.aggregation != "plain":
-        # Never fall back to plain sums when the config asks for hidden ones.
-        raise ConfigError(
-            f"privacy.aggregation = '{config.privacy.aggregation}' runs in simulation only for "
-            "now: the gRPC server does not yet drive the protocol's staged exchanges; set "
-            "privacy.aggregation = 'plain' or simulate with `flmi run`"
-        )
     torch.set_num_threads(config.runtime.torch_threads)
     task = deployment_task(config)
     seed = config.federation.seed
     initial = params_copy(task.build_model(seed=seed))
     strategy = make_strategy(config, d.sites)
+    secure = build_secure(config.privacy, strategy=strategy.name, site_names=d.sites)
     credentials = server_credentials(certs)
     revoked = RevocationList(path=Path(d.revocation_list) if d.revocation_list else None)
     run, resume_point = open_run(config=config, out=out, resume=resume)
@@ -186,6 +185,7 @@ def serve(
             max_message_bytes=d.max_message_bytes,
             max_payload_bytes=d.max_payload_bytes,
             heartbeat_s=d.heartbeat_s,
+            aggregation=AggregationPlan.from_config(config.privacy),
         ),
         audit=audit,
     )
@@ -194,7 +194,7 @@ def serve(
         interceptors=[SiteAuthInterceptor(allowed=d.sites, revoked=revoked)],
         options=server_options(max_message_bytes=d.max_message_bytes, heartbeat_s=d.heartbeat_s),
     )
-    pb_grpc.add_FederationServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    add_federation_service(service, server)
     port = server.add_secure_port(address, credentials)
     if port == 0:
         raise ConfigError(f"--address {address}: cannot listen there (in use, or not this host)")
@@ -231,6 +231,7 @@ def serve(
             ),
             arm=Arm.FEDERATED,
             resume=resume_point,
+            secure=secure,
         )
         history = list(result.history) or [record_from_line(run.metrics_lines()[-1])]
         run.write_model(params=result.params, meta=model_meta(config, task, strategy.name))
@@ -249,6 +250,7 @@ def serve(
                 "strategy": strategy.name,
                 "runtime": "grpc",
                 "sites": list(d.sites),
+                Record.PRIVACY: privacy_summary(config.privacy, secure),
                 Record.VERSIONS: versions(),
             }
         )

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -23,12 +23,13 @@ from flmi.core.params import Params, check_finite, schema_hash
 from flmi.runtime.grpc import flmi_pb2 as pb
 from flmi.runtime.grpc import flmi_pb2_grpc as pb_grpc
 from flmi.runtime.grpc.audit import AuditLog
-from flmi.runtime.grpc.chunking import collect, data_frames
-from flmi.runtime.grpc.codec import decode_reply, hparams_to_wire, tensor_specs
+from flmi.runtime.grpc.chunking import WireFrame, collect, data_frames
+from flmi.runtime.grpc.codec import audit_label, decode_reply, hparams_to_wire, tensor_specs
 from flmi.runtime.grpc.codes import PROTOCOL_VERSION, RefusalError, WireError
 from flmi.runtime.grpc.coordinator import Coordinator
 from flmi.runtime.grpc.interceptor import abort, peer_identity
 from flmi.runtime.grpc.schema import first_difference
+from flmi.runtime.grpc.secure import CAPABILITY_STAGES, AggregationPlan
 
 log = logging.getLogger("flmi.server")
 LONG_POLL_MAX_S = 30.0
@@ -58,6 +59,9 @@ class ServiceSettings:
         Frame, message and payload limits.
     heartbeat_s
         The interval sites send heartbeats at.
+    aggregation
+        How updates must leave the sites; under ``secagg`` or ``he`` a site
+        that does not answer protocol stages is refused at register.
     """
 
     task: str
@@ -69,6 +73,7 @@ class ServiceSettings:
     max_message_bytes: int
     max_payload_bytes: int
     heartbeat_s: float
+    aggregation: AggregationPlan = field(default_factory=AggregationPlan)
 
 
 def _sha(data: bytes) -> str:
@@ -143,9 +148,22 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
                 WireError.SCHEMA_MISMATCH,
                 difference or "the schema hash differs from the tensors sent",
             )
+        if self._s.aggregation.needs_stages and CAPABILITY_STAGES not in request.capabilities:
+            self._refuse(
+                context,
+                site,
+                WireError.STAGES_UNSUPPORTED,
+                f"this federation runs privacy.aggregation = '{self._s.aggregation.aggregation}', "
+                "and this client cannot answer its protocol stages; upgrade flmi at the site",
+            )
         self._c.register(site)
         log.info("site %s registered", site)
-        plan = pb.TrainingPlan(task=self._s.task, strategy=self._s.strategy, rounds=self._s.rounds)
+        plan = pb.TrainingPlan(
+            task=self._s.task,
+            strategy=self._s.strategy,
+            rounds=self._s.rounds,
+            aggregation=self._s.aggregation.to_wire(),
+        )
         hparams_to_wire(plan.hparams, self._s.plans.get(site, {}))
         reply = pb.RegisterReply(
             plan=plan,
@@ -164,7 +182,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
 
     def FetchInstruction(
         self, request: pb.FetchRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.Frame]:
+    ) -> Iterator[pb.Frame | bytes]:
         """Long poll: stream the site's next instruction, or tell it to wait or finish."""
         site = self._site(context)
         c = self._c
@@ -215,7 +233,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         digest.update(header)
         self._log(
             site=site,
-            message=f"Instruction:{posted.header.WhichOneof('body')}",
+            message=audit_label("Instruction", posted.header),
             direction="out",
             size=len(header) + int(posted.header.payload_bytes),
             sha=digest.hexdigest(),
@@ -224,13 +242,13 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         yield from data_frames(posted.arrays, chunk_bytes=self._s.chunk_bytes)
 
     def SubmitUpdate(
-        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
+        self, request_iterator: Iterator[WireFrame], context: grpc.ServicerContext
     ) -> pb.SubmitReply:
         """Receive a site's reply to its current instruction, checking every limit."""
         site = self._site(context)
         c = self._c
         first = next(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "reply":
+        if first is None or isinstance(first, memoryview) or first.WhichOneof("kind") != "reply":
             self._reject(
                 context,
                 site,
@@ -282,7 +300,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         digest.update(raw)
         self._log(
             site=site,
-            message="Reply",
+            message=audit_label("Reply", header),
             direction="in",
             size=len(raw) + sum(int(np.asarray(a).nbytes) for _, a in tensors),
             sha=digest.hexdigest(),

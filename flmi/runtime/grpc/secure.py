@@ -1,0 +1,210 @@
+"""Secure and homomorphic aggregation over gRPC: the plan a site is shown, and its wrapper.
+
+The server tells each site at register how its update must leave
+(:class:`AggregationPlan`, part of the training plan). Under ``secagg`` or
+``he`` the client wraps its site in :class:`flmi.privacy.site.SecureSite`,
+which holds the update back and answers the protocol's stages; the server's
+:class:`flmi.runtime.grpc.coordinator.GrpcRuntime` carries those stages as
+staged instructions and replies. A site that cannot answer stages (it does not
+declare :data:`CAPABILITY_STAGES` at register) is refused when the plan needs
+them.
+
+Fault injection, for tests only: with the environment variable
+:data:`EXIT_AT_STAGE_ENV` set to ``STAGE@ROUND`` (for example
+``secagg/unmask@1``), ``flmi client`` exits at once, without answering or
+saying goodbye, when that stage of that round arrives: a hospital that vanishes
+mid-protocol. Nothing else sets or reads it, and the client logs a warning at
+start whenever it is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flmi.config import PrivacyConfig
+from flmi.core.errors import ConfigError
+from flmi.core.exchange import SecureAggregation
+from flmi.privacy.wire import ProtocolError
+from flmi.runtime.grpc import flmi_pb2 as pb
+from flmi.runtime.inprocess import SiteEndpoint
+
+log = logging.getLogger("flmi.secure")
+
+#: What a site that answers protocol stages declares at register.
+CAPABILITY_STAGES = "stages"
+#: Test-only: ``STAGE@ROUND`` at which ``flmi client`` exits abruptly.
+EXIT_AT_STAGE_ENV = "FLMI_TEST_EXIT_AT_STAGE"
+#: The exit status of a client that exited at an injected fault.
+EXIT_AT_STAGE_STATUS = 86
+PROTOCOLS = ("secagg", "he")
+
+
+@dataclass(frozen=True)
+class AggregationPlan:
+    """How a site's update leaves it: ``plain``, ``secagg`` or ``he`` (with the CKKS settings).
+
+    Parameters
+    ----------
+    aggregation
+        ``privacy.aggregation``.
+    he_poly_modulus_degree, he_scale_bits
+        The CKKS parameters the key holder makes its context with (``he`` only).
+    """
+
+    aggregation: str = "plain"
+    he_poly_modulus_degree: int = 0
+    he_scale_bits: int = 0
+
+    @property
+    def needs_stages(self) -> bool:
+        """Whether the sites must answer protocol stages."""
+        return self.aggregation in PROTOCOLS
+
+    @staticmethod
+    def from_config(privacy: PrivacyConfig) -> AggregationPlan:
+        """The plan of ``[privacy]``."""
+        if privacy.aggregation != "he":
+            return AggregationPlan(aggregation=privacy.aggregation)
+        return AggregationPlan(
+            aggregation="he",
+            he_poly_modulus_degree=privacy.he_poly_modulus_degree,
+            he_scale_bits=privacy.he_scale_bits,
+        )
+
+    def to_wire(self) -> pb.AggregationPlan:
+        """The plan as the register reply carries it."""
+        return pb.AggregationPlan(
+            aggregation=self.aggregation,
+            he_poly_modulus_degree=self.he_poly_modulus_degree,
+            he_scale_bits=self.he_scale_bits,
+        )
+
+    @staticmethod
+    def from_wire(plan: pb.TrainingPlan) -> AggregationPlan:
+        """The plan a register reply carries (absent: plain)."""
+        if not plan.HasField("aggregation") or not plan.aggregation.aggregation:
+            return AggregationPlan()
+        a = plan.aggregation
+        return AggregationPlan(
+            aggregation=a.aggregation,
+            he_poly_modulus_degree=int(a.he_poly_modulus_degree),
+            he_scale_bits=int(a.he_scale_bits),
+        )
+
+
+def protect(site: SiteEndpoint, plan: AggregationPlan) -> SiteEndpoint:
+    """``site`` as the plan needs it: unchanged for plain, a :class:`SecureSite` otherwise.
+
+    Raises
+    ------
+    ConfigError
+        The plan names an aggregation this site does not know, or CKKS
+        parameters out of range (the site refuses the plan).
+    """
+    if plan.aggregation == "plain":
+        return site
+    if plan.aggregation not in PROTOCOLS:
+        raise ConfigError(
+            f"the server asks for privacy.aggregation = '{plan.aggregation}', which this "
+            f"site does not know (it knows plain, {', '.join(PROTOCOLS)})"
+        )
+    from flmi.privacy.site import SecureSite
+
+    if plan.aggregation == "secagg":
+        return SecureSite(site=site)
+    from flmi.privacy.he import CkksSettings
+
+    try:
+        ckks = CkksSettings(
+            poly_modulus_degree=plan.he_poly_modulus_degree, scale_bits=plan.he_scale_bits
+        )
+    except ValueError as exc:
+        raise ConfigError(f"the server's CKKS parameters are refused: {exc}") from None
+    return SecureSite(site=site, ckks=ckks)
+
+
+@dataclass(frozen=True)
+class ExitAtStage:
+    """Test-only fault: exit abruptly when ``stage`` of round ``rnd`` arrives."""
+
+    stage: str
+    rnd: int
+
+    def hit(self, stage: str, rnd: int) -> bool:
+        """Whether this is the stage to exit at."""
+        return stage == self.stage and rnd == self.rnd
+
+
+def exit_at_stage(environ: Mapping[str, str]) -> ExitAtStage | None:
+    """The injected fault :data:`EXIT_AT_STAGE_ENV` asks for (``None``: none, the normal case).
+
+    Raises
+    ------
+    ConfigError
+        The variable is set but is not ``STAGE@ROUND``.
+    """
+    value = environ.get(EXIT_AT_STAGE_ENV, "")
+    if not value:
+        return None
+    stage, _, rnd = value.rpartition("@")
+    if not stage or not rnd.isdigit() or int(rnd) < 1:
+        raise ConfigError(
+            f"{EXIT_AT_STAGE_ENV} = '{value}': a test-only fault is written STAGE@ROUND, "
+            "e.g. secagg/unmask@1; unset it to run normally"
+        )
+    log.warning(
+        "TEST FAULT INJECTION: %s is set; this client will exit when stage %s of round %s "
+        "arrives. Unset it for a real run.",
+        EXIT_AT_STAGE_ENV,
+        stage,
+        rnd,
+    )
+    return ExitAtStage(stage=stage, rnd=int(rnd))
+
+
+def injected_exit(fault: ExitAtStage) -> None:
+    """Exit the process now, as a killed hospital would (no reply, no goodbye)."""
+    log.error(
+        "TEST FAULT INJECTION: exiting at stage %s of round %d (%s)",
+        fault.stage,
+        fault.rnd,
+        EXIT_AT_STAGE_ENV,
+    )
+    logging.shutdown()
+    os._exit(EXIT_AT_STAGE_STATUS)
+
+
+def privacy_summary(privacy: PrivacyConfig, secure: SecureAggregation | None) -> dict[str, Any]:
+    """``summary.json``'s privacy section; under ``he``, what the server's contexts held.
+
+    Every context the homomorphic server loaded is checked again here, at the
+    end of the run: one holding a secret key fails the run (it cannot happen,
+    since the server refuses such a context when it arrives; this is the
+    check that shows it).
+
+    Raises
+    ------
+    ProtocolError
+        A context the server held has a secret key.
+    """
+    out: dict[str, Any] = dataclasses.asdict(privacy)
+    if privacy.aggregation != "he" or secure is None:
+        return out
+    from flmi.privacy.he import HEServer
+
+    assert isinstance(secure, HEServer)
+    private = sum(1 for c in secure.contexts if c.is_private() or c.has_secret_key())
+    if private:
+        raise ProtocolError(
+            f"{private} of the {len(secure.contexts)} CKKS contexts the server held had a "
+            "secret key; the server may hold public contexts only"
+        )
+    log.info("he: the server held %d CKKS context(s), none with a secret key", len(secure.contexts))
+    out["server_contexts"] = len(secure.contexts)
+    out["server_contexts_with_secret_key"] = private
+    return out
