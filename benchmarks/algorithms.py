@@ -18,8 +18,10 @@ Two tables, one markdown file each:
 * **robustness** (``--robustness``): BreastMNIST over 5 sites as above; the
   largest site (most training examples) sends its update scaled by 10
   (``fault = "scale"``), or Gaussian noise around the global model
-  (``fault = "noise"``), and FedAvg, median, trimmed mean and Krum (f = 1) are
-  compared with the clean run.
+  (``fault = "noise"``), and FedAvg, median and trimmed mean (one vote per
+  site, and example-weighted with each site's share capped at 0.3), Krum and
+  Multi-Krum (f = 1) are compared with the clean run. ``--robust-rows`` runs a
+  subset of the rows.
 
 Every run appends one JSON line to ``--results`` (when given); a later call with
 the same file skips the runs it already holds, and ``--table-only`` rebuilds a
@@ -73,12 +75,41 @@ ALGORITHMS = (
     "geometric_median",
     "cyclic",
 )
-ROBUST_STRATEGIES = ("fedavg", "median", "trimmed_mean", "krum", "multi_krum")
+ROBUST_STRATEGIES = (
+    "fedavg",
+    "median",
+    "median_weighted",
+    "trimmed_mean",
+    "trimmed_mean_weighted",
+    "krum",
+    "multi_krum",
+)
+# The example-weighted rows' cap on one site's share of the vote (the strategies' default).
+ROBUST_MAX_WEIGHT_SHARE = 0.3
 # Robustness rows that are a strategy with options: row name -> (strategy, overrides).
 ROBUST_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # "median" and "trimmed_mean" keep their row names from before the weighted rules
+    # existed (one vote per site), so results files made then still count.
+    "median": ("median", ('strategy.weighting="uniform"',)),
+    "median_weighted": (
+        "median",
+        ('strategy.weighting="examples"', f"strategy.max_weight_share={ROBUST_MAX_WEIGHT_SHARE}"),
+    ),
+    "trimmed_mean": ("trimmed_mean", ('strategy.weighting="uniform"',)),
+    "trimmed_mean_weighted": (
+        "trimmed_mean",
+        ('strategy.weighting="examples"', f"strategy.max_weight_share={ROBUST_MAX_WEIGHT_SHARE}"),
+    ),
     "krum": ("krum", ("strategy.num_byzantine=1",)),
     # Multi-Krum: average the 3 updates with the best Krum scores (n - f - 1 with f = 1).
     "multi_krum": ("krum", ("strategy.num_byzantine=1", "strategy.num_selected=3")),
+}
+# How the robustness table names its rows.
+ROBUST_LABELS = {
+    "median": "median, uniform",
+    "median_weighted": "median, example-weighted",
+    "trimmed_mean": "trimmed_mean, uniform",
+    "trimmed_mean_weighted": "trimmed_mean, example-weighted",
 }
 CONDITIONS = ("clean", "scale", "noise")
 # Robustness reference row: FedAvg with the faulty site left out of every round.
@@ -213,6 +244,9 @@ class Dataset:
             ]
         elif algorithm == "cyclic":
             overrides.append("federation.min_sites=1")
+        elif algorithm in ("median", "trimmed_mean"):
+            # Table 1 was made with one vote per site, before example weighting existed.
+            overrides.append('strategy.weighting="uniform"')
         if self.image and algorithm in PLAIN_SGD:
             overrides += list(IMAGE_SGD)
         return self.config, overrides
@@ -783,6 +817,8 @@ def robustness_table(
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for strategy in strategies:
+        if not any(r["algorithm"] == strategy for r in rows):
+            continue  # a row never run on this partition
         means: dict[str, float] = {}
         smooth: dict[str, float] = {}
         cells: list[str] = []
@@ -810,7 +846,8 @@ def robustness_table(
             "nan" if math.isnan(d) else f"{d:+.3f}"
             for d in (smooth[c] - smooth["clean"] for c in ("scale", "noise"))
         )
-        lines.append(f"| {strategy} | " + " | ".join(cells) + f" | {change} | {goal} | {late} |")
+        label = ROBUST_LABELS.get(strategy, strategy)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {change} | {goal} | {late} |")
 
     absent = [r["arms"].get("federated") for r in _latest(ok, algorithm=ABSENT_ROW)]
     if absent:
@@ -840,6 +877,11 @@ def robustness_table(
         "- Krum: `num_byzantine = 1`, `num_selected = 1`; multi_krum: Krum with "
         "`num_selected = 3` (the mean of the 3 best-scored updates); trimmed mean: "
         "`trim_fraction = 0.2` (one update cut at each end of 5).",
+        '- uniform: one vote per site (`weighting = "uniform"`, the rule of Yin et al.); '
+        "example-weighted: each site's vote in proportion to its training examples, no site "
+        f'above {ROBUST_MAX_WEIGHT_SHARE:g} of the total (`weighting = "examples"`, '
+        f"`max_weight_share = {ROBUST_MAX_WEIGHT_SHARE:g}`); the trimmed mean trims one site "
+        "at each end in both, and the weighted row weights the mean of the rest.",
         "- Reference row: FedAvg with the faulty site left out of every round (it is "
         "told to send NaN, which a site refuses to send; `federation.min_sites = 4`): "
         "about the best a robust rule can do once that site's data is lost.",
@@ -902,6 +944,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="dirichlet",
         help="robustness: the 5-site partition (Dirichlet alpha 0.3, or IID)",
     )
+    parser.add_argument(
+        "--robust-rows",
+        nargs="+",
+        choices=ROBUST_STRATEGIES,
+        default=list(ROBUST_STRATEGIES),
+        help="robustness: the rows to run (the table shows every row with results)",
+    )
     parser.add_argument("--results", type=Path, help="JSON-lines file of runs (read and appended)")
     parser.add_argument(
         "--table-only", action="store_true", help="build the table from --results, train nothing"
@@ -920,7 +969,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 partition=args.robust_partition,
                 rounds=args.rounds,
                 noise_std=args.noise_std,
-                strategies=ROBUST_STRATEGIES,
+                strategies=args.robust_rows,
                 results=results,
             )
         text = robustness_table(

@@ -35,6 +35,7 @@ from flmi.strategies.robust import (
     Krum,
     KrumOptions,
     Median,
+    MedianOptions,
     TrimmedMean,
     TrimmedMeanOptions,
 )
@@ -237,12 +238,14 @@ STRATEGIES: Mapping[str, StrategySpec] = {
         linear=True,
     ),
     "median": StrategySpec(
-        summary="Coordinate-wise median, robust (Yin et al. 2018)",
-        options={},
-        build=_fixed(lambda h: Median(hparams=h)),
+        summary="Coordinate-wise median, example-weighted with a cap per site or uniform, "
+        "robust (Yin et al. 2018)",
+        options=options_of(MedianOptions),
+        build=lambda h, o, _c: Median(hparams=h, options=MedianOptions(**o)),
     ),
     "trimmed_mean": StrategySpec(
-        summary="Coordinate-wise trimmed mean, robust (Yin et al. 2018)",
+        summary="Coordinate-wise trimmed mean: drop sites at each end, weighted or plain mean "
+        "of the rest, robust (Yin et al. 2018)",
         options=options_of(TrimmedMeanOptions),
         build=lambda h, o, _c: TrimmedMean(hparams=h, options=TrimmedMeanOptions(**o)),
     ),

@@ -2,10 +2,18 @@
 
 Each rule combines the updates' tensors as sent (full weights or deltas; all
 four are translation-equivariant, so both give the same model up to
-rounding), then replaces the global model. They are deterministic and do not
-depend on the order of sites: updates are stacked in sorted site order and
-ties are broken by site name. None is linear in the updates, so none can run
-under secure aggregation.
+rounding, except that the example-weighted trimmed mean may keep a
+different one of two sites whose values rounding brings within an ulp, and
+so weigh the survivors differently), then replaces the global model. They
+are deterministic and do not depend on the order of sites: updates are
+stacked in sorted site order and ties are broken by site name. None is
+linear in the updates, so none can run under secure aggregation.
+
+The coordinate-wise median and trimmed mean come in two weightings: every
+site's vote counts once (``weighting = "uniform"``, as in Yin et al.), or in
+proportion to its example count with no site above ``max_weight_share`` of
+the total (``weighting = "examples"``, the default; see
+:mod:`flmi.strategies.weighted_order`).
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from flmi.core.messages import HParamValue, UpdateKind
 from flmi.core.params import Params
 from flmi.strategies.base import ComposedStrategy, Contribution, NoState, Replace, cast_like
 from flmi.strategies.options import help_field, positive, require
+from flmi.strategies.weighted_order import vote_weights, weighted_median, weighted_trimmed_mean
+
+#: The ``weighting`` options of the coordinate-wise median and trimmed mean.
+WEIGHTINGS = ("examples", "uniform")
 
 
 def _stack(items: Sequence[Contribution], name: str) -> np.ndarray:
@@ -49,6 +61,84 @@ class CoordinateMedian:
         )
 
 
+def _trim_count(trim_fraction: float, n: int) -> int:
+    """``floor(trim_fraction n)``, at most ``(n - 1) // 2`` so that one value is left."""
+    # The small slack keeps e.g. 0.29 * 100 = 28.999999999999996 at 29.
+    return min(math.floor(trim_fraction * n + 1e-9), (n - 1) // 2)
+
+
+def _site_votes(items: Sequence[Contribution], max_weight_share: float) -> np.ndarray:
+    return vote_weights([c.weight for c in items], max_share=max_weight_share)
+
+
+class WeightedCoordinateMedian:
+    """Coordinate-wise median with each site's vote weighted by its example count.
+
+    Per coordinate: the value at which the cumulative (capped) weight first
+    exceeds half of the total; the mean of the two values on either side when
+    it reaches exactly half. See
+    :func:`flmi.strategies.weighted_order.weighted_median`.
+
+    Parameters
+    ----------
+    max_weight_share
+        No site's vote exceeds this share of the total
+        (:func:`flmi.strategies.weighted_order.vote_weights`).
+    """
+
+    def __init__(self, *, max_weight_share: float) -> None:
+        self._max_weight_share = max_weight_share
+
+    def combine(
+        self, *, reference: Params, kind: UpdateKind, items: Sequence[Contribution]
+    ) -> Params:
+        """The weighted median of every coordinate over the sites."""
+        votes = _site_votes(items, self._max_weight_share)
+        out = {
+            name: weighted_median([c.tensors[name] for c in items], votes).reshape(
+                reference[name].shape
+            )
+            for name in reference
+        }
+        return cast_like(out, reference)
+
+
+class WeightedCoordinateTrimmedMean:
+    """Coordinate-wise trimmed mean: drop ``k`` sites at each end, weighted mean of the rest.
+
+    ``k = floor(trim_fraction n)`` values are dropped at each end by *count*,
+    as in the unweighted rule, so a site with an extreme value is dropped
+    whole however many examples it reports; the survivors are averaged with
+    their (capped) example weights. See
+    :func:`flmi.strategies.weighted_order.weighted_trimmed_mean`.
+
+    Parameters
+    ----------
+    trim_fraction
+        ``beta`` in ``[0, 0.5)``.
+    max_weight_share
+        No site's weight exceeds this share of the total.
+    """
+
+    def __init__(self, *, trim_fraction: float, max_weight_share: float) -> None:
+        self._trim_fraction = trim_fraction
+        self._max_weight_share = max_weight_share
+
+    def combine(
+        self, *, reference: Params, kind: UpdateKind, items: Sequence[Contribution]
+    ) -> Params:
+        """The weighted trimmed mean of every coordinate over the sites."""
+        votes = _site_votes(items, self._max_weight_share)
+        k = _trim_count(self._trim_fraction, len(items))
+        out = {
+            name: weighted_trimmed_mean([c.tensors[name] for c in items], votes, k).reshape(
+                reference[name].shape
+            )
+            for name in reference
+        }
+        return cast_like(out, reference)
+
+
 class CoordinateTrimmedMean:
     """Coordinate-wise trimmed mean: drop ``floor(beta n)`` values at each end, average the rest.
 
@@ -66,8 +156,7 @@ class CoordinateTrimmedMean:
     ) -> Params:
         """The trimmed mean of every coordinate over the sites."""
         n = len(items)
-        # The small slack keeps e.g. 0.29 * 100 = 28.999999999999996 at 29.
-        k = min(math.floor(self._trim_fraction * n + 1e-9), (n - 1) // 2)
+        k = _trim_count(self._trim_fraction, n)
         out = {}
         for name in reference:
             ordered = np.sort(_stack(items, name), axis=0)
@@ -202,6 +291,42 @@ class WeiszfeldMedian:
         return cast_like(z, reference)
 
 
+_WEIGHTING_HELP = (
+    '"examples" (each site\'s vote in proportion to its example count) or "uniform" '
+    "(one vote per site)"
+)
+_SHARE_HELP = (
+    'with weighting = "examples", the largest share of the vote one site may hold, '
+    "in (0, 1]; at or below 1/n every site votes equally"
+)
+
+
+def _check_weighting(weighting: str, max_weight_share: float) -> None:
+    require(
+        weighting in WEIGHTINGS,
+        key="weighting",
+        value=weighting,
+        expected=" or ".join(f'"{w}"' for w in WEIGHTINGS),
+    )
+    require(
+        math.isfinite(max_weight_share) and 0.0 < max_weight_share <= 1.0,
+        key="max_weight_share",
+        value=max_weight_share,
+        expected="in (0, 1]",
+    )
+
+
+@dataclass(frozen=True)
+class MedianOptions:
+    """``[strategy]`` options of ``median``."""
+
+    weighting: str = help_field("examples", _WEIGHTING_HELP)
+    max_weight_share: float = help_field(0.3, _SHARE_HELP)
+
+    def __post_init__(self) -> None:
+        _check_weighting(self.weighting, self.max_weight_share)
+
+
 @dataclass(frozen=True)
 class TrimmedMeanOptions:
     """``[strategy]`` options of ``trimmed_mean``."""
@@ -209,6 +334,10 @@ class TrimmedMeanOptions:
     trim_fraction: float = help_field(
         0.2, "share of updates dropped at each end, per coordinate, in [0, 0.5)"
     )
+    weighting: str = help_field(
+        "examples", _WEIGHTING_HELP + " in the mean of the values left after trimming"
+    )
+    max_weight_share: float = help_field(0.3, _SHARE_HELP)
 
     def __post_init__(self) -> None:
         require(
@@ -217,6 +346,7 @@ class TrimmedMeanOptions:
             value=self.trim_fraction,
             expected="in [0, 0.5)",
         )
+        _check_weighting(self.weighting, self.max_weight_share)
 
 
 @dataclass(frozen=True)
@@ -258,53 +388,92 @@ class GeometricMedianOptions:
 
 
 class Median(ComposedStrategy[NoState]):
-    """Coordinate-wise median of the updates (Yin et al. 2018).
+    """Coordinate-wise median of the updates (Yin et al. 2018), optionally example-weighted.
 
     Yin, Chen, Ramchandran and Bartlett, "Byzantine-Robust Distributed
     Learning: Towards Optimal Statistical Rates", ICML 2018. Every coordinate
     of the new global model is the median of that coordinate over the
-    sampled sites' updates (unweighted; the mean of the two middle values
-    when their number is even). One arbitrarily large update cannot move it
-    outside the range of the others when ``n >= 3``.
+    sampled sites' updates. Uniform: the middle value (the mean of the two
+    middle values when their number is even). Example-weighted: the value at
+    which the cumulative weight of the sorted values first exceeds half of
+    the total (the mean of the two neighbouring values when it reaches
+    exactly half; with equal weights this is the uniform median). Ties in
+    value are ordered by site name.
 
-    Parameters
-    ----------
-    hparams
-        Local-training settings sent to every site each round.
-    """
-
-    def __init__(self, *, hparams: Mapping[str, HParamValue]) -> None:
-        super().__init__(
-            name="median", hparams=hparams, aggregator=CoordinateMedian(), rule=Replace()
-        )
-
-
-class TrimmedMean(ComposedStrategy[NoState]):
-    """Coordinate-wise trimmed mean of the updates (Yin et al. 2018).
-
-    Yin, Chen, Ramchandran and Bartlett, "Byzantine-Robust Distributed
-    Learning: Towards Optimal Statistical Rates", ICML 2018. For every
-    coordinate the ``k = floor(trim_fraction * n)`` largest and ``k``
-    smallest values over the ``n`` updates are dropped and the rest averaged
-    (unweighted). With ``trim_fraction = 0`` it is the plain mean.
+    **Weighting.** With ``weighting = "examples"`` (the default) each site's
+    vote counts in proportion to the examples it reports, as in FedAvg and
+    the geometric median, so that a hospital with 20 images does not weigh
+    as much as one with 200. Reported counts cannot be checked, so no site
+    may hold more than ``max_weight_share`` (default 0.3) of the total: a
+    site claiming a huge count gets that share and no more, the others keep
+    their ratios (:func:`flmi.strategies.weighted_order.vote_weights`).
+    ``weighting = "uniform"`` is the rule of the paper: one vote per site.
 
     Parameters
     ----------
     hparams
         Local-training settings sent to every site each round.
     options
-        ``trim_fraction`` in ``[0, 0.5)``; defaults when ``None``.
+        ``weighting`` and ``max_weight_share``; defaults when ``None``.
+    """
+
+    def __init__(
+        self, *, hparams: Mapping[str, HParamValue], options: MedianOptions | None = None
+    ) -> None:
+        options = options or MedianOptions()
+        aggregator: CoordinateMedian | WeightedCoordinateMedian = (
+            WeightedCoordinateMedian(max_weight_share=options.max_weight_share)
+            if options.weighting == "examples"
+            else CoordinateMedian()
+        )
+        super().__init__(name="median", hparams=hparams, aggregator=aggregator, rule=Replace())
+
+
+class TrimmedMean(ComposedStrategy[NoState]):
+    """Coordinate-wise trimmed mean of the updates (Yin et al. 2018), optionally example-weighted.
+
+    Yin, Chen, Ramchandran and Bartlett, "Byzantine-Robust Distributed
+    Learning: Towards Optimal Statistical Rates", ICML 2018. For every
+    coordinate the ``k = floor(trim_fraction * n)`` largest and ``k``
+    smallest values over the ``n`` updates are dropped and the rest averaged.
+    Trimming counts sites, never weight, in both weightings: a site whose
+    value is extreme is dropped whole, however many examples it reports
+    (trimming weight mass instead would let a large site survive in part).
+    The values left are averaged without weights (uniform) or with their
+    capped example weights. With ``trim_fraction = 0`` it is the plain mean
+    (uniform) or FedAvg's weighted mean with capped weights (examples).
+
+    **Weighting.** With ``weighting = "examples"`` (the default) each site's
+    vote counts in proportion to the examples it reports, as in FedAvg and
+    the geometric median, so that a hospital with 20 images does not weigh
+    as much as one with 200. Reported counts cannot be checked, so no site
+    may hold more than ``max_weight_share`` (default 0.3) of the total: a
+    site claiming a huge count gets that share and no more, the others keep
+    their ratios (:func:`flmi.strategies.weighted_order.vote_weights`).
+    ``weighting = "uniform"`` is the rule of the paper: one vote per site.
+
+    Parameters
+    ----------
+    hparams
+        Local-training settings sent to every site each round.
+    options
+        ``trim_fraction``, ``weighting`` and ``max_weight_share``; defaults when ``None``.
     """
 
     def __init__(
         self, *, hparams: Mapping[str, HParamValue], options: TrimmedMeanOptions | None = None
     ) -> None:
         options = options or TrimmedMeanOptions()
+        aggregator: CoordinateTrimmedMean | WeightedCoordinateTrimmedMean = (
+            WeightedCoordinateTrimmedMean(
+                trim_fraction=options.trim_fraction,
+                max_weight_share=options.max_weight_share,
+            )
+            if options.weighting == "examples"
+            else CoordinateTrimmedMean(trim_fraction=options.trim_fraction)
+        )
         super().__init__(
-            name="trimmed_mean",
-            hparams=hparams,
-            aggregator=CoordinateTrimmedMean(trim_fraction=options.trim_fraction),
-            rule=Replace(),
+            name="trimmed_mean", hparams=hparams, aggregator=aggregator, rule=Replace()
         )
 
 

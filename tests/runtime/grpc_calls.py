@@ -8,12 +8,12 @@ import grpc
 
 from flmi.core.params import Params, schema_hash
 from flmi.runtime.grpc import flmi_pb2 as pb
-from flmi.runtime.grpc import flmi_pb2_grpc as pb_grpc
 from flmi.runtime.grpc.codes import PROTOCOL_VERSION
 from flmi.runtime.grpc.schema import schema_specs
+from flmi.runtime.grpc.transport import FederationStub
 
 
-def stub(address: str, *, ca: Path, bundle: Path | None) -> pb_grpc.FederationStub:
+def stub(address: str, *, ca: Path, bundle: Path | None) -> FederationStub:
     """A stub over TLS that trusts ``ca``; it shows ``bundle``'s certificate if one is given."""
     if bundle is None:
         credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
@@ -23,7 +23,7 @@ def stub(address: str, *, ca: Path, bundle: Path | None) -> pb_grpc.FederationSt
             private_key=(bundle / "site.key").read_bytes(),
             certificate_chain=(bundle / "site.pem").read_bytes(),
         )
-    return pb_grpc.FederationStub(grpc.secure_channel(address, credentials))
+    return FederationStub(grpc.secure_channel(address, credentials))
 
 
 def register_request(params: Params, *, task: str = "classification") -> pb.RegisterRequest:

@@ -24,7 +24,7 @@ SITES = ["hospital_1", "hospital_2"]
 CHUNK = 4096
 
 
-def _frames(header: pb.Reply, arrays: list[np.ndarray], chunk: int) -> Iterator[pb.Frame]:
+def _frames(header: pb.Reply, arrays: list[np.ndarray], chunk: int) -> Iterator[pb.Frame | bytes]:
     yield pb.Frame(reply=header)
     yield from data_frames(arrays, chunk_bytes=chunk)
 

@@ -18,7 +18,7 @@ from flmi.core.exchange import StagedExchange, StageReply
 from flmi.core.messages import ClientError, ErrorCode
 from flmi.privacy.site import SecureSite
 from flmi.runtime.grpc import flmi_pb2 as pb
-from flmi.runtime.grpc.chunking import collect, data_frames
+from flmi.runtime.grpc.chunking import collect, data_frames, decode_frame
 from flmi.runtime.grpc.codec import (
     StageMessage,
     audit_label,
@@ -47,7 +47,7 @@ SITES = ["hospital_1", "hospital_2", "hospital_3"]
 
 
 def _through_the_wire(header: Any, arrays: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
-    frames = list(data_frames(arrays, chunk_bytes=7))
+    frames = [decode_frame(raw) for raw in data_frames(arrays, chunk_bytes=7)]
     return collect(frames, specs_of=tensor_specs(header), chunk_bytes=7, max_payload_bytes=1 << 20)
 
 

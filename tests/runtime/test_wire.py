@@ -17,7 +17,15 @@ from flmi.core.messages import (
     UpdateKind,
 )
 from flmi.runtime.grpc import flmi_pb2 as pb
-from flmi.runtime.grpc.chunking import Assembler, collect, data_frames, spec_of
+from flmi.runtime.grpc import flmi_pb2_grpc as pb_grpc
+from flmi.runtime.grpc.chunking import (
+    Assembler,
+    collect,
+    data_frames,
+    decode_frame,
+    encode_frame,
+    spec_of,
+)
 from flmi.runtime.grpc.codec import (
     decode_instruction,
     decode_reply,
@@ -28,6 +36,7 @@ from flmi.runtime.grpc.codec import (
 )
 from flmi.runtime.grpc.codes import RefusalError, WireError
 from flmi.runtime.grpc.schema import first_difference
+from flmi.runtime.grpc.transport import SERVICE, add_federation_service
 
 
 def _params() -> dict[str, np.ndarray]:
@@ -46,14 +55,61 @@ def test_any_chunk_size_reassembles_the_same_bytes(chunk: int) -> None:
     arrays = [params[k] for k in sorted(params)]
     specs = [spec_of(k, params[k]) for k in sorted(params)]
 
-    frames = list(data_frames(arrays, chunk_bytes=chunk))
-    tensors = dict(collect(iter(frames), specs_of=specs, chunk_bytes=chunk, max_payload_bytes=1000))
+    frames = [pb.Frame.FromString(f).data for f in data_frames(arrays, chunk_bytes=chunk)]
+    decoded = [decode_frame(pb.Frame(data=f).SerializeToString()) for f in frames]
+    tensors = dict(collect(decoded, specs_of=specs, chunk_bytes=chunk, max_payload_bytes=1000))
 
-    assert all(len(f.data) <= chunk for f in frames)
-    assert all(len(f.data) == chunk for f in frames[:-1])
+    assert all(len(f) <= chunk for f in frames)
+    assert all(len(f) == chunk for f in frames[:-1])
     for name, value in params.items():
         assert tensors[name].dtype == value.dtype and tensors[name].shape == value.shape
         np.testing.assert_array_equal(tensors[name], value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(min_size=1, max_size=300))
+def test_data_frames_are_byte_for_byte_protobufs_encoding_and_read_back_without_a_copy(
+    data: bytes,
+) -> None:
+    (ours,) = data_frames([np.frombuffer(data, dtype=np.uint8)], chunk_bytes=1000)
+    expected = pb.Frame(data=data).SerializeToString()
+    assert ours == expected
+    assert encode_frame(ours) is ours
+    decoded = decode_frame(expected)
+    assert isinstance(decoded, memoryview) and decoded.obj is expected
+    assert bytes(decoded) == data
+
+
+def test_header_frames_and_frames_with_other_fields_go_through_protobuf() -> None:
+    header = pb.Frame(reply=pb.Reply(ticket="t", payload_bytes=3))
+    assert encode_frame(header) == header.SerializeToString()
+    assert decode_frame(header.SerializeToString()) == header
+    # A data frame followed by an unknown field is not the fast shape: protobuf reads it.
+    odd = pb.Frame(data=b"abc").SerializeToString() + b"\x78\x01"
+    decoded = decode_frame(odd)
+    assert isinstance(decoded, pb.Frame) and decoded.data == b"abc"
+
+
+def test_an_empty_payload_sends_no_data_frame() -> None:
+    assert list(data_frames([np.zeros(0, np.float32)], chunk_bytes=16)) == []
+
+
+def test_the_bindings_serve_every_method_of_the_proto_service() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.methods: list[str] = []
+
+        def add_generic_rpc_handlers(self, handlers: object) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, methods: dict[str, object]) -> None:
+            assert service == SERVICE
+            self.methods = sorted(methods)
+
+    recorder = Recorder()
+    add_federation_service(pb_grpc.FederationServicer(), recorder)  # type: ignore[arg-type]
+    proto = pb.DESCRIPTOR.services_by_name["Federation"]
+    assert recorder.methods == sorted(m.name for m in proto.methods)
 
 
 def test_train_instruction_and_update_round_trip_exactly() -> None:
@@ -65,7 +121,7 @@ def test_train_instruction_and_update_round_trip_exactly() -> None:
         extras={"scaffold/c": params["b.bias"]},
     )
     header, arrays = encode_train("t1", instruction)
-    frames = data_frames(arrays, chunk_bytes=16)
+    frames = map(decode_frame, data_frames(arrays, chunk_bytes=16))
     got = decode_instruction(
         header,
         collect(frames, specs_of=tensor_specs(header), chunk_bytes=16, max_payload_bytes=10**6),
@@ -85,7 +141,7 @@ def test_train_instruction_and_update_round_trip_exactly() -> None:
     )
     reply, arrays = encode_reply("t1", update)
     tensors = collect(
-        data_frames(arrays, chunk_bytes=64),
+        map(decode_frame, data_frames(arrays, chunk_bytes=64)),
         specs_of=tensor_specs(reply),
         chunk_bytes=64,
         max_payload_bytes=10**6,
@@ -103,7 +159,7 @@ def test_evaluation_request_result_and_error_round_trip() -> None:
         "t2", EvaluateInstruction(rnd=2, params=_params(), split="val", personal=True)
     )
     tensors = collect(
-        data_frames(arrays, chunk_bytes=32),
+        map(decode_frame, data_frames(arrays, chunk_bytes=32)),
         specs_of=tensor_specs(header),
         chunk_bytes=32,
         max_payload_bytes=10**6,

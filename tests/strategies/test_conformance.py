@@ -26,6 +26,9 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("krum", {"num_selected": 3}),
     ("krum", {"num_byzantine": 0}),
     ("trimmed_mean", {"trim_fraction": 0.0}),
+    ("trimmed_mean", {"weighting": "uniform"}),
+    ("median", {"weighting": "uniform"}),
+    ("median", {"max_weight_share": 1.0}),
     ("fedavgm", {"server_momentum": 0.0}),
 ]
 

@@ -88,7 +88,12 @@ def test_the_documented_defaults() -> None:
         "tau": 1e-3,
     }
     assert STRATEGIES["fedadagrad"].defaults() == {"server_lr": 0.1, "beta1": 0.9, "tau": 1e-3}
-    assert STRATEGIES["trimmed_mean"].defaults() == {"trim_fraction": 0.2}
+    assert STRATEGIES["median"].defaults() == {"weighting": "examples", "max_weight_share": 0.3}
+    assert STRATEGIES["trimmed_mean"].defaults() == {
+        "trim_fraction": 0.2,
+        "weighting": "examples",
+        "max_weight_share": 0.3,
+    }
     assert STRATEGIES["krum"].defaults() == {"num_byzantine": 1, "num_selected": 1}
     assert STRATEGIES["geometric_median"].defaults() == {"max_iter": 100, "eps": 1e-6}
 
@@ -139,6 +144,10 @@ def test_an_unknown_strategy_lists_the_known_ones() -> None:
         ("fedadagrad", "tau", 0),
         ("trimmed_mean", "trim_fraction", 0.5),
         ("trimmed_mean", "trim_fraction", -0.1),
+        ("trimmed_mean", "weighting", "sites"),
+        ("trimmed_mean", "max_weight_share", 0.0),
+        ("median", "weighting", "weighted"),
+        ("median", "max_weight_share", 1.01),
         ("krum", "num_byzantine", -1),
         ("krum", "num_selected", 0),
         ("geometric_median", "max_iter", 0),

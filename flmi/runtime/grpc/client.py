@@ -31,9 +31,8 @@ from flmi.core.exchange import StageEndpoint
 from flmi.core.messages import ClientError, ErrorCode, EvaluateInstruction, TrainInstruction
 from flmi.core.params import Params, schema_hash
 from flmi.runtime.grpc import flmi_pb2 as pb
-from flmi.runtime.grpc import flmi_pb2_grpc as pb_grpc
 from flmi.runtime.grpc.audit import AuditLog
-from flmi.runtime.grpc.chunking import collect, data_frames, raw_bytes
+from flmi.runtime.grpc.chunking import WireFrame, collect, data_frames, raw_bytes
 from flmi.runtime.grpc.codec import (
     Reply,
     StageMessage,
@@ -53,6 +52,7 @@ from flmi.runtime.grpc.secure import (
     protect,
 )
 from flmi.runtime.grpc.siteconf import Bounds
+from flmi.runtime.grpc.transport import FederationStub
 from flmi.runtime.inprocess import SiteEndpoint
 
 log = logging.getLogger("flmi.client")
@@ -154,7 +154,7 @@ class SiteClient:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
             ],
         )
-        self._stub = pb_grpc.FederationStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = FederationStub(self._channel)
         self._site: SiteEndpoint | None = None
         self._chunk_bytes = 1 << 20
         self._heartbeat_s = 5.0
@@ -263,12 +263,12 @@ class SiteClient:
 
     def _fetch(self, after: str) -> tuple[pb.Instruction, list[tuple[str, np.ndarray]]]:
         def call() -> tuple[pb.Instruction, list[tuple[str, np.ndarray]]]:
-            frames: Iterator[pb.Frame] = self._stub.FetchInstruction(
+            frames: Iterator[WireFrame] = self._stub.FetchInstruction(
                 pb.FetchRequest(after_ticket=after, wait_s=LONG_POLL_S),
                 timeout=LONG_POLL_S + 600.0,
             )
             first = next(frames)
-            header = first.instruction
+            header = first.instruction if isinstance(first, pb.Frame) else pb.Instruction()
             digest = hashlib.sha256()
             tensors = collect(
                 frames,
@@ -337,7 +337,7 @@ class SiteClient:
                 digest.hexdigest(),
             )
 
-        def frames() -> Iterator[pb.Frame]:
+        def frames() -> Iterator[pb.Frame | bytes]:
             yield pb.Frame(reply=header)
             yield from data_frames(arrays, chunk_bytes=self._chunk_bytes)
 
@@ -380,6 +380,8 @@ class SiteClient:
                 self._round = instruction.rnd
                 self._submit(header.ticket, self._answer(instruction))
                 last = header.ticket
+                # Free this payload before the next one arrives: one model's bytes at a time.
+                del tensors, instruction
         except _Stopped:
             log.warning("stopped by SIGTERM; the saved site state is consistent")
             self.stopped = True

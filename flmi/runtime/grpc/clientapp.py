@@ -15,6 +15,7 @@ from flmi.runtime.grpc.client import ClientSettings, SiteClient
 from flmi.runtime.grpc.provisioning import SITE_CERT, site_identity
 from flmi.runtime.grpc.secure import exit_at_stage
 from flmi.runtime.grpc.siteconf import load_site_settings
+from flmi.runtime.grpc.sitedata import load_site_data, site_data_config
 from flmi.runtime.grpc.tls import site_credentials
 from flmi.runtime.inprocess import SiteEndpoint
 from flmi.site.site import Site, SitePolicy
@@ -26,9 +27,11 @@ from flmi.tasks.torch_params import params_copy
 def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClient:
     """A client for ``site`` from its bundle and ``SITE.toml``; every check runs first.
 
-    The site's data comes from ``data.federation_config``: the federation's
-    partition is built and only this site's split is kept, so the client holds
-    exactly what the simulation gives this site (a simulation convenience).
+    The site's data is its own files when ``SITE.toml``'s ``[data]`` names a
+    source (:mod:`flmi.runtime.grpc.sitedata`); otherwise the partition of
+    ``data.federation_config`` is built and only this site's split is kept, so
+    the client holds exactly what the simulation gives this site (a simulation
+    convenience).
     """
     cert = certs / SITE_CERT
     if not cert.is_file():
@@ -42,13 +45,22 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
     config = load_config(settings.federation_config)
     torch.set_num_threads(settings.torch_threads or config.runtime.torch_threads)
     device = resolve_device(settings.device or config.runtime.device)
-    federated = load_data(config)
+    if settings.data:
+        config = site_data_config(config, table=settings.data, where=data)
+        federated = load_site_data(config, site=site, where=data)
+    else:
+        federated = load_data(config)
     if site not in federated.sites:
         raise ConfigError(
             f"--site {site}: the partition of {settings.federation_config} has no such site; "
             f"its sites are {', '.join(sorted(federated.sites))}"
         )
-    task = build_task(config, federated)
+    try:
+        task = build_task(config, federated)
+    except ConfigError as exc:
+        if not settings.data:
+            raise
+        raise ConfigError(f"{data}: this site's own data does not fit the task: {exc}") from None
     splits = federated.sites[site]
     del federated
     seed = config.federation.seed

@@ -35,13 +35,13 @@ from flmi.privacy.setup import build_secure
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import versions
-from flmi.runtime.grpc import flmi_pb2_grpc as pb_grpc
 from flmi.runtime.grpc.audit import AuditLog
 from flmi.runtime.grpc.coordinator import Coordinator, GrpcRuntime, StopRequestedError
 from flmi.runtime.grpc.interceptor import RevocationList, SiteAuthInterceptor
 from flmi.runtime.grpc.secure import AggregationPlan, privacy_summary
 from flmi.runtime.grpc.service import FederationService, ServiceSettings
 from flmi.runtime.grpc.tls import server_credentials
+from flmi.runtime.grpc.transport import add_federation_service
 from flmi.simulation import make_strategy, model_meta, site_overrides
 from flmi.tasks.base import Task
 from flmi.tasks.registry import task_for_shape
@@ -194,7 +194,7 @@ def serve(
         interceptors=[SiteAuthInterceptor(allowed=d.sites, revoked=revoked)],
         options=server_options(max_message_bytes=d.max_message_bytes, heartbeat_s=d.heartbeat_s),
     )
-    pb_grpc.add_FederationServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    add_federation_service(service, server)
     port = server.add_secure_port(address, credentials)
     if port == 0:
         raise ConfigError(f"--address {address}: cannot listen there (in use, or not this host)")

@@ -23,7 +23,7 @@ from flmi.core.params import Params, check_finite, schema_hash
 from flmi.runtime.grpc import flmi_pb2 as pb
 from flmi.runtime.grpc import flmi_pb2_grpc as pb_grpc
 from flmi.runtime.grpc.audit import AuditLog
-from flmi.runtime.grpc.chunking import collect, data_frames
+from flmi.runtime.grpc.chunking import WireFrame, collect, data_frames
 from flmi.runtime.grpc.codec import audit_label, decode_reply, hparams_to_wire, tensor_specs
 from flmi.runtime.grpc.codes import PROTOCOL_VERSION, RefusalError, WireError
 from flmi.runtime.grpc.coordinator import Coordinator
@@ -182,7 +182,7 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
 
     def FetchInstruction(
         self, request: pb.FetchRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.Frame]:
+    ) -> Iterator[pb.Frame | bytes]:
         """Long poll: stream the site's next instruction, or tell it to wait or finish."""
         site = self._site(context)
         c = self._c
@@ -242,13 +242,13 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         yield from data_frames(posted.arrays, chunk_bytes=self._s.chunk_bytes)
 
     def SubmitUpdate(
-        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
+        self, request_iterator: Iterator[WireFrame], context: grpc.ServicerContext
     ) -> pb.SubmitReply:
         """Receive a site's reply to its current instruction, checking every limit."""
         site = self._site(context)
         c = self._c
         first = next(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "reply":
+        if first is None or isinstance(first, memoryview) or first.WhichOneof("kind") != "reply":
             self._reject(
                 context,
                 site,

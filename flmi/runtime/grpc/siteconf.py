@@ -3,11 +3,15 @@
 Example::
 
     [data]
-    # Simulation convenience: build the federation's partition from this
-    # config and keep only this site's split, so each client holds exactly the
-    # data the in-process simulation gives the site. A real hospital instead
-    # points at its own files (for example `source = "csv"` with its own table).
+    # The consortium's config: task, model and training plan.
     federation_config = "fed.toml"
+    # This hospital's own files, with the keys of a federation config's [data]
+    # (sources "manifest", "medmnist" or "csv"; [data.transforms] too). Without
+    # `source`, the client builds the federation's partition and keeps this
+    # site's split: a simulation convenience.
+    source = "manifest"
+    path = "/data/studies/manifest.csv"
+    label_column = "label"
 
     [site]
     state_dir = "state/hospital_1"   # SiteState, saved atomically each round
@@ -29,19 +33,22 @@ Relative paths are taken from the folder of ``SITE.toml``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flmi.config import read_toml
+from flmi.config import DataConfig, read_toml
 from flmi.core.errors import ConfigError
 from flmi.core.messages import HParamValue
 from flmi.runtime.grpc.codes import WireError
 
+DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
+SITE_SOURCES = ("manifest", "medmnist", "csv")
 TABLES = {
-    "data": ("federation_config",),
+    "data": ("federation_config", *DATA_KEYS),
     "site": ("state_dir", "device", "torch_threads", "reconnect_timeout_s", "audit_log"),
     "bounds": (
         "strategies",
@@ -133,7 +140,11 @@ class Bounds:
 
 @dataclass(frozen=True)
 class SiteSettings:
-    """A whole ``SITE.toml``."""
+    """A whole ``SITE.toml``.
+
+    ``data`` is this hospital's own ``[data]`` table (paths made absolute); empty:
+    the site takes its split of the federation config's partition.
+    """
 
     federation_config: Path
     state_dir: Path
@@ -142,6 +153,7 @@ class SiteSettings:
     torch_threads: int | None
     reconnect_timeout_s: float
     bounds: Bounds
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _check_keys(raw: Mapping[str, Any], path: Path) -> None:
@@ -175,6 +187,39 @@ def _bound(name: str, value: Any, path: Path) -> HParamBound:
     )
 
 
+def _own_data(
+    data: Mapping[str, Any], path: Path, resolve: Callable[[str], Path]
+) -> dict[str, Any]:
+    """This hospital's own ``[data]`` keys, its file paths checked and made absolute."""
+    own = {k: v for k, v in data.items() if k != "federation_config"}
+    if not own:
+        return {}
+    source = own.get("source")
+    if source not in SITE_SOURCES:
+        raise ConfigError(
+            f"{path}: data.source = {source!r}: a hospital's own data is one of "
+            f"{', '.join(repr(s) for s in SITE_SOURCES)}; or leave [data] to "
+            "federation_config alone to take this site's split of the federation's data"
+        )
+    for key in ("path", "cache_dir"):
+        value = own.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: data.{key} must be a file path")
+        resolved = resolve(str(Path(value).expanduser()))
+        if key == "path" and not resolved.exists():
+            raise ConfigError(
+                f"{path}: data.path = '{value}': no such file ({resolved}); point it at "
+                "this hospital's manifest CSV, .npz or table (relative paths start at "
+                "the folder of this file)"
+            )
+        own[key] = str(resolved)
+    if "path" not in own and source != "medmnist":
+        raise ConfigError(f"{path}: data.path is required: this hospital's {source} file")
+    return own
+
+
 def load_site_settings(path: Path, *, site: str) -> SiteSettings:
     """Read and check ``SITE.toml``."""
     raw = read_toml(path)
@@ -200,6 +245,7 @@ def load_site_settings(path: Path, *, site: str) -> SiteSettings:
         return value
 
     state_dir = resolve(str(own.get("state_dir", f"flmi-site-{site}")))
+    own_data = _own_data(data, path, resolve)
     strategies = bounds.get("strategies", [])
     if not isinstance(strategies, list) or not all(isinstance(s, str) for s in strategies):
         raise ConfigError(f"{path}: bounds.strategies must be a list of strategy names")
@@ -220,6 +266,7 @@ def load_site_settings(path: Path, *, site: str) -> SiteSettings:
         device=own.get("device"),
         torch_threads=optional_int(own, "torch_threads", "site"),
         reconnect_timeout_s=float(timeout),
+        data=own_data,
         bounds=Bounds(
             strategies=tuple(strategies),
             max_rounds=optional_int(bounds, "max_rounds", "bounds"),
