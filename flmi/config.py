@@ -134,6 +134,13 @@ class PartitionConfig:
     ``seed`` fixes the partition (and the generated hospitals) apart from
     training; unset, ``federation.seed`` sets both, so seeds then vary the data
     and the training together.
+
+    ``scanner_shift = true`` gives each site of a real 2D image collection
+    (MedMNIST, a manifest) a scanner of its own, drawn from ``seed`` over the
+    generated hospitals' ranges (blur, bias field, contrast curve, scale,
+    offset, noise), applied to all its splits; the central test set becomes
+    the sites' test images as their scanners made them
+    (:mod:`flmi.data.scanner_shift`).
     """
 
     method: Literal["iid", "dirichlet", "quantity", "natural"] = "natural"
@@ -141,6 +148,7 @@ class PartitionConfig:
     alpha: float = 0.5
     min_examples_per_site: int = 1
     seed: int | None = None
+    scanner_shift: bool = False
 
 
 @dataclass(frozen=True)
@@ -629,6 +637,15 @@ def labeled_fractions(config: Config) -> dict[str, float]:
         if fraction < 1.0:
             out[name] = fraction
     return out
+
+
+def partition_seed(config: Config) -> int:
+    """The seed of the partition, generated hospitals and scanners.
+
+    ``partition.seed`` when set, else ``federation.seed``.
+    """
+    p = config.partition
+    return p.seed if p.seed is not None else config.federation.seed
 
 
 def train_fractions(config: Config) -> dict[str, float]:

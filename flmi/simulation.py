@@ -23,6 +23,7 @@ from flmi.config import (
     Config,
     check_site_names,
     labeled_fractions,
+    partition_seed,
     site_groups,
     train_fractions,
     training_hparams,
@@ -47,6 +48,7 @@ from flmi.core.strategy import (
     Strategy,
 )
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
+from flmi.data.scanner_shift import site_scanners
 from flmi.data.sources import load_data
 from flmi.data.unlabeled import hide_labels, keep_training_share, without_unlabeled_sites
 from flmi.privacy.dp_sgd import check_dp_model
@@ -413,8 +415,7 @@ def semi_supervised_data(config: Config, data: FederatedData) -> tuple[Federated
     Sites with ``train_fraction`` are first cut to that share of their
     training examples (drawn from the partition seed too).
     """
-    p = config.partition
-    seed = p.seed if p.seed is not None else config.federation.seed
+    seed = partition_seed(config)
     shares = train_fractions(config)
     if shares:
         data = keep_training_share(data=data, fractions=shares, seed=seed)
@@ -700,6 +701,13 @@ def run_experiment(
         summary["sites_left_out"] = {s: "no_labeled_training_data" for s in left_out}
     if data.unreadable:
         summary[Record.UNREADABLE] = {k: dict(v) for k, v in sorted(data.unreadable.items())}
+    if config.partition.scanner_shift:
+        summary["site_scanners"] = {
+            name: scanner.as_dict()
+            for name, scanner in site_scanners(
+                site_names=list(data.sites), seed=partition_seed(config)
+            ).items()
+        }
     fed_curves = arms[Arm.FEDERATED].curves
     if config.privacy.dp != "none":
         summary[Record.PRIVACY] = privacy_json(config, history)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flmi.config import Config
+from flmi.config import Config, partition_seed
 from flmi.core.errors import ConfigError, DataError
 from flmi.data.arrays import FederatedData
 from flmi.data.download import DEFAULT_CACHE, fetch_medmnist, file_md5, medmnist_file
@@ -12,17 +12,37 @@ from flmi.data.heart_disease import load_heart_disease
 from flmi.data.manifest import load_manifest, manifest_federated_data
 from flmi.data.medmnist import load_medmnist_npz
 from flmi.data.partition import check_min_examples, partition
+from flmi.data.scanner_shift import apply_scanner_shift
 from flmi.data.synthetic import generate_hospitals, make_profiles
 from flmi.data.synthetic_age import generate_age_hospitals
 from flmi.data.synthetic_lesions import lesion_data
 from flmi.data.tabular import load_csv_sites
 from flmi.data.tcga_brca import load_tcga_brca
 
+#: Sources whose images ``partition.scanner_shift`` may pass through per-site scanners.
+SCANNER_SHIFT_SOURCES = ("medmnist", "manifest")
+
 
 def load_data(config: Config) -> FederatedData:
-    """Load or generate the data and split it into sites, checking every site's size."""
+    """Load or generate the data and split it into sites, checking every site's size.
+
+    With ``partition.scanner_shift`` each site's images then pass through a
+    scanner of its own (:func:`flmi.data.scanner_shift.apply_scanner_shift`).
+    """
+    seed = partition_seed(config)
+    if not config.partition.scanner_shift:
+        return _load(config, seed=seed)
+    if config.data.source not in SCANNER_SHIFT_SOURCES:
+        raise ConfigError(
+            f"partition.scanner_shift: works on {' and '.join(SCANNER_SHIFT_SOURCES)} images, "
+            f"not on data.source = {config.data.source!r} (generated hospitals already have "
+            "scanners of their own; tables have no images); remove partition.scanner_shift"
+        )
+    return apply_scanner_shift(_load(config, seed=seed), seed=seed)
+
+
+def _load(config: Config, *, seed: int) -> FederatedData:
     d, p = config.data, config.partition
-    seed = p.seed if p.seed is not None else config.federation.seed
     if d.source == "medmnist":
         splits = load_medmnist_npz(path=medmnist_path(config))
         return partition(
