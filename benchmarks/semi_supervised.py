@@ -93,6 +93,30 @@ def pooled_val(config: Config, params: Params) -> dict[str, float]:
     return {"auc": float(metrics["auc"]), "balanced_accuracy": float(metrics["balanced_accuracy"])}
 
 
+def test_by_hospital_group(config: Config, params: Params) -> dict[str, float]:
+    """Test AUC of ``params`` on the labeled hospitals' and on the unlabeled hospitals' test splits.
+
+    The groups are those of the study's config (``--config`` with ``--set``),
+    whatever the arm, so every arm is scored on the same images. With
+    ``partition.scanner_shift`` this tells whether a gain comes from the
+    hospitals whose scanner the labeled hospitals never saw.
+    """
+    study = load_config(CHOSEN[0], overrides=[f"federation.seed={config.federation.seed}", *EXTRA])
+    unlabeled = sorted(n for n, s in study.sites.items() if not s.labeled)
+    data = load_data(config)
+    labeled = sorted(n for n in data.sites if n not in unlabeled)
+    task = build_task(config, data)
+    model = task.build_model(seed=0)
+    load_params(model, params, where="benchmark test by hospital group")
+    out: dict[str, float] = {}
+    for group, names in (("labeled", labeled), ("unlabeled", unlabeled)):
+        if names:
+            test = concat_splits([data.sites[s].test for s in names])
+            metrics = task.evaluate(model=model, data=test, device=torch.device("cpu"))
+            out[f"test_auc_{group}_hospitals"] = float(metrics["auc"])
+    return out
+
+
 def run(seed: int, overrides: Sequence[str]) -> dict[str, float]:
     """One run: central test AUC and balanced accuracy, validation AUC, wall time."""
     config = load_config(CHOSEN[0], overrides=[f"federation.seed={seed}", *EXTRA, *overrides])
@@ -107,6 +131,7 @@ def run(seed: int, overrides: Sequence[str]) -> dict[str, float]:
         "balanced_accuracy": float(central["balanced_accuracy"]),
         "val_auc": float((final["val"] or {}).get("auc") or float("nan")),
         **{f"pooled_val_{k}": v for k, v in pooled_val(config, result.params).items()},
+        **test_by_hospital_group(config, result.params),
         "wall_s": time.perf_counter() - started,
     }
 
@@ -233,8 +258,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for seed in args.seeds:
             row = run(seed, overrides)
             results[name].append(row)
+            groups = "".join(
+                f", {key.removeprefix('test_auc_').replace('_', ' ')} {value:.4f}"
+                for key, value in row.items()
+                if key.startswith("test_auc_")
+            )
             print(
-                f"  {name} seed {seed}: test AUC {row['auc']:.4f}, "
+                f"  {name} seed {seed}: test AUC {row['auc']:.4f}{groups}, "
                 f"val AUC {row['pooled_val_auc']:.4f}, val balanced accuracy "
                 f"{row['pooled_val_balanced_accuracy']:.3f} ({row['wall_s']:.0f} s)",
                 flush=True,
@@ -252,19 +282,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"({args.config.name}); {f.rounds} rounds of {base.strategy.name}, {budget} a round; "
         f"seeds {args.seeds}",
         "",
-        "| arm | central test AUC | per seed | central test balanced accuracy | mean wall s |",
-        "| --- | --- | --- | --- | --- |",
+        "| arm | central test AUC | per seed | test AUC, labeled hospitals' images | "
+        "test AUC, unlabeled hospitals' images | central test balanced accuracy | mean wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, rows in results.items():
         per_seed = ", ".join(f"{r['auc']:.3f}" for r in rows)
         lines.append(
             f"| {name} | {_mean_sd([r['auc'] for r in rows])} | {per_seed} | "
+            f"{_mean_sd([r['test_auc_labeled_hospitals'] for r in rows])} | "
+            f"{_mean_sd([r['test_auc_unlabeled_hospitals'] for r in rows])} | "
             f"{_mean_sd([r['balanced_accuracy'] for r in rows])} | "
             f"{statistics.fmean(r['wall_s'] for r in rows):.0f} |"
         )
     lines += [
         "",
         paired_line(aucs[ssl_name], aucs[labeled_name]),
+        "on the unlabeled hospitals' test images: "
+        + paired_line(
+            [r["test_auc_unlabeled_hospitals"] for r in results[ssl_name]],
+            [r["test_auc_unlabeled_hospitals"] for r in results[labeled_name]],
+        ),
         f"ratio semi-supervised / labeled only (test AUC): {ratio:.3f}",
         f"ratio all labeled / labeled only (test AUC, the room for unlabeled images): "
         f"{headroom:.3f}",

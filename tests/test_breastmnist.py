@@ -48,3 +48,19 @@ def test_the_few_labels_example_gives_two_small_labeled_and_two_unlabeled_hospit
     for name in ("site_3", "site_4"):
         assert sites[name]["n_train"] == 0 and sites[name]["label_counts"] == {}
         assert sites[name]["n_unlabeled"] > 100
+
+
+@requires_breastmnist
+def test_the_scanner_example_runs_and_records_a_different_scanner_for_each_hospital(
+    tmp_path: Path,
+) -> None:
+    overrides = ["federation.rounds=1", "task.width=4"]
+    path = REPO / "examples" / "breastmnist_semi_supervised_scanners.toml"
+    config = load_config(path, overrides=overrides)
+    run_experiment(config=config, out=tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    scanners = summary["site_scanners"]
+    assert sorted(scanners) == ["site_1", "site_2", "site_3", "site_4"]
+    assert len({s["gamma"] for s in scanners.values()}) == 4
+    assert summary["sites"]["site_3"]["n_unlabeled"] > 100
+    assert 0.0 <= summary["arms"]["federated"]["global"]["auc"] <= 1.0
