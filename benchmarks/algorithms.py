@@ -247,6 +247,9 @@ class Dataset:
         elif algorithm in ("median", "trimmed_mean"):
             # Table 1 was made with one vote per site, before example weighting existed.
             overrides.append('strategy.weighting="uniform"')
+        elif algorithm == "geometric_median":
+            # Table 1 was made with uncapped example weights, before the cap existed.
+            overrides.append("strategy.max_weight_share=1.0")
         if self.image and algorithm in PLAIN_SGD:
             overrides += list(IMAGE_SGD)
         return self.config, overrides

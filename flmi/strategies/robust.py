@@ -234,8 +234,10 @@ class KrumSelection:
 class WeiszfeldMedian:
     """The example-weighted geometric median by smoothed Weiszfeld iterations (RFA).
 
-    Minimises ``sum_i p_i ||z - y_i||`` with ``p_i = n_i / sum n`` over all
-    tensors as one vector. Starts at the weighted mean and repeats
+    Minimises ``sum_i p_i ||z - y_i||`` over all tensors as one vector, with
+    ``p_i`` each site's share of the capped example counts
+    (:func:`flmi.strategies.weighted_order.vote_weights`), or ``1 / n``.
+    Starts at the weighted mean and repeats
     ``z <- sum_i b_i y_i / sum_i b_i`` with ``b_i = p_i / max(eps, ||z - y_i||)``
     until an iteration moves ``z`` by at most ``eps * (1 + ||z||)``, or for
     ``max_iter`` iterations. (A test on the objective would stop far too
@@ -249,10 +251,13 @@ class WeiszfeldMedian:
         Smoothing: distances below ``eps`` count as ``eps`` (Pillutla et
         al.'s nu, which keeps the weights finite when ``z`` sits on an
         update); also the stopping tolerance on the move of ``z``.
+    max_weight_share
+        No site's share of the weights exceeds this; ``None``: one vote per site.
     """
 
-    def __init__(self, *, max_iter: int, eps: float) -> None:
+    def __init__(self, *, max_iter: int, eps: float, max_weight_share: float | None) -> None:
         self._max_iter, self._eps = max_iter, eps
+        self._max_weight_share = max_weight_share
 
     def combine(
         self, *, reference: Params, kind: UpdateKind, items: Sequence[Contribution]
@@ -260,8 +265,12 @@ class WeiszfeldMedian:
         """The approximate geometric median of the updates."""
         names = sorted(reference)
         points = {name: _stack(items, name) for name in names}
-        total = float(sum(c.weight for c in items))
-        shares = np.array([c.weight / total for c in items], dtype=np.float64)
+        votes = (
+            np.ones(len(items), dtype=np.float64)
+            if self._max_weight_share is None
+            else _site_votes(items, self._max_weight_share)
+        )
+        shares = votes / float(np.sum(votes))
 
         def combination(coef: np.ndarray) -> dict[str, np.ndarray]:
             norm = coef / np.sum(coef)
@@ -381,10 +390,13 @@ class GeometricMedianOptions:
 
     max_iter: int = help_field(100, "most Weiszfeld iterations (>= 1)")
     eps: float = help_field(1e-6, "distance smoothing and stopping tolerance (> 0)")
+    weighting: str = help_field("examples", _WEIGHTING_HELP)
+    max_weight_share: float = help_field(0.3, _SHARE_HELP)
 
     def __post_init__(self) -> None:
         require(self.max_iter >= 1, key="max_iter", value=self.max_iter, expected="at least 1")
         require(positive(self.eps), key="eps", value=self.eps, expected="positive")
+        _check_weighting(self.weighting, self.max_weight_share)
 
 
 class Median(ComposedStrategy[NoState]):
@@ -516,16 +528,25 @@ class GeometricMedian(ComposedStrategy[NoState]):
     Pillutla, Kakade and Harchaoui, "Robust Aggregation for Federated
     Learning", IEEE Transactions on Signal Processing 70, 2022. The new model
     minimises ``sum_i p_i ||z - y_i||`` over the updates ``y_i`` (all tensors
-    as one vector, ``p_i = n_i / sum n``), found by smoothed Weiszfeld
-    iterations from the weighted mean. Its breakdown point is 1/2: updates
-    holding less than half of the weight cannot move it arbitrarily far.
+    as one vector, ``p_i`` the site's weight share), found by smoothed
+    Weiszfeld iterations from the weighted mean. Its breakdown point is 1/2:
+    updates holding less than half of the weight cannot move it arbitrarily
+    far.
+
+    **Weighting.** As for ``median``: with ``weighting = "examples"`` (the
+    default) ``p_i`` follows the example counts the sites report, but no
+    site holds more than ``max_weight_share`` (default 0.3) of the total, so
+    a site that claims a huge count cannot buy the half of the weight that
+    would let it place the model anywhere; ``weighting = "uniform"`` gives
+    every site ``1 / n``. ``max_weight_share = 1`` is RFA's uncapped rule.
 
     Parameters
     ----------
     hparams
         Local-training settings sent to every site each round.
     options
-        ``max_iter`` and ``eps``; defaults when ``None``.
+        ``max_iter``, ``eps``, ``weighting`` and ``max_weight_share``;
+        defaults when ``None``.
     """
 
     def __init__(
@@ -535,6 +556,12 @@ class GeometricMedian(ComposedStrategy[NoState]):
         super().__init__(
             name="geometric_median",
             hparams=hparams,
-            aggregator=WeiszfeldMedian(max_iter=options.max_iter, eps=options.eps),
+            aggregator=WeiszfeldMedian(
+                max_iter=options.max_iter,
+                eps=options.eps,
+                max_weight_share=(
+                    options.max_weight_share if options.weighting == "examples" else None
+                ),
+            ),
             rule=Replace(),
         )

@@ -95,7 +95,12 @@ def test_the_documented_defaults() -> None:
         "max_weight_share": 0.3,
     }
     assert STRATEGIES["krum"].defaults() == {"num_byzantine": 1, "num_selected": 1}
-    assert STRATEGIES["geometric_median"].defaults() == {"max_iter": 100, "eps": 1e-6}
+    assert STRATEGIES["geometric_median"].defaults() == {
+        "max_iter": 100,
+        "eps": 1e-6,
+        "weighting": "examples",
+        "max_weight_share": 0.3,
+    }
 
 
 def test_resolve_options_fills_defaults_and_accepts_an_integer_for_a_float() -> None:
@@ -152,6 +157,8 @@ def test_an_unknown_strategy_lists_the_known_ones() -> None:
         ("krum", "num_selected", 0),
         ("geometric_median", "max_iter", 0),
         ("geometric_median", "eps", 0.0),
+        ("geometric_median", "weighting", "size"),
+        ("geometric_median", "max_weight_share", 1.5),
     ],
 )
 def test_out_of_range_values_raise_a_config_error_naming_the_key(

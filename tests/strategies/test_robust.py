@@ -139,8 +139,10 @@ def test_geometric_median_of_an_isosceles_triangle_is_its_fermat_point() -> None
 
 
 def test_geometric_median_weights_by_examples() -> None:
-    # A point holding more than half the weight is the weighted geometric median.
-    strategy = GeometricMedian(hparams=HPARAMS, options=GeometricMedianOptions(eps=1e-12))
+    # A point holding more than half the weight is the weighted geometric median (uncapped).
+    strategy = GeometricMedian(
+        hparams=HPARAMS, options=GeometricMedianOptions(eps=1e-12, max_weight_share=1.0)
+    )
     points = [
         update("a", vec(0.0, 0.0), 6),
         update("b", vec(2.0, 0.0), 2),

@@ -10,7 +10,14 @@ from hypothesis.extra.numpy import arrays
 
 from flmi.core.messages import ClientUpdate
 from flmi.strategies import weighted_order
-from flmi.strategies.robust import Median, MedianOptions, TrimmedMean, TrimmedMeanOptions
+from flmi.strategies.robust import (
+    GeometricMedian,
+    GeometricMedianOptions,
+    Median,
+    MedianOptions,
+    TrimmedMean,
+    TrimmedMeanOptions,
+)
 from flmi.strategies.weighted_order import (
     canonical_weights,
     vote_weights,
@@ -32,7 +39,18 @@ def _trimmed(trim: float = 0.2, cap: float = 0.3) -> TrimmedMean:
     )
 
 
-def _aggregate(strategy: Median | TrimmedMean, updates: list[ClientUpdate]) -> np.ndarray:
+def _geometric(cap: float = 0.3, weighting: str = "examples") -> GeometricMedian:
+    return GeometricMedian(
+        hparams=HPARAMS,
+        options=GeometricMedianOptions(
+            max_iter=1000, eps=1e-10, weighting=weighting, max_weight_share=cap
+        ),
+    )
+
+
+def _aggregate(
+    strategy: Median | TrimmedMean | GeometricMedian, updates: list[ClientUpdate]
+) -> np.ndarray:
     width = updates[0].params["w"].shape
     _, params = strategy.aggregate(1, strategy.init({"w": np.zeros(width)}), updates)
     return np.asarray(params["w"])
@@ -322,3 +340,81 @@ def test_large_tensors_are_combined_block_by_block_with_the_same_result(
 def test_trimming_too_many_values_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot trim 2 of 4 values"):
         weighted_trimmed_mean([np.zeros(2)] * 4, np.ones(4), 2)
+
+
+# -- the geometric median's weights -------------------------------------------------------------
+
+
+def test_a_site_claiming_a_billion_examples_decides_the_uncapped_geometric_median_only() -> None:
+    # Four honest sites near the origin, one far away that claims 10^9 examples.
+    honest = [vec(0.0, 0.0), vec(1.0, 0.0), vec(0.0, 1.0), vec(1.0, 1.0)]
+    liar = vec(1000.0, -1000.0)
+    updates = [update(f"s{i}", p, 100) for i, p in enumerate(honest)]
+    updates.append(update("s9", liar, 10**9))
+
+    uncapped = _aggregate(_geometric(cap=UNCAPPED), updates)
+    capped = _aggregate(_geometric(), updates)
+
+    np.testing.assert_allclose(uncapped, [1000.0, -1000.0], atol=1e-3)
+    # Capped at 0.3, the liar holds less than half: the median stays by the honest points.
+    assert float(np.linalg.norm(capped - np.array([0.5, 0.5]))) < 1.0
+
+
+def test_uniform_geometric_median_ignores_the_reported_counts() -> None:
+    points = [vec(0.0, 0.0), vec(2.0, 0.0), vec(1.0, 3.0)]
+    few = [update(f"s{i}", p, n) for i, (p, n) in enumerate(zip(points, [6, 2, 2], strict=True))]
+    same = [update(f"s{i}", p, 1) for i, p in enumerate(points)]
+
+    np.testing.assert_allclose(
+        _aggregate(_geometric(weighting="uniform"), few),
+        _aggregate(_geometric(weighting="uniform"), same),
+        atol=1e-12,
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    honest=arrays(
+        np.float64,
+        st.tuples(st.integers(4, 8), st.integers(1, 4)),
+        elements=st.floats(-1.0, 1.0, allow_nan=False),
+    ),
+    counts=st.lists(st.integers(1, 500), min_size=8, max_size=8),
+    scale=st.sampled_from([1e2, 1e4, 1e6]),
+    claimed=st.sampled_from([1, 10**3, 10**9]),
+)
+def test_one_faulty_site_cannot_drag_the_capped_geometric_median_away(
+    honest: np.ndarray, counts: list[int], scale: float, claimed: int
+) -> None:
+    # With the cap at 0.3 one site holds at most 0.3 of the weight, below the breakdown
+    # point 1/2, so the median stays within a distance of the honest points that does not
+    # grow with the faulty update's size: at most (1 + 2a / (1 - 2a)) times the honest
+    # spread, 2.5 times for a = 0.3, around any honest point.
+    n, d = honest.shape
+    faulty = np.full(d, scale)
+    updates = [update(f"s{i}", {"w": honest[i].copy()}, counts[i]) for i in range(n)] + [
+        update("z", {"w": faulty}, claimed)
+    ]
+
+    result = _aggregate(_geometric(), updates)
+
+    spread = 2.0 * np.sqrt(d)  # the honest points lie in [-1, 1]^d
+    assert float(np.linalg.norm(result - honest[0])) <= 2.5 * spread + 1e-6
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    points=arrays(
+        np.float64,
+        st.tuples(st.integers(2, 6), st.integers(1, 3)),
+        elements=st.floats(-5.0, 5.0, allow_nan=False),
+    ),
+    count=st.integers(1, 1000),
+)
+def test_equal_counts_give_the_uniform_geometric_median(points: np.ndarray, count: int) -> None:
+    updates = _column_updates(points, [count] * len(points))
+    np.testing.assert_allclose(
+        _aggregate(_geometric(), updates),
+        _aggregate(_geometric(weighting="uniform"), updates),
+        atol=1e-9,
+    )
