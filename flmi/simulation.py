@@ -60,7 +60,7 @@ from flmi.report.model_card import CARD_MD, write_model_card
 from flmi.report.operating import ArmCurves, arm_curves, curves_json
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
-from flmi.report.summary import ArmResult, arm_json, sites_json, versions
+from flmi.report.summary import ArmResult, arm_json, privacy_block, sites_json, versions
 from flmi.report.trackers import Tracker, check_trackers, close_all, open_trackers
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.site.faults import Fault, FaultSpec, FaultySite, flip_labels
@@ -382,16 +382,6 @@ def curves_document(config: Config, arms: Mapping[str, ArmResult]) -> dict[str, 
     }
 
 
-def privacy_json(config: Config, history: Sequence[RoundRecord]) -> dict[str, Any]:
-    """``summary.json``'s privacy block: the settings, and what was spent by the last round.
-
-    Only the federated arm is private; the pooled and local baselines are not.
-    """
-    settings = {k: v for k, v in dataclasses.asdict(config.privacy).items() if v is not None}
-    spent = dict(history[-1].privacy) if history else {}
-    return {**settings, **spent, "private_arms": [Arm.FEDERATED.value]}
-
-
 def _pooled_splits(data: FederatedData) -> SiteSplits:
     names = sorted(data.sites)
     unlabeled = [u for s in names if (u := data.sites[s].unlabeled) is not None]
@@ -710,7 +700,7 @@ def run_experiment(
         }
     fed_curves = arms[Arm.FEDERATED].curves
     if config.privacy.dp != "none":
-        summary[Record.PRIVACY] = privacy_json(config, history)
+        summary[Record.PRIVACY] = privacy_block(config.privacy, history)
     if run is not None:
         run.write_model(
             params=federated.params,

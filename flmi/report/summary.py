@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,8 +12,9 @@ import numpy as np
 import torch
 
 from flmi import __version__
-from flmi.core.federation import Metrics, json_metrics
-from flmi.core.keys import Record
+from flmi.config import PrivacyConfig
+from flmi.core.federation import Metrics, RoundRecord, json_metrics
+from flmi.core.keys import Arm, Record
 from flmi.data.arrays import FederatedData
 from flmi.data.partition import site_label_summary
 from flmi.report.operating import ArmCurves, at_threshold_json
@@ -105,3 +107,15 @@ def sites_json(data: FederatedData, *, label_counts: bool = True) -> dict[str, A
         if unlabeled:
             out[site]["n_unlabeled"] = unlabeled  # a count; there are no labels to count
     return out
+
+
+def privacy_block(privacy: PrivacyConfig, history: Sequence[RoundRecord]) -> dict[str, Any]:
+    """``summary.json``'s privacy block: the settings, and what was spent by the last round.
+
+    The spent part (epsilon, the adapted clip, each site's ledger) is the last
+    round record's, so a simulation and a deployment report it alike. Only the
+    federated arm is private; a simulation's pooled and local baselines are not.
+    """
+    settings = {k: v for k, v in dataclasses.asdict(privacy).items() if v is not None}
+    spent = dict(history[-1].privacy) if history else {}
+    return {**settings, **spent, "private_arms": [Arm.FEDERATED.value]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -68,3 +69,36 @@ def test_three_client_processes_over_mtls_give_the_in_process_model_bit_for_bit(
     initial = params_copy(deployment_task(config).build_model(seed=config.federation.seed))
     moved = [name for name in initial if not np.array_equal(initial[name], final[name])]
     assert len(moved) == len(initial)  # every tensor moved away from its initial value
+
+
+@pytest.mark.parametrize(
+    ("privacy", "ledger"),
+    [
+        ({"dp": "sample", "noise_multiplier": 1.1, "max_grad_norm": 1.0}, "DP-SGD at each site"),
+        ({"dp": "client", "noise_multiplier": 1.0, "clip_norm": 0.5}, "DP-FedAvg at the server"),
+    ],
+)
+def test_differential_privacy_over_grpc_gives_the_in_process_model_and_privacy_ledger(
+    deployment: Deployment, tmp_path: Path, privacy: dict[str, object], ledger: str
+) -> None:
+    # Arrange
+    fed = write_fed(deployment, fed_tables(site_names=SITES, privacy=privacy))
+    config = load_config(fed)
+    server, address = deployment.start_server(out=tmp_path / "grpc-run")
+    clients = [deployment.start_client(site, address) for site in SITES]
+
+    # Act
+    run_experiment(config=config, out=tmp_path / "inprocess-run")
+    statuses = [wait(client) for client in clients]
+
+    # Assert: the noise (seeded per site, round and party) and the accounting are the
+    # in-process run's, so the model is the same bit for bit and summary.json reports
+    # the same epsilon and per-site ledgers.
+    assert statuses == [0, 0, 0] and wait(server) == 0, ledger
+    grpc_model = (tmp_path / "grpc-run" / "model.safetensors").read_bytes()
+    assert grpc_model == (tmp_path / "inprocess-run" / "model.safetensors").read_bytes()
+    spent = json.loads((tmp_path / "grpc-run" / "summary.json").read_text())["privacy"]
+    expected = json.loads((tmp_path / "inprocess-run" / "summary.json").read_text())["privacy"]
+    assert spent["dp"] == privacy["dp"]
+    assert spent["epsilon"] == expected["epsilon"] and 0 < spent["epsilon"] < float("inf")
+    assert spent.get("sites") == expected.get("sites")

@@ -118,6 +118,50 @@ def test_secagg_with_three_client_processes_gives_the_in_process_model_bit_for_b
             assert all(size > 0 for _, _, size, _ in sent)
 
 
+def test_dp_fedavg_noised_at_three_client_processes_under_secagg_equals_the_in_process_run(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Arrange: DP-FedAvg with each site clipping and noising its own change, an
+    # adaptive clip whose "not clipped" bits are summed through the masked sum too.
+    config = load_config(
+        _secagg_fed(
+            deployment,
+            dp="client",
+            noise_at="site",
+            noise_multiplier=1.0,
+            clip_norm=0.5,
+            adaptive_clip=True,
+            secagg_clip=8.0,
+        )
+    )
+    server, address = deployment.start_server(out=tmp_path / "grpc-run")
+    clients = [deployment.start_client(site, address) for site in SITES]
+
+    # Act
+    run_experiment(config=config, out=tmp_path / "inprocess-run")
+    statuses = [wait(client) for client in clients]
+
+    # Assert: the noise each site drew (seeded by site and round), its clipping and the
+    # clip's adaptation are those of the in-process run: the same model bit for bit and
+    # the same privacy ledger.
+    assert statuses == [0, 0, 0] and wait(server) == 0
+    history = metrics(tmp_path / "grpc-run")
+    assert all(line["sites_failed"] == {} for line in history)
+    grpc_model = (tmp_path / "grpc-run" / "model.safetensors").read_bytes()
+    assert grpc_model == (tmp_path / "inprocess-run" / "model.safetensors").read_bytes()
+    grpc_privacy = json.loads((tmp_path / "grpc-run" / "summary.json").read_text())["privacy"]
+    local = json.loads((tmp_path / "inprocess-run" / "summary.json").read_text())["privacy"]
+    print(json.dumps(grpc_privacy)[:1500])
+    print(json.dumps(local)[:1500])
+    assert grpc_privacy["aggregation"] == "secagg" and grpc_privacy["noise_at"] == "site"
+    assert grpc_privacy["epsilon"] == local["epsilon"] and grpc_privacy["epsilon"] > 0
+    assert grpc_privacy["clip_norm"] == local["clip_norm"] != 0.5  # the clip adapted
+    assert grpc_privacy["sites"] == local["sites"]
+    for entry in grpc_privacy["sites"].values():
+        # The server saw only the masked sum: its view costs what the release costs.
+        assert entry["epsilon_against_server"] == pytest.approx(entry["epsilon"])
+
+
 def test_a_client_killed_after_masking_is_left_out_and_the_survivors_recover_the_sum(
     deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,17 +19,18 @@ start whenever it is set.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from flmi.config import PrivacyConfig
 from flmi.core.errors import ConfigError
 from flmi.core.exchange import SecureAggregation
+from flmi.core.federation import RoundRecord
 from flmi.privacy.wire import ProtocolError
+from flmi.report.summary import privacy_block
 from flmi.runtime.grpc import flmi_pb2 as pb
 from flmi.runtime.inprocess import SiteEndpoint
 
@@ -179,8 +180,14 @@ def injected_exit(fault: ExitAtStage) -> None:
     os._exit(EXIT_AT_STAGE_STATUS)
 
 
-def privacy_summary(privacy: PrivacyConfig, secure: SecureAggregation | None) -> dict[str, Any]:
+def privacy_summary(
+    privacy: PrivacyConfig, secure: SecureAggregation | None, history: Sequence[RoundRecord]
+) -> dict[str, Any]:
     """``summary.json``'s privacy section; under ``he``, what the server's contexts held.
+
+    The settings and what the last round record spent (epsilon, the adapted
+    clip, each site's ledger), as a simulation reports them
+    (:func:`flmi.report.summary.privacy_block`).
 
     Every context the homomorphic server loaded is checked again here, at the
     end of the run: one holding a secret key fails the run (it cannot happen,
@@ -192,7 +199,7 @@ def privacy_summary(privacy: PrivacyConfig, secure: SecureAggregation | None) ->
     ProtocolError
         A context the server held has a secret key.
     """
-    out: dict[str, Any] = dataclasses.asdict(privacy)
+    out = privacy_block(privacy, history)
     if privacy.aggregation != "he" or secure is None:
         return out
     from flmi.privacy.he import HEServer

@@ -250,7 +250,7 @@ def serve(
                 "strategy": strategy.name,
                 "runtime": "grpc",
                 "sites": list(d.sites),
-                Record.PRIVACY: privacy_summary(config.privacy, secure),
+                Record.PRIVACY: privacy_summary(config.privacy, secure, history),
                 Record.VERSIONS: versions(),
             }
         )
