@@ -22,10 +22,8 @@ import torch
 from flmi.config import (
     Config,
     check_site_names,
-    labeled_fractions,
     partition_seed,
     site_groups,
-    train_fractions,
     training_hparams,
 )
 from flmi.core.errors import ConfigError
@@ -50,7 +48,7 @@ from flmi.core.strategy import (
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.scanner_shift import site_scanners
 from flmi.data.sources import load_data
-from flmi.data.unlabeled import hide_labels, keep_training_share, without_unlabeled_sites
+from flmi.data.unlabeled import semi_supervised_data
 from flmi.privacy.dp_sgd import check_dp_model
 from flmi.privacy.setup import build_secure, protect_sites
 from flmi.privacy.strategies import with_privacy
@@ -391,45 +389,6 @@ def _pooled_splits(data: FederatedData) -> SiteSplits:
         test=concat_splits([data.sites[s].test for s in names]),
         unlabeled=np.concatenate(unlabeled) if unlabeled else None,
     )
-
-
-def semi_supervised_data(config: Config, data: FederatedData) -> tuple[FederatedData, list[str]]:
-    """Hide the training labels ``[sites.NAME]`` asks to hide; drop sites that cannot train.
-
-    Which examples keep their labels is drawn from the partition seed, so it
-    stays fixed when only training seeds vary. Without
-    ``federation.semi_supervised``, a site left with no labeled training
-    example sits out of training (it has nothing to train on): the returned
-    names. Their removal must leave ``federation.min_sites`` sites.
-
-    Sites with ``train_fraction`` are first cut to that share of their
-    training examples (drawn from the partition seed too).
-    """
-    seed = partition_seed(config)
-    shares = train_fractions(config)
-    if shares:
-        data = keep_training_share(data=data, fractions=shares, seed=seed)
-    fractions = labeled_fractions(config)
-    if not fractions:
-        return data, []
-    data = hide_labels(data=data, labeled_fractions=fractions, seed=seed)
-    if config.federation.semi_supervised != "none":
-        return data, []
-    data, left_out = without_unlabeled_sites(data)
-    if left_out:
-        log.warning(
-            "sites %s hold no labeled training example and federation.semi_supervised = "
-            "'none': they sit out",
-            ", ".join(left_out),
-        )
-    if len(data.sites) < config.federation.min_sites:
-        raise ConfigError(
-            f"only {len(data.sites)} site(s) hold labeled training examples, fewer than "
-            f"federation.min_sites = {config.federation.min_sites}; set "
-            "federation.semi_supervised = 'fixmatch' (or 'pseudo_label') so unlabeled sites "
-            "take part, or lower federation.min_sites"
-        )
-    return data, left_out
 
 
 def initial_model(config: Config, task: Task, *, seed: int) -> torch.nn.Module:

@@ -11,13 +11,17 @@ simulation can still score every site's model.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 
 import numpy as np
 
+from flmi.config import Config, labeled_fractions, partition_seed, train_fractions
 from flmi.core.errors import ConfigError
 from flmi.core.rng import generator
 from flmi.data.arrays import FederatedData, SiteSplits
+
+log = logging.getLogger(__name__)
 
 
 def hide_labels(
@@ -128,3 +132,44 @@ def without_unlabeled_sites(data: FederatedData) -> tuple[FederatedData, list[st
         FederatedData(sites=kept, central_test=data.central_test, unreadable=data.unreadable),
         left_out,
     )
+
+
+def semi_supervised_data(config: Config, data: FederatedData) -> tuple[FederatedData, list[str]]:
+    """Hide the training labels ``[sites.NAME]`` asks to hide; drop sites that cannot train.
+
+    Which examples keep their labels is drawn from the partition seed, so it
+    stays fixed when only training seeds vary. Without
+    ``federation.semi_supervised``, a site left with no labeled training
+    example sits out of training (it has nothing to train on): the returned
+    names. Their removal must leave ``federation.min_sites`` sites.
+
+    Sites with ``train_fraction`` are first cut to that share of their
+    training examples (drawn from the partition seed too). ``flmi run`` and
+    ``flmi client`` (when it builds its split from the federation's config)
+    both call this, so a site holds the same examples in both.
+    """
+    seed = partition_seed(config)
+    shares = train_fractions(config)
+    if shares:
+        data = keep_training_share(data=data, fractions=shares, seed=seed)
+    fractions = labeled_fractions(config)
+    if not fractions:
+        return data, []
+    data = hide_labels(data=data, labeled_fractions=fractions, seed=seed)
+    if config.federation.semi_supervised != "none":
+        return data, []
+    data, left_out = without_unlabeled_sites(data)
+    if left_out:
+        log.warning(
+            "sites %s hold no labeled training example and federation.semi_supervised = "
+            "'none': they sit out",
+            ", ".join(left_out),
+        )
+    if len(data.sites) < config.federation.min_sites:
+        raise ConfigError(
+            f"only {len(data.sites)} site(s) hold labeled training examples, fewer than "
+            f"federation.min_sites = {config.federation.min_sites}; set "
+            "federation.semi_supervised = 'fixmatch' (or 'pseudo_label') so unlabeled sites "
+            "take part, or lower federation.min_sites"
+        )
+    return data, left_out

@@ -10,6 +10,7 @@ import torch
 from flmi.config import load_config
 from flmi.core.errors import ConfigError
 from flmi.data.sources import load_data
+from flmi.data.unlabeled import semi_supervised_data
 from flmi.runtime.grpc.audit import AuditLog
 from flmi.runtime.grpc.client import ClientSettings, SiteClient
 from flmi.runtime.grpc.provisioning import SITE_CERT, site_identity
@@ -29,9 +30,10 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
 
     The site's data is its own files when ``SITE.toml``'s ``[data]`` names a
     source (:mod:`flmi.runtime.grpc.sitedata`); otherwise the partition of
-    ``data.federation_config`` is built and only this site's split is kept, so
-    the client holds exactly what the simulation gives this site (a simulation
-    convenience).
+    ``data.federation_config`` is built, its ``[sites.NAME]`` label settings
+    (``labeled``, ``labeled_fraction``, ``train_fraction``) are applied, and
+    only this site's split is kept, so the client holds exactly what the
+    simulation gives this site (a simulation convenience).
     """
     cert = certs / SITE_CERT
     if not cert.is_file():
@@ -49,7 +51,14 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
         config = site_data_config(config, table=settings.data, where=data)
         federated = load_site_data(config, site=site, where=data)
     else:
-        federated = load_data(config)
+        federated, left_out = semi_supervised_data(config, load_data(config))
+        if site in left_out:
+            raise ConfigError(
+                f"--site {site}: [sites.{site}] of {settings.federation_config} leaves it no "
+                "labeled training example and federation.semi_supervised = 'none', so it has "
+                "nothing to train on; set federation.semi_supervised = 'fixmatch' (or "
+                f"'pseudo_label'), or take {site} out of deploy.sites"
+            )
     if site not in federated.sites:
         raise ConfigError(
             f"--site {site}: the partition of {settings.federation_config} has no such site; "

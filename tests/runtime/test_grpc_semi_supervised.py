@@ -1,0 +1,95 @@
+"""Semi-supervised sites in a deployment: an unlabeled hospital joins with ``flmi client``.
+
+The client builds its split from the federation's config as a simulated site
+would, ``[sites.NAME] labeled = false`` included, and trains with the
+semi-supervised settings the server's training plan carries. Real processes on
+127.0.0.1; the in-process run is the reference, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flmi.config import load_config
+from flmi.simulation import run_experiment
+from tests.runtime.deploy_support import (
+    Deployment,
+    fed_tables,
+    metrics,
+    output,
+    wait,
+    write_fed,
+)
+
+pytestmark = pytest.mark.slow
+SITES = ["hospital_1", "hospital_2", "hospital_3"]
+SEMI: dict[str, Any] = {
+    "semi_supervised": "fixmatch",
+    "pseudo_label_teacher": "global",
+    "distribution_alignment": True,
+    "pseudo_label_selection": "class_quota",
+    "pseudo_label_quota": 1.0,
+    "soft_pseudo_labels": True,
+    "unlabeled_aggregation": "add",
+    "unlabeled_weight": 0.25,
+    "min_sites": 2,
+}
+
+
+def _fed(dep: Deployment, **federation: Any) -> Path:
+    return write_fed(
+        dep,
+        fed_tables(
+            site_names=SITES,
+            federation=federation,
+            sites={"hospital_3": {"labeled": False}},
+        ),
+    )
+
+
+def test_an_unlabeled_hospital_joins_over_grpc_and_the_model_is_the_in_process_one(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Arrange
+    config = load_config(_fed(deployment, **SEMI))
+    server, address = deployment.start_server(out=tmp_path / "grpc-run")
+    clients = [deployment.start_client(site, address) for site in SITES]
+
+    # Act
+    run_experiment(config=config, out=tmp_path / "inprocess-run")
+    statuses = [wait(client) for client in clients]
+
+    # Assert: hospital_3 trained on images alone (no labeled example, every
+    # unlabeled image used) in every round, and the model is the simulation's.
+    assert statuses == [0, 0, 0] and wait(server) == 0
+    history = metrics(tmp_path / "grpc-run")
+    assert [line["round"] for line in history] == [1, 2]
+    assert all(line["sites_failed"] == {} for line in history)
+    assert all(sorted(line["sites_sampled"]) == SITES for line in history)
+    grpc_model = (tmp_path / "grpc-run" / "model.safetensors").read_bytes()
+    assert grpc_model == (tmp_path / "inprocess-run" / "model.safetensors").read_bytes()
+    inprocess = json.loads((tmp_path / "inprocess-run" / "summary.json").read_text())
+    assert inprocess["sites"]["hospital_3"]["n_train"] == 0
+    assert inprocess["sites"]["hospital_3"]["n_unlabeled"] > 0
+
+
+def test_an_unlabeled_hospital_without_semi_supervision_is_refused_before_it_connects(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Arrange: hospital_3 has no labels and the federation trains none without them.
+    _fed(deployment, min_sites=2)
+    _, address = deployment.start_server(out=tmp_path / "grpc-run")
+
+    # Act
+    client = deployment.start_client("hospital_3", address)
+    status = wait(client)
+
+    # Assert
+    assert status != 0
+    text = output(client)
+    assert "--site hospital_3" in text and "federation.semi_supervised" in text
+    assert "deploy.sites" in text
