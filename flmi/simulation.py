@@ -46,7 +46,7 @@ from flmi.core.strategy import (
     Strategy,
 )
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
-from flmi.data.scanner_shift import site_scanners
+from flmi.data.scanner_shift import scanner_json, site_scanners
 from flmi.data.sources import load_data
 from flmi.data.unlabeled import semi_supervised_data
 from flmi.privacy.dp_sgd import check_dp_model
@@ -652,8 +652,8 @@ def run_experiment(
         summary[Record.UNREADABLE] = {k: dict(v) for k, v in sorted(data.unreadable.items())}
     if config.partition.scanner_shift:
         summary["site_scanners"] = {
-            name: scanner.as_dict()
-            for name, scanner in site_scanners(
+            name: scanner_json(profile)
+            for name, profile in site_scanners(
                 site_names=list(data.sites), seed=partition_seed(config)
             ).items()
         }

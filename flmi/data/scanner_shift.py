@@ -14,7 +14,7 @@ over the hospitals as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import numpy as np
 
@@ -28,31 +28,27 @@ _SCANNER_STREAM = 0x5CA1
 _RANGE_SLACK = 1e-3
 
 
-@dataclass(frozen=True)
-class SiteScanner:
-    """The scanner settings of one simulated site (see :class:`HospitalProfile`)."""
-
-    intensity_scale: float
-    intensity_offset: float
-    gamma: float
-    noise_std: float
-    blur_sigma: float
-    bias_field: float
-
-    def as_dict(self) -> dict[str, float]:
-        """The settings as a JSON-ready table."""
-        return {
-            "intensity_scale": self.intensity_scale,
-            "intensity_offset": self.intensity_offset,
-            "gamma": self.gamma,
-            "noise_std": self.noise_std,
-            "blur_sigma": self.blur_sigma,
-            "bias_field": self.bias_field,
-        }
+#: The settings of a profile that make up its scanner (the rest is size and prevalence).
+SCANNER_FIELDS = (
+    "intensity_scale",
+    "intensity_offset",
+    "gamma",
+    "noise_std",
+    "blur_sigma",
+    "bias_field",
+)
 
 
-def site_scanners(*, site_names: list[str], seed: int) -> dict[str, SiteScanner]:
+def scanner_json(profile: HospitalProfile) -> dict[str, float]:
+    """A profile's scanner settings as a JSON-ready table (``summary.json``'s ``site_scanners``)."""
+    return {name: float(getattr(profile, name)) for name in SCANNER_FIELDS}
+
+
+def site_scanners(*, site_names: list[str], seed: int) -> dict[str, HospitalProfile]:
     """Draw one scanner per site, in sorted site order, from ``seed``.
+
+    The scanners are those :func:`flmi.data.synthetic.make_profiles` draws
+    for as many generated hospitals; only their :data:`SCANNER_FIELDS` are used.
 
     Parameters
     ----------
@@ -63,8 +59,8 @@ def site_scanners(*, site_names: list[str], seed: int) -> dict[str, SiteScanner]
 
     Returns
     -------
-    dict[str, SiteScanner]
-        Each site's scanner.
+    dict[str, HospitalProfile]
+        Each site's profile, named after the site.
 
     Raises
     ------
@@ -78,18 +74,10 @@ def site_scanners(*, site_names: list[str], seed: int) -> dict[str, SiteScanner]
             "set partition.num_sites in that range or turn scanner_shift off"
         )
     profiles = make_profiles(num_sites=len(names), seed=seed)
-    return {name: _settings(profile) for name, profile in zip(names, profiles, strict=True)}
-
-
-def _settings(profile: HospitalProfile) -> SiteScanner:
-    return SiteScanner(
-        intensity_scale=profile.intensity_scale,
-        intensity_offset=profile.intensity_offset,
-        gamma=profile.gamma,
-        noise_std=profile.noise_std,
-        blur_sigma=profile.blur_sigma,
-        bias_field=profile.bias_field,
-    )
+    return {
+        name: dataclasses.replace(profile, name=name)
+        for name, profile in zip(names, profiles, strict=True)
+    }
 
 
 def apply_scanner_shift(data: FederatedData, *, seed: int) -> FederatedData:
@@ -119,7 +107,7 @@ def apply_scanner_shift(data: FederatedData, *, seed: int) -> FederatedData:
     sites: dict[str, SiteSplits] = {}
     for position, name in enumerate(sorted(data.sites)):
         splits = data.sites[name]
-        profile = _profile(name, scanners[name])
+        profile = scanners[name]
         rng = np.random.default_rng(np.random.SeedSequence([seed, _SCANNER_STREAM, position]))
         sites[name] = SiteSplits(
             train=_scan(splits.train, rng=rng, profile=profile),
@@ -135,10 +123,6 @@ def apply_scanner_shift(data: FederatedData, *, seed: int) -> FederatedData:
         central_test=central,
         unreadable=data.unreadable,
     )
-
-
-def _profile(name: str, scanner: SiteScanner) -> HospitalProfile:
-    return HospitalProfile(name=name, n_patients=0, prevalence=0.5, **scanner.as_dict())
 
 
 def _scan(split: ArraySplit, *, rng: np.random.Generator, profile: HospitalProfile) -> ArraySplit:

@@ -11,7 +11,7 @@ import pytest
 from flmi.config import load_config
 from flmi.core.errors import ConfigError
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits
-from flmi.data.scanner_shift import apply_scanner_shift, site_scanners
+from flmi.data.scanner_shift import apply_scanner_shift, scanner_json, site_scanners
 from flmi.data.sources import load_data
 from flmi.simulation import run_experiment
 
@@ -197,5 +197,5 @@ def test_a_run_records_each_sites_scanner_in_its_summary(tmp_path: Path) -> None
     # Assert
     recorded = json.loads((tmp_path / "run" / "summary.json").read_text())["site_scanners"]
     drawn = site_scanners(site_names=["site_1", "site_2"], seed=7)
-    assert recorded == {name: scanner.as_dict() for name, scanner in drawn.items()}
+    assert recorded == {name: scanner_json(profile) for name, profile in drawn.items()}
     assert result.summary["site_scanners"] == recorded
