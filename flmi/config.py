@@ -79,7 +79,11 @@ class DataConfig:
     (``train``/``val``/``test`` per row). Every image goes through
     ``[data.transforms]``. A file that cannot be read stops the run
     (``on_unreadable = "error"``) or is left out and counted
-    (``on_unreadable = "skip"``).
+    (``on_unreadable = "skip"``). An empty label cell is an error
+    (``empty_labels = "error"``) or marks an unlabeled training image of its
+    site (``empty_labels = "unlabeled"``: a partly or wholly unannotated
+    hospital, for ``federation.semi_supervised``); every site still needs
+    labeled images for its validation and test splits.
 
     MedMNIST by name: ``source = "medmnist"`` with ``name`` (e.g.
     ``"breastmnist"``) and no ``path`` reads ``cache_dir/NAME.npz``; with
@@ -124,6 +128,7 @@ class DataConfig:
     mask_column: str = ""
     split_column: str = ""
     on_unreadable: Literal["error", "skip"] = "error"
+    empty_labels: Literal["error", "unlabeled"] = "error"
     transforms: TransformsConfig = field(default_factory=TransformsConfig)
 
 
@@ -955,6 +960,11 @@ def check_manifest_config(d: DataConfig, p: PartitionConfig) -> None:
         bool(d.label_column) or bool(d.mask_column),
         "data.source = 'manifest' needs data.label_column (classification) or "
         "data.mask_column (segmentation masks)",
+    )
+    _require(
+        d.empty_labels == "error" or bool(d.label_column),
+        "data.empty_labels = 'unlabeled' marks rows with an empty data.label_column cell; "
+        "name the label column, or leave empty_labels at 'error'",
     )
     if d.site_column:
         _require(

@@ -18,6 +18,7 @@ anything that leaves the site.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import numpy as np
 from flmi.config import TransformsConfig
 from flmi.core.errors import DataError
 from flmi.core.keys import Split
+from flmi.core.rng import generator
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.heart_disease import flamby_split
 from flmi.data.partition import partition_indices
@@ -84,6 +86,10 @@ class LoadedManifest:
         ``(N,)`` ``train``/``val``/``test``, or ``None`` without a split column.
     classes
         The class names in label order.
+    unlabeled
+        ``(N,)`` True where the row has no label (``data.empty_labels =
+        "unlabeled"``; its entry in ``labels`` is -1), or ``None`` when every
+        row has one.
     unreadable
         Per site, the number of files left out per :class:`UnreadableCode`:
         what may leave the site about them.
@@ -96,9 +102,23 @@ class LoadedManifest:
     splits: np.ndarray | None
     classes: list[str]
     unreadable: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    unlabeled: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def rows(self, index: np.ndarray) -> LoadedManifest:
+        """The manifest restricted to the rows at ``index`` (copies), counts kept."""
+        return LoadedManifest(
+            images=self.images[index],
+            labels=None if self.labels is None else self.labels[index],
+            masks=None if self.masks is None else self.masks[index],
+            sites=self.sites[index],
+            splits=None if self.splits is None else self.splits[index],
+            classes=self.classes,
+            unreadable=self.unreadable,
+            unlabeled=None if self.unlabeled is None else self.unlabeled[index],
+        )
 
 
 def read_manifest(
@@ -109,15 +129,21 @@ def read_manifest(
     mask_column: str = "",
     site_column: str = "",
     split_column: str = "",
+    allow_empty_labels: bool = False,
 ) -> list[ManifestRow]:
     """Read and check a manifest CSV; nothing is loaded yet.
+
+    With ``allow_empty_labels`` an empty label cell is allowed and the row is
+    an unlabeled training image (its ``label`` is ``""``).
 
     Raises
     ------
     DataError
         The file is missing or not CSV, a named column is absent, a cell of a
-        named column is empty, or a split is not ``train``/``val``/``test``;
-        the message names the file, the column and the row.
+        named column is empty (the label cell only without
+        ``allow_empty_labels``), an unlabeled row is put in a validation or
+        test split, or a split is not ``train``/``val``/``test``; the message
+        names the file, the column and the row.
     """
     if not path.is_file():
         raise DataError(f"data.path: no such file: {path}; point [data] path at the manifest CSV")
@@ -155,16 +181,26 @@ def read_manifest(
             )
         values = {key: cells[i].strip() for key, i in at.items()}
         for key, value in values.items():
-            if not value:
+            if not value and not (allow_empty_labels and key == "label_column"):
                 raise DataError(
                     f"{path}, row {number}: column '{columns[key]}' is empty; fill it in "
                     "or remove the row"
+                    + (
+                        " (or set data.empty_labels = 'unlabeled' to train on unlabeled images)"
+                        if key == "label_column"
+                        else ""
+                    )
                 )
         split = values.get("split_column", "").lower()
         if split_column and split not in SPLITS:
             raise DataError(
                 f"{path}, row {number}: column '{split_column}' holds '{values['split_column']}'; "
                 "use train, val or test"
+            )
+        if label_column and not values["label_column"] and split not in ("", Split.TRAIN):
+            raise DataError(
+                f"{path}, row {number}: an image without a label cannot be in the '{split}' "
+                "split, which scores the model against labels; label it or put it in train"
             )
         rows.append(
             ManifestRow(
@@ -191,6 +227,7 @@ def load_manifest(
     site_column: str = "",
     split_column: str = "",
     on_unreadable: str = "error",
+    empty_labels: str = "error",
 ) -> LoadedManifest:
     """Read every image (and mask) of a manifest through the pipeline.
 
@@ -205,6 +242,9 @@ def load_manifest(
     on_unreadable
         ``"error"``: an unreadable image or mask stops the load;
         ``"skip"``: its row is left out, its path logged at the site, its code counted.
+    empty_labels
+        ``"error"``: an empty label cell is an error; ``"unlabeled"``: the
+        row is an unlabeled training image.
 
     Returns
     -------
@@ -226,6 +266,7 @@ def load_manifest(
         mask_column=mask_column,
         site_column=site_column,
         split_column=split_column,
+        allow_empty_labels=empty_labels == "unlabeled",
     )
     image_pipeline = ImagePipeline(spec=transforms)
     mask_pipeline = ImagePipeline(spec=transforms, mask=True)
@@ -270,7 +311,13 @@ def load_manifest(
                     f"{path}, row {row.row}: the mask's shape {mask.shape[1:]} differs from the "
                     f"image's {image.shape[1:]}; set data.transforms.spatial_size"
                 )
-    labels, classes = _labels([r.label for r in kept]) if label_column else (None, [])
+    unlabeled = np.array([not r.label for r in kept]) if label_column else None
+    labels: np.ndarray | None = None
+    classes: list[str] = []
+    if unlabeled is not None:
+        labels = np.full(len(kept), -1, dtype=np.int64)
+        if not unlabeled.all():
+            labels[~unlabeled], classes = _labels([r.label for r in kept if r.label])
     return LoadedManifest(
         images=np.stack(images),
         labels=labels,
@@ -279,6 +326,7 @@ def load_manifest(
         splits=np.array([r.split for r in kept]) if split_column else None,
         classes=classes,
         unreadable={site: dict(sorted(c.items())) for site, c in sorted(unreadable.items())},
+        unlabeled=unlabeled if unlabeled is not None and unlabeled.any() else None,
     )
 
 
@@ -398,13 +446,27 @@ def manifest_federated_data(
     or ``"quantity"``, as for MedMNIST). ``central_test`` is every site's test
     split. Each site's unreadable-file counts are carried along.
 
+    Rows without a label (``data.empty_labels = "unlabeled"``) become the
+    unlabeled training images of their site; without a site column they are
+    spread over the simulated sites in near-equal seeded shares.
+
     Raises
     ------
     DataError
-        The manifest has no label column.
+        The manifest has no label column, or a site has no labeled image (its
+        validation and test splits need labels).
     """
     if loaded.labels is None:
         raise DataError("the manifest has no label column: classification needs data.label_column")
+    pool: LoadedManifest | None = None
+    if loaded.unlabeled is not None:
+        pool = loaded.rows(np.flatnonzero(loaded.unlabeled))
+        loaded = loaded.rows(np.flatnonzero(~loaded.unlabeled))
+        if not len(loaded):
+            raise DataError(
+                "no row of the manifest has a label; label some images of every site: its "
+                "validation and test splits score the model against labels"
+            )
     split = split_manifest(
         loaded=loaded,
         split_seed=split_seed,
@@ -412,6 +474,7 @@ def manifest_federated_data(
         val_fraction=val_fraction,
     )
     labels = loaded.labels
+    assert labels is not None  # rows() keeps the label column
 
     def take(index: Mapping[str, np.ndarray]) -> SiteSplits:
         train, val, test = (
@@ -440,8 +503,40 @@ def manifest_federated_data(
             total.update(counts)
         # One collection split into simulated sites: the counts belong to the whole of it.
         unreadable = {"all": dict(sorted(total.items()))}
+    if pool is not None:
+        sites = _with_unlabeled(sites, pool=pool, natural=method == "natural", seed=seed)
     return FederatedData(
         sites=sites,
         central_test=concat_splits([s.test for _, s in sorted(sites.items())]),
         unreadable=unreadable,
     )
+
+
+def _with_unlabeled(
+    sites: dict[str, SiteSplits], *, pool: LoadedManifest, natural: bool, seed: int
+) -> dict[str, SiteSplits]:
+    """Give each site its unlabeled images: its own rows, or a seeded share of the collection."""
+    if natural:
+        parts = {site: np.flatnonzero(pool.sites == site) for site in sorted(set(pool.sites))}
+        for site in parts:
+            if site not in sites:
+                raise DataError(
+                    f"site '{site}' has no labeled image; label a few of its images for its "
+                    "validation and test splits (a model cannot be scored where nothing is "
+                    "labeled)"
+                )
+    else:
+        order = generator(seed=seed, party="manifest", rnd=0, purpose="unlabeled").permutation(
+            len(pool)
+        )
+        names = sorted(sites, key=lambda name: int(name.rsplit("_", 1)[1]))
+        parts = {
+            name: np.sort(share)
+            for name, share in zip(names, np.array_split(order, len(names)), strict=True)
+        }
+    return {
+        name: dataclasses.replace(splits, unlabeled=pool.images[parts[name]])
+        if name in parts and parts[name].size
+        else splits
+        for name, splits in sites.items()
+    }

@@ -180,7 +180,7 @@ def check_min_examples(
     data
         The sites to check (in sorted site order).
     min_examples_per_site
-        Fewest training examples a site may hold.
+        Fewest training examples a site may hold, labeled or not.
     require_val
         Whether an empty validation split is an error (``False`` for protocols
         without one, such as FLamby's Fed-Heart-Disease).
@@ -194,7 +194,8 @@ def check_min_examples(
     """
     for name in sorted(data.sites):
         splits = data.sites[name]
-        n_train = len(splits.train)
+        # Unlabeled training images count: a site may train on them (semi-supervised).
+        n_train = len(splits.train) + splits.num_unlabeled
         if n_train < min_examples_per_site:
             raise PartitionError(
                 f"partition: site '{name}' has {n_train} training examples, below "

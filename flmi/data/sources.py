@@ -151,6 +151,7 @@ def _manifest_data(config: Config, *, seed: int) -> FederatedData:
         site_column=d.site_column,
         split_column=d.split_column,
         on_unreadable=d.on_unreadable,
+        empty_labels=d.empty_labels,
     )
     data = manifest_federated_data(
         loaded=loaded,

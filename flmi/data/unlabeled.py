@@ -137,6 +137,9 @@ def without_unlabeled_sites(data: FederatedData) -> tuple[FederatedData, list[st
 def semi_supervised_data(config: Config, data: FederatedData) -> tuple[FederatedData, list[str]]:
     """Hide the training labels ``[sites.NAME]`` asks to hide; drop sites that cannot train.
 
+    Unlabeled images may also come from the data itself (a manifest with
+    ``data.empty_labels = "unlabeled"``).
+
     Which examples keep their labels is drawn from the partition seed, so it
     stays fixed when only training seeds vary. Without
     ``federation.semi_supervised``, a site left with no labeled training
@@ -153,10 +156,11 @@ def semi_supervised_data(config: Config, data: FederatedData) -> tuple[Federated
     if shares:
         data = keep_training_share(data=data, fractions=shares, seed=seed)
     fractions = labeled_fractions(config)
-    if not fractions:
-        return data, []
-    data = hide_labels(data=data, labeled_fractions=fractions, seed=seed)
-    if config.federation.semi_supervised != "none":
+    if fractions:
+        data = hide_labels(data=data, labeled_fractions=fractions, seed=seed)
+    if config.federation.semi_supervised != "none" or not any(
+        s.num_unlabeled for s in data.sites.values()
+    ):
         return data, []
     data, left_out = without_unlabeled_sites(data)
     if left_out:

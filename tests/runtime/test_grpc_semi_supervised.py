@@ -12,10 +12,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tomli_w
 
 from flmi.config import load_config
+from flmi.core.errors import ConfigError
+from flmi.runtime.grpc.clientapp import build_client
 from flmi.simulation import run_experiment
+from tests.data.test_manifest import write_manifest, write_png
 from tests.runtime.deploy_support import (
     Deployment,
     fed_tables,
@@ -93,3 +98,72 @@ def test_an_unlabeled_hospital_without_semi_supervision_is_refused_before_it_con
     text = output(client)
     assert "--site hospital_3" in text and "federation.semi_supervised" in text
     assert "deploy.sites" in text
+
+
+def _unannotated_hospital(dep: Deployment, root: Path, site: str) -> Path:
+    """``site``'s own PNGs: 24 training images without labels, 4 labeled for val and test."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for k in range(28):
+        rel = f"{site}/img_{k}.png"
+        write_png(root / rel, rng.integers(0, 256, (16, 16), dtype=np.uint8))
+        split = "val" if k < 2 else "test" if k < 4 else "train"
+        rows.append([rel, str(k % 2) if split != "train" else "", split])
+    manifest = write_manifest(root / f"{site}.csv", ["image", "label", "split"], rows)
+    path = dep.root / f"{site}-own.toml"
+    table = {
+        "data": {
+            "federation_config": str(dep.fed),
+            "source": "manifest",
+            "path": str(manifest),
+            "label_column": "label",
+            "split_column": "split",
+            "empty_labels": "unlabeled",
+        },
+        "site": {"state_dir": str(dep.root / "state" / site), "reconnect_timeout_s": 60.0},
+    }
+    path.write_text(tomli_w.dumps(table))
+    return path
+
+
+def test_a_hospital_with_its_own_unannotated_images_trains_semi_supervised_over_grpc(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Arrange: hospitals 1 and 2 take their labeled split of the federation's data;
+    # hospital_3 brings its own images, of which only the 4 for val and test are labeled.
+    write_fed(deployment, fed_tables(site_names=SITES, federation=SEMI))
+    own = _unannotated_hospital(deployment, tmp_path / "hospital_3-files", "hospital_3")
+    run = tmp_path / "grpc-run"
+    server, address = deployment.start_server(out=run)
+    clients = [deployment.start_client(site, address) for site in SITES[:2]]
+    clients.append(deployment.start_client("hospital_3", address, data=own))
+
+    # Act
+    statuses = [wait(client) for client in clients]
+
+    # Assert: hospital_3 took part in every round and was scored on its 2 labeled test images.
+    assert statuses == [0, 0, 0] and wait(server) == 0
+    history = metrics(run)
+    assert [line["round"] for line in history] == [1, 2]
+    for line in history:
+        assert line["sites_failed"] == {} and sorted(line["sites_sampled"]) == SITES
+        accuracy = line["per_site"]["hospital_3"]["accuracy"]
+        assert accuracy in (0.0, 0.5, 1.0)
+    site_log = output(clients[2])
+    assert "nothing learnt" not in site_log
+
+
+def test_own_unannotated_images_without_semi_supervision_are_refused_before_connecting(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    write_fed(deployment, fed_tables(site_names=SITES, federation={"min_sites": 2}))
+    own = _unannotated_hospital(deployment, tmp_path / "files", "hospital_3")
+
+    refusal = r"--site hospital_3: its own data .*federation.semi_supervised"
+    with pytest.raises(ConfigError, match=refusal):
+        build_client(
+            server="127.0.0.1:1",  # nothing listens: the error comes before any connection
+            site="hospital_3",
+            certs=deployment.bundle("hospital_3"),
+            data=own,
+        )

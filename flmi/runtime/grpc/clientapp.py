@@ -53,12 +53,7 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
     else:
         federated, left_out = semi_supervised_data(config, load_data(config))
         if site in left_out:
-            raise ConfigError(
-                f"--site {site}: [sites.{site}] of {settings.federation_config} leaves it no "
-                "labeled training example and federation.semi_supervised = 'none', so it has "
-                "nothing to train on; set federation.semi_supervised = 'fixmatch' (or "
-                f"'pseudo_label'), or take {site} out of deploy.sites"
-            )
+            raise _nothing_to_train(site, where=f"[sites.{site}] of {settings.federation_config}")
     if site not in federated.sites:
         raise ConfigError(
             f"--site {site}: the partition of {settings.federation_config} has no such site; "
@@ -72,6 +67,8 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
         raise ConfigError(f"{data}: this site's own data does not fit the task: {exc}") from None
     splits = federated.sites[site]
     del federated
+    if config.federation.semi_supervised == "none" and len(splits.train) == 0:
+        raise _nothing_to_train(site, where=f"its own data ({data})")
     seed = config.federation.seed
     policy = SitePolicy(
         max_local_epochs=settings.bounds.max_local_epochs or None,
@@ -103,4 +100,14 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
         credentials=site_credentials(certs),
         make_site=make_site,
         audit=AuditLog(path=settings.audit_log),
+    )
+
+
+def _nothing_to_train(site: str, *, where: str) -> ConfigError:
+    """The error for a site with no labeled training image in a federation that needs one."""
+    return ConfigError(
+        f"--site {site}: {where} leaves it no labeled training example and "
+        "federation.semi_supervised = 'none', so it has nothing to train on; set "
+        f"federation.semi_supervised = 'fixmatch' (or 'pseudo_label'), or take {site} out of "
+        "deploy.sites"
     )

@@ -46,6 +46,8 @@ def site_data_config(federation: Config, *, table: Mapping[str, Any], where: Pat
     if federation.partition.seed is not None:
         partition["seed"] = federation.partition.seed
     raw["partition"] = partition
+    # The site's own view holds one site: the federation's min_sites is the server's business.
+    raw["federation"] = {**raw["federation"], "min_sites": 1}
     try:
         return config_from_dict(raw)
     except ConfigError as exc:
