@@ -68,7 +68,12 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
     splits = federated.sites[site]
     del federated
     if config.federation.semi_supervised == "none" and len(splits.train) == 0:
-        raise _nothing_to_train(site, where=f"its own data ({data})")
+        where = (
+            f"its own data ({data})"
+            if settings.data
+            else f"the partition of {settings.federation_config}"
+        )
+        raise _nothing_to_train(site, where=where)
     seed = config.federation.seed
     policy = SitePolicy(
         max_local_epochs=settings.bounds.max_local_epochs or None,
