@@ -60,9 +60,11 @@ def _distances(
         out = {"labels": emd_distance(own, rest)}
     else:
         out = {"labels": tv_distance(own, rest)}
-    if report.intensity and all(o.intensity for o in others):
+    # Against the other sites that sent a histogram (a tabular or empty site sends none).
+    imaged = [o for o in others if o.intensity]
+    if report.intensity and imaged:
         own_i = _vector(report.intensity)
-        rest_i = sum((_vector(o.intensity) for o in others), np.zeros(own_i.size))
+        rest_i = sum((_vector(o.intensity) for o in imaged), np.zeros(own_i.size))
         out["intensity"] = emd_distance(own_i, rest_i)
     return out
 

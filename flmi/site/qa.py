@@ -121,9 +121,13 @@ def describe_site(
         labels = {str(i): int(c) for i, c in enumerate(hist)}
     hidden_labels = _with_secondary({k: hide(v) for k, v in labels.items()}, labels)
     intensity: tuple[Count, ...] = ()
-    if train.x.ndim >= 3 and len(train):
-        values = np.clip(train.x.astype(np.float64).ravel(), 0.0, 1.0)
-        hist, _ = np.histogram(values, bins=np.asarray(INTENSITY_EDGES))
+    # Every training image, labeled or not: an unlabeled site's scanner shows too.
+    images = [x for x in (train.x, data.unlabeled) if x is not None and x.ndim >= 3 and len(x)]
+    if images:
+        edges = np.asarray(INTENSITY_EDGES)
+        hist = np.zeros(len(edges) - 1, dtype=np.int64)
+        for x in images:
+            hist += np.histogram(np.clip(x.astype(np.float64).ravel(), 0.0, 1.0), bins=edges)[0]
         raw = {str(i): int(c) for i, c in enumerate(hist)}
         cells = _with_secondary({k: hide(v) for k, v in raw.items()}, raw)
         intensity = tuple(cells[str(i)] for i in range(len(hist)))

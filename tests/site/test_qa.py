@@ -103,3 +103,43 @@ def test_a_site_with_a_strong_scanner_shift_is_flagged_and_the_others_are_not() 
 def test_ordinary_generated_hospitals_are_not_flagged() -> None:
     section = _section(_hospitals(shifted=False))
     assert section["flagged"] == []
+
+
+def test_an_unlabeled_sites_images_are_in_its_intensity_histogram() -> None:
+    # A site whose training images are all unlabeled still shows its scanner.
+    x = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    site = dataclasses.replace(
+        _splits(np.zeros(20, np.int64), x), train=ArraySplit(x=x[:0], y=np.zeros(0, np.int64))
+    )
+    site = dataclasses.replace(site, unlabeled=x)
+
+    report = describe_site(site="a", data=site, label_kind="classes", min_count=5)
+    labeled = describe_site(
+        site="b", data=_splits(np.zeros(20, np.int64), x), label_kind="classes", min_count=5
+    )
+
+    assert report.intensity == labeled.intensity and sum(c or 0 for c in report.intensity) > 0
+
+
+def test_a_site_without_images_does_not_stop_the_others_being_compared_on_intensity() -> None:
+    # A shifted site is flagged even when another site sent no intensity histogram.
+    data = _hospitals(shifted=True)
+    reports = {
+        n: describe_site(site=n, data=s, label_kind="classes", min_count=5)
+        for n, s in data.sites.items()
+    }
+    reports["hospital_1"] = dataclasses.replace(reports["hospital_1"], intensity=())
+
+    section = data_section(reports, min_count=5, flag_distance=0.25)
+
+    sites = section["sites"]
+    assert isinstance(sites, dict)
+    flagged = section["flagged"]
+    assert isinstance(flagged, list) and "hospital_3" in flagged
+    compared = {
+        n: sites[n]["distance"]["intensity"] for n in ("hospital_2", "hospital_3", "hospital_4")
+    }
+    assert (
+        max(compared, key=lambda n: compared[n]) == "hospital_3" and compared["hospital_3"] > 0.25
+    )
+    assert sites["hospital_1"]["distance"].get("intensity") is None
