@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flmi.config import Config, load_config
@@ -273,7 +274,7 @@ def _deploy(args: argparse.Namespace) -> int:
         try:
             status = site_client.run()
         except ClientExitError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             return exc.status
         if site_client.stopped:
             console.print(f"site {args.site}: stopped; start the client again to rejoin")
@@ -390,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return _run(config, args.out or _default_out(args.config.stem), resume=args.resume)
     except FlmiError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return 2
 
 

@@ -72,6 +72,20 @@ def test_unknown_config_key_from_the_command_line_exits_2_and_writes_nothing(
     assert not (tmp_path / "run").exists()
 
 
+def test_an_error_that_names_a_toml_table_prints_it_whole(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # "[partition]" in a message is the table to edit, not console markup to swallow.
+    from flmi.cli import main
+
+    tables = tiny_tables(partition={"method": "natural", "min_examples_per_site": 10_000})
+    config = write_config(tmp_path / "c.toml", tables)
+
+    code = main(["run", str(config), "--out", str(tmp_path / "run")])
+
+    assert code == 2
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "[partition] min_examples_per_site = 10000" in out
+
+
 def test_missing_data_file_names_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "breastmnist.npz"
     _expect_nothing_written(tmp_path, _medmnist_tables(missing), DataError, "breastmnist.npz")

@@ -448,13 +448,14 @@ def manifest_federated_data(
 
     Rows without a label (``data.empty_labels = "unlabeled"``) become the
     unlabeled training images of their site; without a site column they are
-    spread over the simulated sites in near-equal seeded shares.
+    spread over the simulated sites in near-equal seeded shares. A site none
+    of whose rows has a label gets empty train, validation and test splits:
+    it trains on its images and is scored nowhere.
 
     Raises
     ------
     DataError
-        The manifest has no label column, or a site has no labeled image (its
-        validation and test splits need labels).
+        The manifest has no label column.
     """
     if loaded.labels is None:
         raise DataError("the manifest has no label column: classification needs data.label_column")
@@ -462,11 +463,55 @@ def manifest_federated_data(
     if loaded.unlabeled is not None:
         pool = loaded.rows(np.flatnonzero(loaded.unlabeled))
         loaded = loaded.rows(np.flatnonzero(~loaded.unlabeled))
-        if not len(loaded):
-            raise DataError(
-                "no row of the manifest has a label; label some images of every site: its "
-                "validation and test splits score the model against labels"
-            )
+    natural = method == "natural"
+    if len(loaded):
+        sites = _labeled_sites(
+            loaded,
+            split_seed=split_seed,
+            test_fraction=test_fraction,
+            val_fraction=val_fraction,
+            method=method,
+            num_sites=num_sites,
+            seed=seed,
+            alpha=alpha,
+        )
+    else:  # nothing labeled (a hospital's own unannotated files): no split to make
+        assert pool is not None
+        names = sorted(set(pool.sites.tolist())) if natural else _site_names(num_sites)
+        sites = {name: _unscored(pool) for name in names}
+    if pool is not None:
+        sites = _with_unlabeled(sites, pool=pool, natural=natural, seed=seed)
+    if natural:
+        unreadable = dict(loaded.unreadable)
+    else:
+        total = Counter[str]()
+        for counts in loaded.unreadable.values():
+            total.update(counts)
+        # One collection split into simulated sites: the counts belong to the whole of it.
+        unreadable = {"all": dict(sorted(total.items()))}
+    return FederatedData(
+        sites=sites,
+        central_test=concat_splits([s.test for _, s in sorted(sites.items())]),
+        unreadable=unreadable,
+    )
+
+
+def _site_names(num_sites: int) -> list[str]:
+    return [f"site_{k + 1}" for k in range(num_sites)]
+
+
+def _labeled_sites(
+    loaded: LoadedManifest,
+    *,
+    split_seed: int,
+    test_fraction: float,
+    val_fraction: float,
+    method: str,
+    num_sites: int,
+    seed: int,
+    alpha: float,
+) -> dict[str, SiteSplits]:
+    """The labeled rows split into train/val/test per site, then into simulated sites."""
     split = split_manifest(
         loaded=loaded,
         split_seed=split_seed,
@@ -483,33 +528,25 @@ def manifest_federated_data(
         return SiteSplits(train=train, val=val, test=test)
 
     if method == "natural":
-        sites = {site: take(idx) for site, idx in split.items()}
-        unreadable = dict(loaded.unreadable)
-    else:
-        (whole,) = split.values()
-        parts = partition_indices(
-            labels=[labels[whole[s]] for s in SPLITS],
-            method=method,
-            num_sites=num_sites,
-            seed=seed,
-            alpha=alpha,
-        )
-        sites = {
-            f"site_{k + 1}": take({s: whole[s][parts[i][k]] for i, s in enumerate(SPLITS)})
-            for k in range(num_sites)
-        }
-        total = Counter[str]()
-        for counts in loaded.unreadable.values():
-            total.update(counts)
-        # One collection split into simulated sites: the counts belong to the whole of it.
-        unreadable = {"all": dict(sorted(total.items()))}
-    if pool is not None:
-        sites = _with_unlabeled(sites, pool=pool, natural=method == "natural", seed=seed)
-    return FederatedData(
-        sites=sites,
-        central_test=concat_splits([s.test for _, s in sorted(sites.items())]),
-        unreadable=unreadable,
+        return {site: take(idx) for site, idx in split.items()}
+    (whole,) = split.values()
+    parts = partition_indices(
+        labels=[labels[whole[s]] for s in SPLITS],
+        method=method,
+        num_sites=num_sites,
+        seed=seed,
+        alpha=alpha,
     )
+    return {
+        name: take({s: whole[s][parts[i][k]] for i, s in enumerate(SPLITS)})
+        for k, name in enumerate(_site_names(num_sites))
+    }
+
+
+def _unscored(pool: LoadedManifest) -> SiteSplits:
+    """Empty train, validation and test splits shaped like ``pool``'s images."""
+    none = ArraySplit(x=np.zeros((0, *pool.images.shape[1:]), np.float32), y=np.zeros(0, np.int64))
+    return SiteSplits(train=none, val=none, test=none)
 
 
 def _with_unlabeled(
@@ -518,13 +555,8 @@ def _with_unlabeled(
     """Give each site its unlabeled images: its own rows, or a seeded share of the collection."""
     if natural:
         parts = {site: np.flatnonzero(pool.sites == site) for site in sorted(set(pool.sites))}
-        for site in parts:
-            if site not in sites:
-                raise DataError(
-                    f"site '{site}' has no labeled image; label a few of its images for its "
-                    "validation and test splits (a model cannot be scored where nothing is "
-                    "labeled)"
-                )
+        # A site that labeled nothing trains on its images and is scored nowhere.
+        sites = {name: sites.get(name) or _unscored(pool) for name in sorted({*sites, *parts})}
     else:
         order = generator(seed=seed, party="manifest", rnd=0, purpose="unlabeled").permutation(
             len(pool)

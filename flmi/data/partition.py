@@ -202,6 +202,8 @@ def check_min_examples(
                 f"[partition] min_examples_per_site = {min_examples_per_site}; raise "
                 "partition.alpha, lower partition.num_sites or lower min_examples_per_site"
             )
+        if splits.num_unlabeled and not len(splits.train) + len(splits.val) + len(splits.test):
+            continue  # a site that labeled nothing: it trains on its images, is scored nowhere
         checked = [(Split.VAL, splits.val)] if require_val else []
         for split_name, split in [*checked, (Split.TEST, splits.test)]:
             if len(split) == 0:

@@ -151,6 +151,11 @@ def semi_supervised_data(config: Config, data: FederatedData) -> tuple[Federated
     ``flmi client`` (when it builds its split from the federation's config)
     both call this, so a site holds the same examples in both.
     """
+    if not any(len(s.train) + len(s.val) + len(s.test) for s in data.sites.values()):
+        raise ConfigError(
+            "no site holds a labeled example: nothing could train the model toward the task "
+            "or score it; label some images (data.empty_labels marks the unlabeled ones)"
+        )
     seed = partition_seed(config)
     shares = train_fractions(config)
     if shares:

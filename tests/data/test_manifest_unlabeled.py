@@ -113,22 +113,53 @@ def test_an_unlabeled_image_in_a_test_split_is_refused(tmp_path: Path) -> None:
         )
 
 
-def test_a_hospital_without_any_labeled_image_is_refused_naming_it(tmp_path: Path) -> None:
-    # Arrange: east's validation and test images are unlabeled too (no split column).
+def _north_and_unannotated_east(root: Path) -> dict:
+    """North labels its 6 images; east labels none of its 6 (no split column)."""
     rows = []
     for site in ("north", "east"):
         for k in range(6):
             rel = f"{site}_{k}.png"
-            write_png(tmp_path / rel, grey(30 * k + 10))
+            write_png(root / rel, grey(30 * k + 10))
             rows.append([rel, "" if site == "east" else str(k % 2), site])
-    write_manifest(tmp_path / "manifest.csv", ["image", "label", "site"], rows)
-    tables = _tables(tmp_path)
+    write_manifest(root / "manifest.csv", ["image", "label", "site"], rows)
+    tables = _tables(root, semi_supervised="fixmatch", pseudo_label_threshold=0.5)
     del tables["data"]["split_column"]
     tables["partition"]["num_sites"] = 2
+    return tables
+
+
+def test_a_hospital_that_labeled_nothing_trains_on_its_images_and_is_scored_nowhere(
+    tmp_path: Path,
+) -> None:
+    # Arrange
+    config = config_from_dict(_north_and_unannotated_east(tmp_path))
+
+    # Act
+    data = load_data(config)
+    result = run_experiment(config=config, out=tmp_path / "run")
+
+    # Assert
+    east = data.sites["east"]
+    assert (len(east.train), len(east.val), len(east.test), east.num_unlabeled) == (0, 0, 0, 6)
+    assert len(data.central_test) == len(data.sites["north"].test)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    federated = [line for line in lines if line["arm"] == "federated"]
+    assert all(line["sites_failed"] == {} for line in federated)
+    assert all("east" in line["sites_sampled"] for line in federated)
+    assert all(v is None for v in result.summary["arms"]["federated"]["per_site"]["east"].values())
+
+
+def test_a_manifest_with_no_label_at_all_cannot_be_run(tmp_path: Path) -> None:
+    # Arrange
+    tables = _north_and_unannotated_east(tmp_path)
+    rows = [[f"east_{k}.png", "", "east"] for k in range(6)]
+    write_manifest(tmp_path / "manifest.csv", ["image", "label", "site"], rows)
+    tables["partition"]["num_sites"] = 1
+    tables["federation"]["min_sites"] = 1
 
     # Act / Assert
-    with pytest.raises(DataError, match=r"site 'east' has no labeled image; label a few"):
-        load_data(config_from_dict(tables))
+    with pytest.raises(ConfigError, match=r"no site holds a labeled example"):
+        run_experiment(config=config_from_dict(tables), out=None)
 
 
 def test_without_a_site_column_unlabeled_rows_are_shared_among_simulated_sites(

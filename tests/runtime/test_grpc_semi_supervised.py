@@ -100,14 +100,21 @@ def test_an_unlabeled_hospital_without_semi_supervision_is_refused_before_it_con
     assert "deploy.sites" in text
 
 
-def _unannotated_hospital(dep: Deployment, root: Path, site: str) -> Path:
-    """``site``'s own PNGs: 24 training images without labels, 4 labeled for val and test."""
+def _unannotated_hospital(
+    dep: Deployment, root: Path, site: str, *, labels_for_scoring: bool = True
+) -> Path:
+    """``site``'s own PNGs: 24 training images without labels, and 4 for val and test.
+
+    Without ``labels_for_scoring`` those 4 are unlabeled training images too.
+    """
     rng = np.random.default_rng(7)
     rows = []
     for k in range(28):
         rel = f"{site}/img_{k}.png"
         write_png(root / rel, rng.integers(0, 256, (16, 16), dtype=np.uint8))
         split = "val" if k < 2 else "test" if k < 4 else "train"
+        if not labels_for_scoring:
+            split = "train"  # an image without a label can only train
         rows.append([rel, str(k % 2) if split != "train" else "", split])
     manifest = write_manifest(root / f"{site}.csv", ["image", "label", "split"], rows)
     path = dep.root / f"{site}-own.toml"
@@ -126,13 +133,20 @@ def _unannotated_hospital(dep: Deployment, root: Path, site: str) -> Path:
     return path
 
 
+@pytest.mark.parametrize("labels_for_scoring", [True, False])
 def test_a_hospital_with_its_own_unannotated_images_trains_semi_supervised_over_grpc(
-    deployment: Deployment, tmp_path: Path
+    deployment: Deployment, tmp_path: Path, labels_for_scoring: bool
 ) -> None:
     # Arrange: hospitals 1 and 2 take their labeled split of the federation's data;
-    # hospital_3 brings its own images, of which only the 4 for val and test are labeled.
+    # hospital_3 brings its own images, of which only the 4 for val and test are
+    # labeled, or none at all (then it trains and is scored nowhere).
     write_fed(deployment, fed_tables(site_names=SITES, federation=SEMI))
-    own = _unannotated_hospital(deployment, tmp_path / "hospital_3-files", "hospital_3")
+    own = _unannotated_hospital(
+        deployment,
+        tmp_path / "hospital_3-files",
+        "hospital_3",
+        labels_for_scoring=labels_for_scoring,
+    )
     run = tmp_path / "grpc-run"
     server, address = deployment.start_server(out=run)
     clients = [deployment.start_client(site, address) for site in SITES[:2]]
@@ -141,14 +155,18 @@ def test_a_hospital_with_its_own_unannotated_images_trains_semi_supervised_over_
     # Act
     statuses = [wait(client) for client in clients]
 
-    # Assert: hospital_3 took part in every round and was scored on its 2 labeled test images.
+    # Assert: hospital_3 took part in every round, scored on its 2 labeled test images
+    # or, with none, not scored (its metrics are null, the others' are not).
     assert statuses == [0, 0, 0] and wait(server) == 0
     history = metrics(run)
     assert [line["round"] for line in history] == [1, 2]
     for line in history:
         assert line["sites_failed"] == {} and sorted(line["sites_sampled"]) == SITES
         accuracy = line["per_site"]["hospital_3"]["accuracy"]
-        assert accuracy in (0.0, 0.5, 1.0)
+        if labels_for_scoring:
+            assert accuracy in (0.0, 0.5, 1.0)
+        else:
+            assert accuracy is None and line["per_site"]["hospital_1"]["accuracy"] is not None
     site_log = output(clients[2])
     assert "nothing learnt" not in site_log
 
