@@ -82,8 +82,8 @@ class DataConfig:
     (``on_unreadable = "skip"``). An empty label cell is an error
     (``empty_labels = "error"``) or marks an unlabeled training image of its
     site (``empty_labels = "unlabeled"``: a partly or wholly unannotated
-    hospital, for ``federation.semi_supervised``); every site still needs
-    labeled images for its validation and test splits.
+    hospital, for ``federation.semi_supervised``; a site with no label at
+    all is scored nowhere).
 
     MedMNIST by name: ``source = "medmnist"`` with ``name`` (e.g.
     ``"breastmnist"``) and no ``path`` reads ``cache_dir/NAME.npz``; with
