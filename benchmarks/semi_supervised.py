@@ -2,9 +2,10 @@
 
 Runs a config of 4 hospitals where hospitals 3 and 4 have no training label
 (``--config``; by default ``examples/breastmnist_semi_supervised_few_labels.toml``,
-where hospitals 1 and 2 also have few labels; ``examples/breastmnist_semi_supervised.toml``
-is the earlier protocol with 136 labels each) in three arms, each over the
-seeds:
+where hospitals 1 and 2 also have few labels;
+``examples/breastmnist_semi_supervised_scanners.toml`` is the same with a scanner
+per hospital; ``examples/breastmnist_semi_supervised.toml`` is the earlier
+protocol with 136 labels each) in three arms, each over the seeds:
 
 - ``semi-supervised``: all 4 hospitals; the unlabeled ones train with FixMatch
   (or ``--method pseudo_label``);
@@ -18,6 +19,10 @@ mean +- sd over the seeds, each seed's AUC, the ratio of the semi-supervised
 AUC to the labeled-only AUC, and the ratio of the all-labeled AUC to the
 labeled-only AUC (how much labels for hospitals 3 and 4 would be worth: the
 room there is for unlabeled images to fill), all measured in the same run.
+Beside them: each arm's AUC on the labeled and on the unlabeled hospitals'
+test images, and the per-seed paired differences semi-supervised minus
+labeled only (mean, sd, paired t, seeds better), overall and on the
+unlabeled hospitals' images.
 
 With ``--tune``, settings of the semi-supervised arm are chosen first on
 validation data only (the final model's AUC on every hospital's validation
