@@ -6,12 +6,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from flmi.core.messages import ClientUpdate, HParamValue, TrainInstruction
-from flmi.core.params import Params
-from flmi.core.strategy import StateRecord, Strategy
+from flmi.core.messages import HParamValue, TrainInstruction
+from flmi.core.strategy import Strategy
+from flmi.strategies.wrapper import StrategyWrapper
 
 
-class PerSiteSettings:
+class PerSiteSettings(StrategyWrapper):
     """Wrap a strategy so chosen sites get their own ``local_epochs``, ``lr``, ...
 
     The wrapped strategy decides everything else; only the hyperparameters of
@@ -29,17 +29,8 @@ class PerSiteSettings:
     def __init__(
         self, *, inner: Strategy[Any], overrides: Mapping[str, Mapping[str, HParamValue]]
     ) -> None:
-        self._inner = inner
+        super().__init__(inner=inner)
         self._overrides = {site: dict(values) for site, values in overrides.items() if values}
-
-    @property
-    def name(self) -> str:
-        """The wrapped strategy's name."""
-        return self._inner.name
-
-    def init(self, params: Params) -> Any:
-        """The wrapped strategy's initial state."""
-        return self._inner.init(params)
 
     def configure(
         self, rnd: int, state: Any, sites: Sequence[str]
@@ -50,17 +41,3 @@ class PerSiteSettings:
             if site in out:
                 out[site] = replace(out[site], hparams={**out[site].hparams, **values})
         return out
-
-    def aggregate(
-        self, rnd: int, state: Any, updates: Sequence[ClientUpdate]
-    ) -> tuple[Any, Params]:
-        """Delegated unchanged."""
-        return self._inner.aggregate(rnd, state, updates)
-
-    def state_to_record(self, state: Any) -> StateRecord:
-        """Delegated unchanged."""
-        return self._inner.state_to_record(state)
-
-    def state_from_record(self, record: StateRecord) -> Any:
-        """Delegated unchanged."""
-        return self._inner.state_from_record(record)

@@ -29,14 +29,15 @@ combines them differently.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from flmi.core.keys import TrainMetric
-from flmi.core.messages import ClientUpdate, TrainInstruction, UpdateKind
+from flmi.core.messages import ClientUpdate, UpdateKind
 from flmi.core.params import Params, add_scaled, subtract, weighted_mean
-from flmi.core.strategy import StateRecord, Strategy
+from flmi.core.strategy import Strategy
 from flmi.strategies.base import ServerState, contributions
+from flmi.strategies.wrapper import StrategyWrapper
 
 
 def trained_without_labels(update: ClientUpdate) -> bool:
@@ -51,7 +52,7 @@ def unlabeled_change(*, rnd: int, reference: Params, updates: Sequence[ClientUpd
     return mean if kind is UpdateKind.DELTA else subtract(mean, reference)
 
 
-class UnlabeledAdded:
+class UnlabeledAdded(StrategyWrapper):
     """Wrap a strategy so unlabeled sites' changes are added, not averaged in.
 
     Parameters
@@ -67,23 +68,8 @@ class UnlabeledAdded:
     def __init__(self, *, inner: Strategy[Any], weight: float) -> None:
         if not 0.0 < weight <= 1.0:
             raise ValueError(f"federation.unlabeled_weight must be in (0, 1], got {weight}")
-        self._inner = inner
+        super().__init__(inner=inner)
         self._weight = weight
-
-    @property
-    def name(self) -> str:
-        """The wrapped strategy's name."""
-        return self._inner.name
-
-    def init(self, params: Params) -> Any:
-        """The wrapped strategy's initial state."""
-        return self._inner.init(params)
-
-    def configure(
-        self, rnd: int, state: Any, sites: Sequence[str]
-    ) -> Mapping[str, TrainInstruction]:
-        """Delegated unchanged."""
-        return self._inner.configure(rnd, state, sites)
 
     def aggregate(
         self, rnd: int, state: Any, updates: Sequence[ClientUpdate]
@@ -111,11 +97,3 @@ class UnlabeledAdded:
             base = state.params
         new = add_scaled(base, change, self._weight)
         return dataclasses.replace(state, params=new), new
-
-    def state_to_record(self, state: Any) -> StateRecord:
-        """Delegated unchanged."""
-        return self._inner.state_to_record(state)
-
-    def state_from_record(self, record: StateRecord) -> Any:
-        """Delegated unchanged."""
-        return self._inner.state_from_record(record)

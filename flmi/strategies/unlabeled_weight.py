@@ -11,14 +11,15 @@ The sites' messages are unchanged; only what the wrapped rule is given.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from flmi.core.keys import TrainMetric
-from flmi.core.messages import ClientUpdate, TrainInstruction
+from flmi.core.messages import ClientUpdate
 from flmi.core.params import Params
-from flmi.core.strategy import StateRecord, Strategy
+from flmi.core.strategy import Strategy
+from flmi.strategies.wrapper import StrategyWrapper
 
 
 def reweighted(update: ClientUpdate, *, weight: float) -> ClientUpdate:
@@ -34,7 +35,7 @@ def reweighted(update: ClientUpdate, *, weight: float) -> ClientUpdate:
     return replace(update, num_examples=max(1, round(labeled + weight * unlabeled)))
 
 
-class UnlabeledWeight:
+class UnlabeledWeight(StrategyWrapper):
     """Wrap a strategy so an unlabeled image counts ``weight`` of a labeled one.
 
     Parameters
@@ -48,23 +49,8 @@ class UnlabeledWeight:
     def __init__(self, *, inner: Strategy[Any], weight: float) -> None:
         if not 0.0 < weight <= 1.0:
             raise ValueError(f"federation.unlabeled_weight must be in (0, 1], got {weight}")
-        self._inner = inner
+        super().__init__(inner=inner)
         self._weight = weight
-
-    @property
-    def name(self) -> str:
-        """The wrapped strategy's name."""
-        return self._inner.name
-
-    def init(self, params: Params) -> Any:
-        """The wrapped strategy's initial state."""
-        return self._inner.init(params)
-
-    def configure(
-        self, rnd: int, state: Any, sites: Sequence[str]
-    ) -> Mapping[str, TrainInstruction]:
-        """Delegated unchanged."""
-        return self._inner.configure(rnd, state, sites)
 
     def aggregate(
         self, rnd: int, state: Any, updates: Sequence[ClientUpdate]
@@ -73,11 +59,3 @@ class UnlabeledWeight:
         return self._inner.aggregate(
             rnd, state, [reweighted(u, weight=self._weight) for u in updates]
         )
-
-    def state_to_record(self, state: Any) -> StateRecord:
-        """Delegated unchanged."""
-        return self._inner.state_to_record(state)
-
-    def state_from_record(self, record: StateRecord) -> Any:
-        """Delegated unchanged."""
-        return self._inner.state_from_record(record)

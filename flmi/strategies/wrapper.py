@@ -1,0 +1,56 @@
+"""A strategy that passes everything to the strategy it wraps, for wrappers to build on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from flmi.core.messages import ClientUpdate, TrainInstruction
+from flmi.core.params import Params
+from flmi.core.strategy import StateRecord, Strategy
+
+
+class StrategyWrapper:
+    """Delegate every :class:`~flmi.core.strategy.Strategy` method to ``inner``.
+
+    A wrapper that changes one step (the instructions, the aggregation)
+    overrides that method alone; everything else is the wrapped strategy's,
+    its name and state included.
+
+    Parameters
+    ----------
+    inner
+        The strategy to wrap.
+    """
+
+    def __init__(self, *, inner: Strategy[Any]) -> None:
+        self._inner = inner
+
+    @property
+    def name(self) -> str:
+        """The wrapped strategy's name."""
+        return self._inner.name
+
+    def init(self, params: Params) -> Any:
+        """The wrapped strategy's initial state."""
+        return self._inner.init(params)
+
+    def configure(
+        self, rnd: int, state: Any, sites: Sequence[str]
+    ) -> Mapping[str, TrainInstruction]:
+        """Delegated unchanged."""
+        return self._inner.configure(rnd, state, sites)
+
+    def aggregate(
+        self, rnd: int, state: Any, updates: Sequence[ClientUpdate]
+    ) -> tuple[Any, Params]:
+        """Delegated unchanged."""
+        return self._inner.aggregate(rnd, state, updates)
+
+    def state_to_record(self, state: Any) -> StateRecord:
+        """Delegated unchanged."""
+        return self._inner.state_to_record(state)
+
+    def state_from_record(self, record: StateRecord) -> Any:
+        """Delegated unchanged."""
+        return self._inner.state_from_record(record)
