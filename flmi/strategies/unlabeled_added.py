@@ -35,9 +35,8 @@ from typing import Any
 from flmi.core.keys import TrainMetric
 from flmi.core.messages import ClientUpdate, UpdateKind
 from flmi.core.params import Params, add_scaled, subtract, weighted_mean
-from flmi.core.strategy import Strategy
 from flmi.strategies.base import ServerState, contributions
-from flmi.strategies.wrapper import StrategyWrapper
+from flmi.strategies.wrapper import UnlabeledWeighting
 
 
 def trained_without_labels(update: ClientUpdate) -> bool:
@@ -52,7 +51,7 @@ def unlabeled_change(*, rnd: int, reference: Params, updates: Sequence[ClientUpd
     return mean if kind is UpdateKind.DELTA else subtract(mean, reference)
 
 
-class UnlabeledAdded(StrategyWrapper):
+class UnlabeledAdded(UnlabeledWeighting):
     """Wrap a strategy so unlabeled sites' changes are added, not averaged in.
 
     Parameters
@@ -64,12 +63,6 @@ class UnlabeledAdded(StrategyWrapper):
     weight
         In ``(0, 1]``: the scale of the unlabeled sites' mean change.
     """
-
-    def __init__(self, *, inner: Strategy[Any], weight: float) -> None:
-        if not 0.0 < weight <= 1.0:
-            raise ValueError(f"federation.unlabeled_weight must be in (0, 1], got {weight}")
-        super().__init__(inner=inner)
-        self._weight = weight
 
     def aggregate(
         self, rnd: int, state: Any, updates: Sequence[ClientUpdate]

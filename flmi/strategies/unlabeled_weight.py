@@ -18,8 +18,7 @@ from typing import Any
 from flmi.core.keys import TrainMetric
 from flmi.core.messages import ClientUpdate
 from flmi.core.params import Params
-from flmi.core.strategy import Strategy
-from flmi.strategies.wrapper import StrategyWrapper
+from flmi.strategies.wrapper import UnlabeledWeighting
 
 
 def reweighted(update: ClientUpdate, *, weight: float) -> ClientUpdate:
@@ -35,7 +34,7 @@ def reweighted(update: ClientUpdate, *, weight: float) -> ClientUpdate:
     return replace(update, num_examples=max(1, round(labeled + weight * unlabeled)))
 
 
-class UnlabeledWeight(StrategyWrapper):
+class UnlabeledWeight(UnlabeledWeighting):
     """Wrap a strategy so an unlabeled image counts ``weight`` of a labeled one.
 
     Parameters
@@ -45,12 +44,6 @@ class UnlabeledWeight(StrategyWrapper):
     weight
         In ``(0, 1]``; 1 changes nothing.
     """
-
-    def __init__(self, *, inner: Strategy[Any], weight: float) -> None:
-        if not 0.0 < weight <= 1.0:
-            raise ValueError(f"federation.unlabeled_weight must be in (0, 1], got {weight}")
-        super().__init__(inner=inner)
-        self._weight = weight
 
     def aggregate(
         self, rnd: int, state: Any, updates: Sequence[ClientUpdate]

@@ -54,3 +54,21 @@ class StrategyWrapper:
     def state_from_record(self, record: StateRecord) -> Any:
         """Delegated unchanged."""
         return self._inner.state_from_record(record)
+
+
+class UnlabeledWeighting(StrategyWrapper):
+    """A wrapper with ``federation.unlabeled_weight``, checked to lie in ``(0, 1]``.
+
+    Parameters
+    ----------
+    inner
+        The strategy to wrap.
+    weight
+        In ``(0, 1]``: what an unlabeled site's contribution counts.
+    """
+
+    def __init__(self, *, inner: Strategy[Any], weight: float) -> None:
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"federation.unlabeled_weight must be in (0, 1], got {weight}")
+        super().__init__(inner=inner)
+        self._weight = weight

@@ -55,20 +55,26 @@ def _tables(root: Path, **federation: object) -> dict:
     )
 
 
+def _load(path: Path, *, empty_labels: str) -> object:
+    """Load a manifest with image, label, site and split columns."""
+    return load_manifest(
+        path=path,
+        image_column="image",
+        label_column="label",
+        site_column="site",
+        split_column="split",
+        transforms=TransformsConfig(),
+        empty_labels=empty_labels,
+    )
+
+
 def test_an_empty_label_is_an_error_that_names_the_row_and_the_setting(tmp_path: Path) -> None:
     # Arrange
     path = three_hospitals(tmp_path)
 
     # Act / Assert
     with pytest.raises(DataError, match=r"row 30: column 'label' is empty.*empty_labels"):
-        load_manifest(
-            path=path,
-            image_column="image",
-            label_column="label",
-            site_column="site",
-            split_column="split",
-            transforms=TransformsConfig(),
-        )
+        _load(path, empty_labels="error")
 
 
 def test_rows_without_a_label_become_their_sites_unlabeled_training_images(
@@ -102,15 +108,7 @@ def test_an_unlabeled_image_in_a_test_split_is_refused(tmp_path: Path) -> None:
 
     # Act / Assert
     with pytest.raises(DataError, match=r"row 3: an image without a label cannot be in the 'test'"):
-        load_manifest(
-            path=path,
-            image_column="image",
-            label_column="label",
-            site_column="site",
-            split_column="split",
-            transforms=TransformsConfig(),
-            empty_labels="unlabeled",
-        )
+        _load(path, empty_labels="unlabeled")
 
 
 def _north_and_unannotated_east(root: Path) -> dict:
