@@ -246,6 +246,9 @@ class FederationConfig:
     prediction splits them, each class taking its most confident images (a
     class-wise selection after FlexMatch, Zhang et al., NeurIPS 2021).
     With ``"none"``, a site without any labeled training example sits out.
+    ``max_failed_rounds`` stops the run, with an error naming each site's
+    reason, at the round that makes this many rounds aggregate nothing (fewer
+    valid updates than ``min_sites``); 1 stops at the first.
     """
 
     rounds: int = 10
@@ -270,6 +273,7 @@ class FederationConfig:
     soft_pseudo_labels: bool = False
     pseudo_label_selection: Literal["threshold", "class_quota"] = "threshold"
     pseudo_label_quota: float = 0.5
+    max_failed_rounds: int = 1
 
 
 @dataclass(frozen=True)
@@ -709,6 +713,10 @@ def check_config(c: Config) -> None:
         f.weight_decay >= 0, f"federation.weight_decay must not be negative, got {f.weight_decay}"
     )
     _require(f.eval_every >= 1, f"federation.eval_every must be at least 1, got {f.eval_every}")
+    _require(
+        f.max_failed_rounds >= 1,
+        f"federation.max_failed_rounds must be at least 1, got {f.max_failed_rounds}",
+    )
     _require(p.num_sites >= 1, f"partition.num_sites must be at least 1, got {p.num_sites}")
     _require(p.alpha > 0, f"partition.alpha must be positive, got {p.alpha}")
     _require(

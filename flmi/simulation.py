@@ -40,10 +40,9 @@ from flmi.core.keys import Arm, HParam, Record, Split
 from flmi.core.messages import EvaluateResult, HParamValue, ScoreHistogram
 from flmi.core.params import Params
 from flmi.core.strategy import (
-    EvaluationSettings,
-    SiteModels,
     StateRecord,
     Strategy,
+    capabilities_of,
 )
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.scanner_shift import scanner_json, site_scanners
@@ -102,7 +101,7 @@ def make_strategy(config: Config, site_names: Sequence[str]) -> Strategy[Any]:
     f, n = config.federation, len(site_names)
     added = f.unlabeled_aggregation == "add" and f.semi_supervised != "none"
     if f.unlabeled_weight < 1.0 or added:
-        if is_personalised(strategy) or isinstance(strategy, SiteModels | EvaluationSettings):
+        if not capabilities_of(strategy).one_global_model:
             key = "unlabeled_aggregation = 'add'" if added else "unlabeled_weight"
             raise ConfigError(
                 f"federation.{key} applies to strategies with one global model; "
@@ -501,6 +500,7 @@ def run_experiment(
         min_sites=f.min_sites,
         seed=seed,
         eval_every=f.eval_every,
+        max_failed_rounds=f.max_failed_rounds,
     )
     federated = run_federation(
         strategy=strategy,

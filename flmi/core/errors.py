@@ -39,3 +39,13 @@ class NonFiniteError(FlmiError):
 
 class RunDirError(FlmiError):
     """The run directory cannot be used without losing what it already holds."""
+
+
+class RoundFailedError(FlmiError):
+    """Rounds aggregated nothing as often as ``federation.max_failed_rounds`` allows.
+
+    A round aggregates nothing when fewer valid updates than
+    ``federation.min_sites`` arrive (every update rejected, every site failed):
+    the global model is left unchanged, and the run stops rather than end as
+    if it had trained. The message names each site's reason.
+    """

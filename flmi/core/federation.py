@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from flmi.core.errors import ConfigError, FlmiError, SchemaError
+from flmi.core.errors import ConfigError, FlmiError, RoundFailedError, SchemaError
 from flmi.core.exchange import SecureAggregation, SecureRound, StagedExchange
 from flmi.core.keys import Arm, Record, Split
 from flmi.core.messages import (
@@ -33,15 +33,7 @@ from flmi.core.messages import (
 )
 from flmi.core.params import Params, check_finite, check_same_schema
 from flmi.core.rng import generator
-from flmi.core.strategy import (
-    EvaluationSettings,
-    Personalised,
-    PrivacyReporting,
-    SecureRoundAccounting,
-    SiteModels,
-    StateRecord,
-    Strategy,
-)
+from flmi.core.strategy import StateRecord, Strategy, capabilities_of
 
 log = logging.getLogger("flmi.federation")
 
@@ -82,6 +74,11 @@ class FederationPlan:
         Seed of the server's sampling generator.
     eval_every
         Evaluate every this many rounds (the final round always).
+    max_failed_rounds
+        The run stops with :class:`~flmi.core.errors.RoundFailedError` at the
+        round that makes this many rounds aggregate nothing (fewer valid
+        updates than ``min_sites``: every update rejected, every site failed),
+        after recording it; 1 stops at the first such round.
     """
 
     rounds: int
@@ -89,6 +86,7 @@ class FederationPlan:
     min_sites: int
     seed: int
     eval_every: int = 1
+    max_failed_rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -99,6 +97,10 @@ class FederationPlan:
             raise ConfigError(f"federation.min_sites must be at least 1, got {self.min_sites}")
         if self.eval_every < 1:
             raise ConfigError(f"federation.eval_every must be at least 1, got {self.eval_every}")
+        if self.max_failed_rounds < 1:
+            raise ConfigError(
+                f"federation.max_failed_rounds must be at least 1, got {self.max_failed_rounds}"
+            )
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,7 @@ def evaluate_sites(
 
 def is_personalised(strategy: object) -> bool:
     """Whether ``strategy`` scores each site with its own model (and has no central score)."""
-    return isinstance(strategy, Personalised) and strategy.personalised
+    return capabilities_of(strategy).personalised
 
 
 def evaluate_strategy_sites(
@@ -320,26 +322,21 @@ def evaluate_strategy_sites(
     """Score every site the way ``strategy`` defines its models.
 
     Personalised strategies have each site restore what it keeps to itself,
-    strategies with one model per site or group send each site its own
-    (:class:`SiteModels`), and strategies with evaluation settings (local
-    fine-tuning) send those along.
+    strategies with one model per site or group send each site its own, and
+    strategies with evaluation settings (local fine-tuning) send those along,
+    as the strategy's :class:`~flmi.core.strategy.Capabilities` declare.
     """
-    models = (
-        functools.partial(strategy.site_params, state) if isinstance(strategy, SiteModels) else None
-    )
-    settings: dict[str, HParamValue] = (
-        {k: v for k, v in strategy.evaluation_hparams.items() if isinstance(v, int | float | str)}
-        if isinstance(strategy, EvaluationSettings)
-        else {}
-    )
+    caps = capabilities_of(strategy)
     return evaluate_sites(
         runtime=runtime,
         params=params,
         rnd=rnd,
         split=split,
-        personal=is_personalised(strategy),
-        site_params=models,
-        hparams=settings,
+        personal=caps.personalised,
+        site_params=(
+            functools.partial(caps.site_params, state) if caps.site_params is not None else None
+        ),
+        hparams=caps.evaluation_hparams,
         ci_resamples=ci_resamples,
         ci_seed=ci_seed,
         histogram_bins=histogram_bins,
@@ -405,6 +402,7 @@ def run_federation(
         params, first = resume.params, resume.completed_round + 1
     personal = is_personalised(strategy)
     history: list[RoundRecord] = []
+    failed_rounds = 0
     for rnd in range(first, plan.rounds + 1):
         started = time.perf_counter()
         sampled = sample_sites(
@@ -416,54 +414,19 @@ def run_federation(
         )
         instructions = strategy.configure(rnd, state, sampled)
         replies = runtime.train(instructions)
-        protocol_down = protocol_up = 0
-        if secure is None:
-            updates, errors = split_replies(replies, params, allow_partial=personal)
-            contributors = len(updates)
+        got = _collect(rnd, replies, params, runtime=runtime, secure=secure, personal=personal)
+        stalled = _stalled(rnd, got, sampled=sampled, min_sites=plan.min_sites)
+        if stalled is None:
+            state = _note_secure_round(rnd, strategy, state, replies, got, secure=secure)
+            state, params = strategy.aggregate(rnd, state, got.updates)
         else:
-            assert isinstance(runtime, StagedExchange)  # checked before round 1
-            outcome = secure.aggregate(rnd=rnd, exchange=runtime, replies=replies, reference=params)
-            updates, errors = _secure_update(outcome, params, personal=personal)
-            contributors = outcome.contributors if updates else 0
-            protocol_down, protocol_up = outcome.bytes_down, outcome.bytes_up
-        if updates and contributors >= plan.min_sites:
-            if secure is not None and isinstance(strategy, SecureRoundAccounting):
-                names = _contributor_names(replies, errors, expected=contributors)
-                state = strategy.note_secure_round(
-                    rnd,
-                    state,
-                    reports={s: _metrics(replies[s]) for s in names},
-                    contributors=names,
-                )
-            state, params = strategy.aggregate(rnd, state, updates)
-        else:
-            log.warning(
-                "round %d: %d valid updates, fewer than federation.min_sites = %d; "
-                "the global model is left unchanged this round",
-                rnd,
-                contributors,
-                plan.min_sites,
-            )
+            failed_rounds += 1
+            log.error("%s", stalled)
         per_site: dict[str, EvaluateResult] = {}
         val: dict[str, EvaluateResult] = {}
         central: Metrics | None = None
         if rnd % plan.eval_every == 0 or rnd == plan.rounds:
-            per_site, _ = evaluate_strategy_sites(
-                strategy=strategy,
-                state=state,
-                runtime=evaluators,
-                params=params,
-                rnd=rnd,
-                split=Split.TEST,
-            )
-            val, _ = evaluate_strategy_sites(
-                strategy=strategy,
-                state=state,
-                runtime=evaluators,
-                params=params,
-                rnd=rnd,
-                split=Split.VAL,
-            )
+            per_site, val = _score_sites(strategy, state, evaluators, params, rnd)
             if evaluate_central is not None and not personal:
                 central = evaluate_central(params)
         record = RoundRecord(
@@ -475,29 +438,142 @@ def run_federation(
             val=weighted_site_mean(val),
             wall_s=time.perf_counter() - started,
             bytes_down=(
-                sum(i.payload_bytes() for i in instructions.values()) + protocol_down
+                sum(i.payload_bytes() for i in instructions.values()) + got.protocol_down
                 if count_bytes
                 else 0
             ),
-            bytes_up=(
-                (protocol_up if secure is not None else sum(u.payload_bytes() for u in updates))
-                if count_bytes
-                else 0
-            ),
+            bytes_up=got.bytes_up if count_bytes else 0,
             sites_sampled=sampled,
-            sites_failed={s: e.code.value for s, e in errors.items()},
+            sites_failed={s: e.code.value for s, e in got.errors.items()},
             strategy={
                 k: v
                 for k, v in strategy.state_to_record(state).meta.items()
                 if k != Record.PRIVACY  # a DP wrapper's ledgers: reported under privacy
             },
-            privacy=(
-                strategy.privacy_record(state) if isinstance(strategy, PrivacyReporting) else {}
-            ),
+            privacy=_privacy(strategy, state),
         )
         history.append(record)
         observer.on_round(record, params, strategy.state_to_record(state))
+        if stalled is not None and failed_rounds >= plan.max_failed_rounds:
+            raise RoundFailedError(_stop_message(stalled, failed_rounds, plan.max_failed_rounds))
     return FederationResult(params=params, state=strategy.state_to_record(state), history=history)
+
+
+def _score_sites(
+    strategy: Strategy[Any], state: Any, runtime: Runtime, params: Params, rnd: int
+) -> tuple[dict[str, EvaluateResult], dict[str, EvaluateResult]]:
+    """Every site's scores on its test and on its validation split."""
+    scores = [
+        evaluate_strategy_sites(
+            strategy=strategy, state=state, runtime=runtime, params=params, rnd=rnd, split=split
+        )[0]
+        for split in (Split.TEST, Split.VAL)
+    ]
+    return scores[0], scores[1]
+
+
+@dataclass(frozen=True)
+class _Collected:
+    """A round's replies sorted out: the updates to aggregate and the sites that failed.
+
+    ``contributors`` counts the sites whose updates ``updates`` hold (one
+    summed update holds several under secure aggregation); ``bytes_up`` is
+    what the server received (the updates, or the protocol's stages) and
+    ``protocol_down`` what it sent in those stages; ``refused`` says why a
+    secure aggregate was not used (empty when it was, or without one).
+    """
+
+    updates: list[ClientUpdate]
+    errors: dict[str, ClientError]
+    contributors: int
+    bytes_up: int
+    protocol_down: int = 0
+    refused: str = ""
+
+
+def _collect(
+    rnd: int,
+    replies: Mapping[str, TrainReply],
+    params: Params,
+    *,
+    runtime: Runtime,
+    secure: SecureAggregation | None,
+    personal: bool,
+) -> _Collected:
+    """Valid updates and errors, directly or through the secure protocol's stages."""
+    if secure is None:
+        updates, errors = split_replies(replies, params, allow_partial=personal)
+        return _Collected(
+            updates=updates,
+            errors=errors,
+            contributors=len(updates),
+            bytes_up=sum(u.payload_bytes() for u in updates),
+        )
+    assert isinstance(runtime, StagedExchange)  # checked before round 1
+    outcome = secure.aggregate(rnd=rnd, exchange=runtime, replies=replies, reference=params)
+    updates, errors, refused = _secure_update(outcome, params, personal=personal)
+    return _Collected(
+        updates=updates,
+        errors=errors,
+        contributors=outcome.contributors if updates else 0,
+        bytes_up=outcome.bytes_up,
+        protocol_down=outcome.bytes_down,
+        refused=refused,
+    )
+
+
+#: The most sites whose failure a stalled round's message spells out.
+_REASONS_SHOWN = 5
+
+
+def _stalled(rnd: int, got: _Collected, *, sampled: Sequence[str], min_sites: int) -> str | None:
+    """Why round ``rnd`` aggregates nothing, leaving the model unchanged (``None``: it does not)."""
+    if got.updates and got.contributors >= min_sites:
+        return None
+    reasons = [f"site '{s}': {e.code.value}: {e.message}" for s, e in sorted(got.errors.items())]
+    if got.refused:
+        reasons.insert(0, got.refused)
+    shown = reasons[:_REASONS_SHOWN]
+    if len(reasons) > len(shown):
+        shown.append(f"and {len(reasons) - len(shown)} more")
+    why = "; ".join(shown) if shown else "no site reported an error"
+    return (
+        f"round {rnd}: {got.contributors} of {len(sampled)} sampled sites gave a valid update, "
+        f"fewer than federation.min_sites = {min_sites}, so the global model is left unchanged "
+        f"({why})"
+    )
+
+
+def _stop_message(stalled: str, failed: int, allowed: int) -> str:
+    rounds = "round" if failed == 1 else "rounds"
+    return (
+        f"{stalled}. The run stops: {failed} {rounds} aggregated nothing and "
+        f"federation.max_failed_rounds = {allowed}. Fix what the sites report, or raise "
+        "federation.max_failed_rounds to let a run go on past rounds that aggregate nothing; "
+        "every round up to this one is recorded"
+    )
+
+
+def _note_secure_round(
+    rnd: int,
+    strategy: Strategy[Any],
+    state: Any,
+    replies: Mapping[str, TrainReply],
+    got: _Collected,
+    *,
+    secure: SecureAggregation | None,
+) -> Any:
+    """``state`` with a secure round accounted for, if the strategy accounts for one."""
+    note = capabilities_of(strategy).note_secure_round
+    if secure is None or note is None:
+        return state
+    names = _contributor_names(replies, got.errors, expected=got.contributors)
+    return note(rnd, state, reports={s: _metrics(replies[s]) for s in names}, contributors=names)
+
+
+def _privacy(strategy: Strategy[Any], state: Any) -> Mapping[str, Any]:
+    report = capabilities_of(strategy).privacy_record
+    return report(state) if report is not None else {}
 
 
 def _metrics(reply: TrainReply) -> Metrics:
@@ -519,16 +595,19 @@ def _contributor_names(
 
 def _secure_update(
     outcome: SecureRound, reference: Params, *, personal: bool
-) -> tuple[list[ClientUpdate], dict[str, ClientError]]:
-    """The protocol's one aggregate update, checked like any update, and the sites' errors."""
+) -> tuple[list[ClientUpdate], dict[str, ClientError], str]:
+    """The protocol's one aggregate update, checked like any update, and the sites' errors.
+
+    The third value says why there is no aggregate to use (empty if there is one).
+    """
     errors = dict(outcome.errors)
     if outcome.update is None:
-        return [], errors
+        return [], errors, "the secure aggregation protocol recovered no aggregate"
     rejected = _validate_update(outcome.update, reference, allow_partial=personal)
     if rejected is not None:
         log.warning("rejected the secure aggregate: %s", rejected.message)
-        return [], errors
-    return [outcome.update], errors
+        return [], errors, f"the secure aggregate was rejected: {rejected.message}"
+    return [outcome.update], errors, ""
 
 
 def mean_metrics(items: Sequence[tuple[float, Metrics]]) -> dict[str, float]:

@@ -15,6 +15,7 @@ the wrapped strategy's own, so a resumed run continues the accounting.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,11 +29,11 @@ from flmi.core.messages import ClientUpdate, HParamValue, TrainInstruction, Upda
 from flmi.core.params import Params, copy_params, subtract
 from flmi.core.rng import generator
 from flmi.core.strategy import (
-    EvaluationSettings,
+    Capabilities,
     JSONValue,
-    Personalised,
     StateRecord,
     Strategy,
+    capabilities_of,
 )
 from flmi.privacy.accounting import Ledger, json_epsilon, noise_for_epsilon
 from flmi.privacy.clip import clip_to_norm, gaussian_noise, update_noise_multiplier
@@ -77,7 +78,7 @@ class PrivateState:
     secure_sites: tuple[str, ...] = ()
 
 
-class _Wrapper:
+class _Wrapper(ABC):
     """What every DP wrapper forwards to the strategy it wraps."""
 
     def __init__(self, *, inner: Strategy[Any], delta: float, accountant: str) -> None:
@@ -91,16 +92,55 @@ class _Wrapper:
         return self._inner.name
 
     @property
-    def personalised(self) -> bool:
-        """Whether the wrapped strategy keeps tensors at the sites."""
-        return isinstance(self._inner, Personalised) and self._inner.personalised
+    def capabilities(self) -> Capabilities:
+        """The wrapped strategy's capabilities, plus privacy reporting and secure-round accounting.
 
-    @property
-    def evaluation_hparams(self) -> Mapping[str, JSONValue]:
-        """The wrapped strategy's evaluation settings (none if it has none)."""
-        if isinstance(self._inner, EvaluationSettings):
-            return self._inner.evaluation_hparams
-        return {}
+        What the wrapped strategy declares is passed on, reading its part of
+        the :class:`PrivateState`; a secure round is accounted for by this
+        wrapper, then by the wrapped strategy if it accounts for one too.
+        """
+        inner = capabilities_of(self._inner)
+        site_params = inner.site_params
+        inner_note = inner.note_secure_round
+
+        def through(state: PrivateState, site: str) -> Params:
+            assert site_params is not None
+            return site_params(state.inner, site)
+
+        def note(
+            rnd: int,
+            state: PrivateState,
+            *,
+            reports: Mapping[str, Mapping[str, float]],
+            contributors: Sequence[str],
+        ) -> PrivateState:
+            noted = self.note_secure_round(rnd, state, reports=reports, contributors=contributors)
+            if inner_note is None:
+                return noted
+            inner_state = inner_note(rnd, noted.inner, reports=reports, contributors=contributors)
+            return replace(noted, inner=inner_state)
+
+        return replace(
+            inner,
+            site_params=through if site_params is not None else None,
+            privacy_record=self.privacy_record,
+            note_secure_round=note,
+        )
+
+    @abstractmethod
+    def note_secure_round(
+        self,
+        rnd: int,
+        state: PrivateState,
+        *,
+        reports: Mapping[str, Mapping[str, float]],
+        contributors: Sequence[str],
+    ) -> PrivateState:
+        """The state with a secure round's contributions accounted for."""
+
+    @abstractmethod
+    def privacy_record(self, state: PrivateState) -> dict[str, JSONValue]:
+        """Epsilon so far, overall and per site, and the settings it was spent at."""
 
     def _site_block(self, state: PrivateState) -> dict[str, JSONValue]:
         sites: dict[str, JSONValue] = {}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from flmi.core.keys import HParam, Personal
 from flmi.core.messages import HParamValue
+from flmi.core.strategy import Capabilities
 from flmi.strategies.base import ComposedStrategy, NoState, Replace, WeightedMean
 from flmi.strategies.options import help_field, require
 
@@ -61,6 +62,6 @@ class Ditto(ComposedStrategy[NoState]):
         )
 
     @property
-    def personalised(self) -> bool:
-        """Each site is scored with its personal model: always ``True``."""
-        return True
+    def capabilities(self) -> Capabilities:
+        """Personalised: each site is scored with its personal model."""
+        return Capabilities(personalised=True)

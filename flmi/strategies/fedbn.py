@@ -10,7 +10,7 @@ import numpy as np
 from flmi.core.keys import HParam, KeepLocal
 from flmi.core.messages import ClientUpdate, HParamValue, TrainInstruction, UpdateKind
 from flmi.core.params import Params, check_same_schema, copy_params
-from flmi.core.strategy import StateRecord
+from flmi.core.strategy import Capabilities, StateRecord
 from flmi.strategies.fedprox import ProxOptions
 
 
@@ -58,9 +58,9 @@ class FedBN:
         return self._name
 
     @property
-    def personalised(self) -> bool:
-        """Sites keep their normalisation layers: always ``True``."""
-        return True
+    def capabilities(self) -> Capabilities:
+        """Personalised: sites keep their normalisation layers."""
+        return Capabilities(personalised=True)
 
     def init(self, params: Params) -> FedBNState:
         """Start from a private copy of the initial weights."""

@@ -11,7 +11,7 @@ from flmi.core.errors import ConfigError
 from flmi.core.keys import Extra, HParam, KeepLocal
 from flmi.core.messages import ClientUpdate, HParamValue, TrainInstruction, UpdateKind
 from flmi.core.params import Params, check_same_schema, copy_params
-from flmi.core.strategy import StateRecord
+from flmi.core.strategy import Capabilities, StateRecord
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ class FedNorm:
         return "fednorm"
 
     @property
-    def personalised(self) -> bool:
-        """Each group has its own normalisation branch: ``True``."""
-        return True
+    def capabilities(self) -> Capabilities:
+        """Personalised, with one model per group (its own normalisation branch)."""
+        return Capabilities(personalised=True, site_params=self.site_params)
 
     def _group(self, site: str) -> str:
         group = self._groups.get(site)

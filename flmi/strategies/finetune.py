@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from flmi.core.keys import HParam
 from flmi.core.messages import HParamValue
-from flmi.core.strategy import JSONValue
+from flmi.core.strategy import Capabilities
 from flmi.strategies.base import ComposedStrategy, NoState, Replace, WeightedMean
 from flmi.strategies.options import help_field, require
 
@@ -55,11 +55,6 @@ class FineTune(ComposedStrategy[NoState]):
         self._evaluation = {**hparams, HParam.FINETUNE_EPOCHS: options.finetune_epochs}
 
     @property
-    def personalised(self) -> bool:
-        """Sites are scored with their fine-tuned copies: ``True``."""
-        return True
-
-    @property
-    def evaluation_hparams(self) -> Mapping[str, JSONValue]:
-        """Fine-tuning settings every evaluation request carries."""
-        return dict(self._evaluation)
+    def capabilities(self) -> Capabilities:
+        """Personalised (sites score fine-tuned copies), with the fine-tuning settings."""
+        return Capabilities(personalised=True, evaluation_hparams=dict(self._evaluation))

@@ -11,7 +11,7 @@ from flmi.core.keys import ClientAlgorithm, Extra, HParam
 from flmi.core.messages import ClientUpdate, HParamValue, TrainInstruction, UpdateKind
 from flmi.core.params import Params, check_same_schema, copy_params
 from flmi.core.rng import generator
-from flmi.core.strategy import StateRecord
+from flmi.core.strategy import Capabilities, StateRecord
 from flmi.strategies.options import help_field, positive, require
 
 CLUSTER_METRIC = "cluster"
@@ -85,9 +85,9 @@ class Ifca:
         return "ifca"
 
     @property
-    def personalised(self) -> bool:
-        """There is no single model to score centrally: ``True``."""
-        return True
+    def capabilities(self) -> Capabilities:
+        """Personalised (no single model to score centrally), one model per cluster."""
+        return Capabilities(personalised=True, site_params=self.site_params)
 
     def init(self, params: Params) -> IfcaState:
         """Model 0 is the initial weights; the others are seeded perturbations of them."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from flmi.core.messages import ClientUpdate, TrainInstruction
 from flmi.core.params import Params
-from flmi.core.strategy import StateRecord, Strategy
+from flmi.core.strategy import Capabilities, StateRecord, Strategy, capabilities_of
 
 
 class StrategyWrapper:
@@ -15,7 +15,8 @@ class StrategyWrapper:
 
     A wrapper that changes one step (the instructions, the aggregation)
     overrides that method alone; everything else is the wrapped strategy's,
-    its name and state included.
+    its name, state and :class:`~flmi.core.strategy.Capabilities` included
+    (a wrapper that adds a capability declares it on top of the inner ones).
 
     Parameters
     ----------
@@ -30,6 +31,11 @@ class StrategyWrapper:
     def name(self) -> str:
         """The wrapped strategy's name."""
         return self._inner.name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The wrapped strategy's capabilities (the state is the wrapped one's too)."""
+        return capabilities_of(self._inner)
 
     def init(self, params: Params) -> Any:
         """The wrapped strategy's initial state."""

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from flmi.core.errors import ConfigError
+from flmi.core.errors import ConfigError, RoundFailedError
 from flmi.core.federation import (
     FederationPlan,
     RoundRecord,
@@ -128,10 +128,55 @@ def test_site_error_is_kept_apart_and_the_round_completes() -> None:
     assert keep.records[0].sites_failed == {"a": "training_failed"}
 
 
-def test_too_few_valid_updates_leave_the_model_unchanged() -> None:
+def test_too_few_valid_updates_leave_the_model_unchanged_when_such_rounds_are_allowed() -> None:
     runtime = AddOneRuntime(["a", "b"], failing=["a"])
-    keep = _run(runtime, FederationPlan(rounds=1, fraction=1.0, min_sites=2, seed=0))
+    plan = FederationPlan(rounds=1, fraction=1.0, min_sites=2, seed=0, max_failed_rounds=2)
+    keep = _run(runtime, plan)
     np.testing.assert_array_equal(keep.params[0]["w"], [0.0])
+    assert keep.records[0].sites_failed == {"a": "training_failed"}
+
+
+def test_a_round_that_aggregates_nothing_stops_the_run_naming_each_sites_reason() -> None:
+    runtime = AddOneRuntime(["a", "b", "c"], nan_sites=["a", "c"], failing=["b"])
+    keep = Keep()
+    with pytest.raises(RoundFailedError) as caught:
+        run_federation(
+            strategy=FedAvg(hparams={"lr": 0.1}),
+            runtime=runtime,
+            initial_params={"w": np.zeros(1)},
+            plan=FederationPlan(rounds=3, fraction=1.0, min_sites=1, seed=0),
+            observer=keep,
+        )
+    message = str(caught.value)
+    assert message.startswith("round 1: 0 of 3 sampled sites gave a valid update")
+    assert "site 'a': rejected_by_server: update from site 'a'" in message
+    assert "site 'b': training_failed: boom" in message
+    assert "site 'c': rejected_by_server" in message
+    assert "federation.max_failed_rounds = 1" in message
+    # The stopping round is recorded (with why), and nothing after it ran.
+    assert [r.rnd for r in keep.records] == [1] and runtime.trained == [["a", "b", "c"]]
+    assert keep.records[0].sites_failed == {
+        "a": "rejected_by_server",
+        "b": "training_failed",
+        "c": "rejected_by_server",
+    }
+
+
+def test_max_failed_rounds_counts_every_round_that_aggregated_nothing() -> None:
+    # Site b fails every round and min_sites is 2: rounds 1 and 2 are allowed, 3 stops.
+    runtime = AddOneRuntime(["a", "b"], failing=["b"])
+    keep = Keep()
+    plan = FederationPlan(rounds=5, fraction=1.0, min_sites=2, seed=0, max_failed_rounds=3)
+    with pytest.raises(RoundFailedError, match=r"^round 3: 1 of 2 sampled .* 3 rounds aggregated"):
+        run_federation(
+            strategy=FedAvg(hparams={"lr": 0.1}),
+            runtime=runtime,
+            initial_params={"w": np.zeros(1)},
+            plan=plan,
+            observer=keep,
+        )
+    assert [r.rnd for r in keep.records] == [1, 2, 3]
+    assert all(p["w"][0] == 0.0 for p in keep.params)
 
 
 def test_site_mean_is_weighted_by_test_examples() -> None:
@@ -178,7 +223,14 @@ def test_split_replies_rejects_an_update_with_the_wrong_shape() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("rounds", 0), ("fraction", 0.0), ("fraction", 1.5), ("min_sites", 0), ("eval_every", 0)],
+    [
+        ("rounds", 0),
+        ("fraction", 0.0),
+        ("fraction", 1.5),
+        ("min_sites", 0),
+        ("eval_every", 0),
+        ("max_failed_rounds", 0),
+    ],
 )
 def test_plan_refuses_values_out_of_range(field: str, value: float) -> None:
     kwargs = {"rounds": 1, "fraction": 1.0, "min_sites": 1, "seed": 0, field: value}

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from flmi.core.errors import ConfigError
+from flmi.core.errors import ConfigError, RoundFailedError
 from flmi.core.federation import FederationPlan, RoundRecord, run_federation
 from flmi.core.messages import (
     EvaluateInstruction,
@@ -65,14 +65,22 @@ def _scored_sites(count: int, seed: int) -> tuple[list[_Scored], Params]:
 
 
 def _run(
-    endpoints: Sequence[SiteEndpoint], reference: Params, secure: SecAggServer | None
+    endpoints: Sequence[SiteEndpoint],
+    reference: Params,
+    secure: SecAggServer | None,
+    *,
+    max_failed_rounds: int = 1,
+    keep: _Keep | None = None,
 ) -> tuple[Params, list[RoundRecord]]:
-    keep = _Keep()
+    keep = keep if keep is not None else _Keep()
+    plan = FederationPlan(
+        rounds=3, fraction=1.0, min_sites=2, seed=0, max_failed_rounds=max_failed_rounds
+    )
     result = run_federation(
         strategy=FedAvg(hparams={}),
         runtime=InProcessRuntime(sites=endpoints),
         initial_params=reference,
-        plan=FederationPlan(rounds=3, fraction=1.0, min_sites=2, seed=0),
+        plan=plan,
         observer=keep,
         secure=secure,
     )
@@ -98,17 +106,37 @@ def test_three_secure_rounds_end_where_three_plain_rounds_do_and_count_protocol_
         assert s.sites_failed == {}
 
 
-def test_too_few_survivors_leave_the_model_unchanged_and_record_why() -> None:
-    sites, reference = _scored_sites(3, seed=1)
+def _two_of_three_drop(seed: int) -> tuple[list[SiteEndpoint], Params]:
+    sites, reference = _scored_sites(3, seed=seed)
     secure_sites: list[SiteEndpoint] = [SecureSite(site=s) for s in sites]
     secure_sites[0] = DropAt(site=SecureSite(site=sites[0]), stage=Stage.MASKED)
     secure_sites[1] = DropAt(site=SecureSite(site=sites[1]), stage=Stage.MASKED)
+    return secure_sites, reference
 
-    params, records = _run(secure_sites, reference, _secagg(threshold=2))
+
+def test_too_few_survivors_leave_the_model_unchanged_and_record_why() -> None:
+    secure_sites, reference = _two_of_three_drop(seed=1)
+
+    params, records = _run(secure_sites, reference, _secagg(threshold=2), max_failed_rounds=4)
 
     for name in reference:
         np.testing.assert_array_equal(params[name], reference[name])
     assert records[0].sites_failed == {"site_0": "timeout", "site_1": "timeout"}
+
+
+def test_a_secure_round_with_too_few_survivors_stops_the_run_naming_why() -> None:
+    secure_sites, reference = _two_of_three_drop(seed=1)
+    keep = _Keep()
+
+    with pytest.raises(RoundFailedError) as caught:
+        _run(secure_sites, reference, _secagg(threshold=2), keep=keep)
+
+    message = str(caught.value)
+    assert message.startswith("round 1: 0 of 3 sampled sites gave a valid update")
+    assert "the secure aggregation protocol recovered no aggregate" in message
+    assert "site 'site_0': timeout" in message and "site 'site_1': timeout" in message
+    assert "federation.max_failed_rounds = 1" in message
+    assert [r.rnd for r in keep.records] == [1]
 
 
 def test_a_runtime_without_stages_is_refused_before_round_1() -> None:

@@ -221,6 +221,7 @@ def serve(
                 min_sites=f.min_sites,
                 seed=seed,
                 eval_every=f.eval_every,
+                max_failed_rounds=f.max_failed_rounds,
             ),
             observer=_Observer(
                 run=run,
