@@ -10,18 +10,62 @@ breaks, naming the property. Run it from a test::
     def test_my_strategy_conforms() -> None:
         check_strategy(make_my_strategy)
 
+Hypothesis generates rounds: global weights of one to three float32 or
+float64 tensors (including 0-d ones), between ``min_sites`` and
+``max_sites`` sites whose names do not sort in the order they arrive, and
+updates that are all full weights or all deltas, with random example counts
+and local step counts. The checks, in order:
+
+``name``
+    ``factory()`` builds a strategy with a non-empty ``name``.
+``order``
+    Permuting the sites changes neither ``configure``'s instructions nor the
+    new weights nor the new state record, bit for bit; ``aggregate`` changes
+    neither the state nor the updates it was given.
+``determinism``
+    Aggregating the same updates from the same state twice gives the same
+    weights and state record, bit for bit (no state hidden in ``self``, no
+    unseeded randomness).
+``identity``
+    N identical updates (with different example counts) aggregate to that
+    update (full weights; ``global + delta`` for deltas). For a strategy that
+    implements ``aggregate_updates``
+    (:class:`flmi.strategies.base.AggregatesUpdates`, as every composed
+    strategy does) this is checked *before* its server step; otherwise on the
+    new global weights.
+``scale``
+    Multiplying every example count by the same integer factor changes the
+    new weights and state record by no more than the tolerances.
+``schema``
+    An update with one tensor renamed or reshaped raises an exception whose
+    message names that tensor in quotes (``'conv.weight'``).
+``wrapped``
+    Wrapped in each layer a run may put around it (``[sites.NAME]``
+    overrides, the unlabeled-site weightings, sample-level DP), the strategy
+    keeps its :class:`~flmi.core.strategy.Capabilities` (DP adds privacy
+    reporting and secure-round accounting) and its results, bit for bit: the
+    same tensors sent, the same settings apart from the layer's own, the same
+    new weights and state, each site scored with the same model.
+``resume``
+    Four rounds straight equal two rounds, the state record saved with
+    :func:`flmi.tensorio.save_tensors`, then loaded and run for two more rounds
+    in a **new process**, bit for bit (weights and state record), for
+    full-weight and for delta updates. Updates are a deterministic function
+    of (round, weights sent, site), so both runs see the same inputs.
+
 This module needs the ``hypothesis`` package (``pip install flmi[dev]``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import pickle
 import tempfile
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +74,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from flmi.core.messages import ClientUpdate, UpdateKind
+from flmi.core.keys import HParam, PrivacyKey
+from flmi.core.messages import ClientUpdate, HParamValue, TrainInstruction, UpdateKind
 from flmi.core.params import Params
-from flmi.core.strategy import StateRecord, Strategy
+from flmi.core.strategy import StateRecord, Strategy, capabilities_of
+from flmi.privacy.strategies import META_KEY as DP_META_KEY
+from flmi.privacy.strategies import PARAMS_PREFIX as DP_PARAMS_PREFIX
+from flmi.privacy.strategies import SampleDP
 from flmi.strategies.base import AggregatesUpdates
+from flmi.strategies.per_site import PerSiteSettings
+from flmi.strategies.unlabeled_added import UnlabeledAdded
+from flmi.strategies.unlabeled_weight import UnlabeledWeight
 from flmi.tensorio import load_tensors, save_tensors
 
 StrategyFactory = Callable[[], Strategy[Any]]
@@ -334,6 +385,175 @@ def _check_schema(factory: StrategyFactory, case: _Case, victim: int, rename: bo
     raise _fail("schema", f"aggregate accepted an update from '{target.site}' with {change}")
 
 
+# -- wrapped by flmi's own layers ------------------------------------------------------------
+
+#: The setting the per-site layer overrides for one site, and its value there.
+_OVERRIDE: dict[str, HParamValue] = {HParam.LR.value: 1e-3}
+#: What a DP-SGD site reports with each update (the DP layer charges it to the site's ledger).
+_DP_REPORT: dict[str, float] = {
+    PrivacyKey.NOISE_MULTIPLIER: 1.0,
+    PrivacyKey.SAMPLE_RATE: 0.1,
+    PrivacyKey.STEPS: 2.0,
+}
+#: The instruction settings the DP layer adds.
+_DP_HPARAMS = frozenset(h.value for h in HParam if h.value.startswith("dp"))
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One of the wrappers a run puts around a strategy, and what it changes on purpose."""
+
+    name: str
+    wrap: Callable[[Strategy[Any], str], Strategy[Any]]
+    adds: frozenset[str] = frozenset()
+    own_hparams: frozenset[str] = frozenset()
+
+
+def _sample_dp(inner: Strategy[Any], _site: str) -> Strategy[Any]:
+    return SampleDP(
+        inner=inner,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        delta=1e-5,
+        accountant="rdp",
+        target_epsilon=None,
+        rounds=2,
+    )
+
+
+_LAYERS = (
+    _Layer(
+        name="per-site settings",
+        wrap=lambda inner, site: PerSiteSettings(inner=inner, overrides={site: _OVERRIDE}),
+        own_hparams=frozenset(_OVERRIDE),
+    ),
+    _Layer(
+        name="unlabeled weight", wrap=lambda inner, _s: UnlabeledWeight(inner=inner, weight=0.5)
+    ),
+    _Layer(name="unlabeled added", wrap=lambda inner, _s: UnlabeledAdded(inner=inner, weight=0.5)),
+    _Layer(
+        name="sample-level DP",
+        wrap=_sample_dp,
+        adds=frozenset({"privacy_record", "note_secure_round"}),
+        own_hparams=_DP_HPARAMS,
+    ),
+)
+
+
+def _inner_record(record: StateRecord) -> StateRecord:
+    """A record without what a DP layer adds to it (its ledgers and its copy of the weights)."""
+    return StateRecord(
+        tensors={k: v for k, v in record.tensors.items() if not k.startswith(DP_PARAMS_PREFIX)},
+        meta={k: v for k, v in record.meta.items() if k != DP_META_KEY},
+    )
+
+
+#: Members that offer a capability, by the name of the :class:`Capabilities` field.
+_CAPABILITY_MEMBERS = ("personalised", "site_params", "evaluation_hparams", "privacy_record")
+
+
+def _check_declared(strategy: Strategy[Any]) -> None:
+    """A member that offers a capability is declared in ``capabilities``, or nothing reads it."""
+    declared = _call("wrapped", "capabilities", lambda: capabilities_of(strategy)).declared
+    for member in _CAPABILITY_MEMBERS:
+        if hasattr(type(strategy), member) and member not in declared:
+            raise _fail(
+                "wrapped",
+                f"the strategy has '{member}' but does not declare it: the federation reads "
+                "capabilities only from a `capabilities` property returning "
+                f"flmi.core.strategy.Capabilities({member}=...)",
+            )
+
+
+def _check_capabilities(layer: _Layer, bare: Strategy[Any], wrapped: Strategy[Any]) -> None:
+    _check_declared(bare)
+    mine = capabilities_of(bare)
+    theirs = _call("wrapped", f"capabilities under {layer.name}", lambda: capabilities_of(wrapped))
+    what = f"under {layer.name}, the wrapped strategy's capabilities"
+    if theirs.declared != mine.declared | layer.adds:
+        raise _fail(
+            "wrapped",
+            f"{what} are {sorted(theirs.declared)}, expected {sorted(mine.declared | layer.adds)} "
+            "(declare them with a `capabilities` property returning "
+            "flmi.core.strategy.Capabilities)",
+        )
+    if dict(theirs.evaluation_hparams) != dict(mine.evaluation_hparams):
+        raise _fail("wrapped", f"{what}: the evaluation settings differ")
+
+
+def _check_hparams(
+    layer: _Layer, site: str, got: Mapping[str, Any], bare: Mapping[str, Any]
+) -> None:
+    own = layer.own_hparams
+    expected = {k: v for k, v in bare.items() if k not in own}
+    kept = {k: v for k, v in got.items() if k not in own}
+    if kept != expected:
+        raise _fail(
+            "wrapped",
+            f"under {layer.name}, configure's settings for '{site}': {kept}, expected {expected}",
+        )
+
+
+def _check_configure(
+    layer: _Layer, sent: Mapping[str, TrainInstruction], bare: Mapping[str, TrainInstruction]
+) -> None:
+    if sorted(sent) != sorted(bare):
+        raise _fail("wrapped", f"under {layer.name}, configure addressed other sites")
+    for site in sorted(bare):
+        where = f"under {layer.name}, configure's"
+        _assert_same_params(
+            "wrapped", f"{where} params for '{site}'", sent[site].params, bare[site].params
+        )
+        _assert_same_params(
+            "wrapped", f"{where} extras for '{site}'", sent[site].extras, bare[site].extras
+        )
+        _check_hparams(layer, site, sent[site].hparams, bare[site].hparams)
+
+
+def _check_wrapped(factory: StrategyFactory, case: _Case, layer: _Layer) -> None:
+    """The strategy under one of flmi's layers: the same capabilities and the same results."""
+    sites = sorted(u.site for u in case.updates)
+    bare = factory()
+    wrapped = _call("wrapped", f"wrapping in {layer.name}", lambda: layer.wrap(factory(), sites[0]))
+    _check_capabilities(layer, bare, wrapped)
+    bare_state = _call("wrapped", "init", lambda: bare.init(case.params))
+    state = _call("wrapped", f"init under {layer.name}", lambda: wrapped.init(case.params))
+    _check_configure(
+        layer,
+        _call(
+            "wrapped", f"configure under {layer.name}", lambda: wrapped.configure(1, state, sites)
+        ),
+        _call("wrapped", "configure", lambda: bare.configure(1, bare_state, sites)),
+    )
+    updates = [replace(u, metrics={**u.metrics, **_DP_REPORT}) for u in case.updates]
+    bare_state, params = _call(
+        "wrapped", "aggregate", lambda: bare.aggregate(1, bare_state, updates)
+    )
+    state, got = _call(
+        "wrapped", f"aggregate under {layer.name}", lambda: wrapped.aggregate(1, state, updates)
+    )
+    what = f"under {layer.name}"
+    _assert_same_params("wrapped", f"{what}, the new global weights", got, params)
+    _assert_same_record(
+        "wrapped",
+        f"{what}, the new state",
+        _inner_record(wrapped.state_to_record(state)),
+        bare.state_to_record(bare_state),
+    )
+    mine, theirs = capabilities_of(bare).site_params, capabilities_of(wrapped).site_params
+    if mine is None or theirs is None:
+        return  # the capabilities check found both without per-site models
+    for site in sites:
+        _assert_same_params(
+            "wrapped",
+            f"{what}, the model '{site}' is scored with",
+            _call(
+                "wrapped", f"site_params under {layer.name}", functools.partial(theirs, state, site)
+            ),
+            _call("wrapped", "site_params", functools.partial(mine, bare_state, site)),
+        )
+
+
 # -- resume in a new process ------------------------------------------------------------------
 
 
@@ -485,6 +705,49 @@ def _check_resume(factory: StrategyFactory, *, min_sites: int, seed: int, timeou
             _assert_same_record("resume", what, StateRecord(tensors=tensors, meta=meta), record)
 
 
+def _settings(max_examples: int) -> settings:
+    """Hypothesis settings of every property: derandomised, no deadline, no database."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=False,
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+def _properties(
+    factory: StrategyFactory, cases: st.SearchStrategy[_Case], *, rtol: float, atol: float
+) -> list[Callable[[], None]]:
+    """The generated checks, in the order they run (see the module docstring)."""
+
+    @given(case=cases, data=st.data())
+    def order(case: _Case, data: st.DataObject) -> None:
+        permutation = data.draw(st.permutations(range(len(case.updates))), label="permutation")
+        _check_order(factory, case, permutation)
+
+    @given(case=cases)
+    def identity(case: _Case) -> None:
+        _check_identity(factory, case, rtol=rtol, atol=atol)
+
+    @given(case=cases, factor=st.integers(2, 1000))
+    def scale(case: _Case, factor: int) -> None:
+        _check_scale(factory, case, factor, rtol=rtol, atol=atol)
+
+    @given(case=cases, data=st.data(), rename=st.booleans())
+    def schema(case: _Case, data: st.DataObject, rename: bool) -> None:
+        victim = data.draw(st.integers(0, len(case.updates) - 1), label="victim")
+        _check_schema(factory, case, victim, rename)
+
+    @given(case=cases, layer=st.sampled_from(_LAYERS))
+    def wrapped(case: _Case, layer: _Layer) -> None:
+        _check_wrapped(factory, case, layer)
+
+    return [order, identity, scale, schema, wrapped]
+
+
 def check_strategy(
     factory: StrategyFactory,
     *,
@@ -499,41 +762,9 @@ def check_strategy(
 ) -> None:
     """Run a strategy through the conformance suite; raise AssertionError on the first failure.
 
-    Hypothesis generates rounds: global weights of one to three float32 or
-    float64 tensors (including 0-d ones), between ``min_sites`` and
-    ``max_sites`` sites whose names do not sort in the order they arrive, and
-    updates that are all full weights or all deltas, with random example
-    counts and local step counts. The checks, in order:
-
-    ``name``
-        ``factory()`` builds a strategy with a non-empty ``name``.
-    ``order``
-        Permuting the sites changes neither ``configure``'s instructions nor
-        the new weights nor the new state record, bit for bit; ``aggregate``
-        changes neither the state nor the updates it was given.
-    ``determinism``
-        Aggregating the same updates from the same state twice gives the same
-        weights and state record, bit for bit (no state hidden in ``self``, no
-        unseeded randomness).
-    ``identity``
-        N identical updates (with different example counts) aggregate to that
-        update (full weights; ``global + delta`` for deltas). For a strategy
-        that implements ``aggregate_updates``
-        (:class:`flmi.strategies.base.AggregatesUpdates`, as every composed
-        strategy does) this is checked *before* its server step; otherwise on
-        the new global weights.
-    ``scale``
-        Multiplying every example count by the same integer factor changes the
-        new weights and state record by no more than the tolerances.
-    ``schema``
-        An update with one tensor renamed or reshaped raises an exception
-        whose message names that tensor in quotes (``'conv.weight'``).
-    ``resume``
-        Four rounds straight equal two rounds, the state record saved with
-        :func:`flmi.tensorio.save_tensors`, then loaded and run for two more
-        rounds in a **new process**, bit for bit (weights and state record),
-        for full-weight and for delta updates. Updates are a deterministic
-        function of (round, weights sent, site), so both runs see the same inputs.
+    The checks (``name``, ``order``, ``determinism``, ``identity``, ``scale``,
+    ``schema``, ``wrapped``, ``resume``) and the rounds Hypothesis generates
+    for them are described in :mod:`flmi.testing`.
 
     Parameters
     ----------
@@ -574,40 +805,8 @@ def check_strategy(
     if not 1 <= min_sites <= upper:
         raise ValueError(f"need 1 <= min_sites <= max_sites, got {min_sites} and {upper}")
     _check_name(factory)
-    cases = _cases(min_sites, upper)
-    config = settings(
-        max_examples=max_examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        print_blob=False,
-        report_multiple_bugs=False,
-        suppress_health_check=list(HealthCheck),
-    )
-
-    @config
-    @given(case=cases, data=st.data())
-    def order(case: _Case, data: st.DataObject) -> None:
-        permutation = data.draw(st.permutations(range(len(case.updates))), label="permutation")
-        _check_order(factory, case, permutation)
-
-    @config
-    @given(case=cases)
-    def identity(case: _Case) -> None:
-        _check_identity(factory, case, rtol=rtol, atol=atol)
-
-    @config
-    @given(case=cases, factor=st.integers(2, 1000))
-    def scale(case: _Case, factor: int) -> None:
-        _check_scale(factory, case, factor, rtol=rtol, atol=atol)
-
-    @config
-    @given(case=cases, data=st.data(), rename=st.booleans())
-    def schema(case: _Case, data: st.DataObject, rename: bool) -> None:
-        victim = data.draw(st.integers(0, len(case.updates) - 1), label="victim")
-        _check_schema(factory, case, victim, rename)
-
-    for prop in (order, identity, scale, schema):
-        prop()
+    config = _settings(max_examples)
+    for prop in _properties(factory, _cases(min_sites, upper), rtol=rtol, atol=atol):
+        config(prop)()
     if check_resume:
         _check_resume(factory, min_sites=min_sites, seed=seed, timeout_s=resume_timeout_s)

@@ -10,10 +10,11 @@ import pytest
 
 from flmi.core.messages import ClientUpdate, TrainInstruction, UpdateKind
 from flmi.core.params import Params, check_same_schema, copy_params
-from flmi.core.strategy import StateRecord
+from flmi.core.strategy import Capabilities, StateRecord
 from flmi.strategies.base import ServerState
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.fedopt import FedAvgM, MomentumOptions, MomentumState
+from flmi.strategies.wrapper import StrategyWrapper
 from flmi.testing import check_strategy
 
 # The factories below are top-level classes of an importable module, as the resume
@@ -197,3 +198,51 @@ def test_a_strategy_that_changes_its_input_state_in_place_fails() -> None:
         AssertionError, match=r"check_strategy\[order\]: aggregate changed the state"
     ):
         check_strategy(MutatesState, max_examples=15)
+
+
+class PersonalMean(PlainMean):
+    """A user's personalised strategy: each site is scored with the mean plus its own offset."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            personalised=True,
+            site_params=self.site_params,
+            evaluation_hparams={"finetune_epochs": 2},
+        )
+
+    def site_params(self, state: Params, site: str) -> Params:
+        offset = float(sum(map(ord, site)) % 7)
+        return {k: (v + offset).astype(v.dtype) for k, v in state.items()}
+
+
+class UndeclaredPersonalised(PlainMean):
+    """Says it is personalised the way nothing reads: a property, not a declared capability."""
+
+    @property
+    def personalised(self) -> bool:
+        return True
+
+
+def test_a_personalised_user_strategy_keeps_its_capabilities_under_every_layer() -> None:
+    check_strategy(PersonalMean, max_examples=15, check_resume=False)
+
+
+def test_a_capability_offered_but_not_declared_fails_the_wrapped_check() -> None:
+    with pytest.raises(
+        AssertionError, match=r"check_strategy\[wrapped\]: the strategy has 'personalised'"
+    ):
+        check_strategy(UndeclaredPersonalised, max_examples=5, check_resume=False)
+
+
+def test_a_layer_that_hid_the_capabilities_would_fail_the_wrapped_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What StrategyWrapper did before it passed capabilities on.
+    monkeypatch.setattr(StrategyWrapper, "capabilities", property(lambda self: Capabilities()))
+    with pytest.raises(
+        AssertionError,
+        match=r"check_strategy\[wrapped\]: under per-site settings, the wrapped strategy's "
+        r"capabilities are \[\], expected \['evaluation_hparams', 'personalised', 'site_params'\]",
+    ):
+        check_strategy(PersonalMean, max_examples=5, check_resume=False)
