@@ -15,6 +15,7 @@ from flmi.core.errors import (
     LabelError,
     NonFiniteError,
     PartitionError,
+    RoundFailedError,
     RunDirError,
     SchemaError,
 )
@@ -29,7 +30,7 @@ from flmi.core.messages import (
     UpdateKind,
 )
 from flmi.core.params import Params
-from flmi.core.strategy import StateRecord, Strategy
+from flmi.core.strategy import Capabilities, StateRecord, Strategy, capabilities_of
 from flmi.strategies.fedavg import FedAvg
 
 # Names that need torch load on first use, so `import flmi.core` stays numpy-only and fast.
@@ -51,6 +52,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Capabilities",
     "ClientError",
     "ClientUpdate",
     "Config",
@@ -66,6 +68,7 @@ __all__ = [
     "NonFiniteError",
     "Params",
     "PartitionError",
+    "RoundFailedError",
     "RoundRecord",
     "RunDirError",
     "RunResult",
@@ -78,6 +81,7 @@ __all__ = [
     "TrainInstruction",
     "UpdateKind",
     "__version__",
+    "capabilities_of",
     "load_config",
     "run_experiment",
     "run_federation",
