@@ -166,9 +166,11 @@ def _initial() -> Params:
 
 
 def _updates(name: str, instructions: Mapping[str, TrainInstruction]) -> list[ClientUpdate]:
-    """Each instructed site's new weights (the weights sent plus its own step), with the
-    reports strategies and DP layers read: a DP-SGD report, IFCA's cluster choice,
-    FedNorm's group branch."""
+    """Each instructed site's new weights: the weights sent plus its own step.
+
+    With the reports strategies and DP layers read: a DP-SGD report, IFCA's
+    cluster choice, FedNorm's group branch.
+    """
     out: list[ClientUpdate] = []
     for i, (site, ins) in enumerate(sorted(instructions.items())):
         params = {k: (v + 0.25 * (i + 1)).astype(v.dtype) for k, v in sorted(ins.params.items())}
