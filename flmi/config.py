@@ -540,11 +540,7 @@ def _build_strategy(table: Any) -> StrategyConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"[strategy] must be a table, got {table!r}")
     name = _coerce("strategy.name", table.get("name", "fedavg"), str)
-    spec = STRATEGIES.get(name)
-    if spec is None:
-        raise ConfigError(
-            f"strategy.name: unknown strategy '{name}'; choose one of {sorted(STRATEGIES)}"
-        )
+    spec = STRATEGIES.lookup(name)
     options: dict[str, Any] = {}
     for key, value in table.items():
         if key == "name":
