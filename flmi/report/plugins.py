@@ -107,24 +107,31 @@ def check_plugins(run_path: Path, *, command: str, objects: Set[str] = frozenset
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise RunDirError(f"{path}: unreadable ({exc}); the run directory is damaged") from None
-    for kind, entry in sorted(record.items()):
-        if kind not in REGISTRIES or not isinstance(entry, dict):
-            continue
-        _check_entry(kind, entry, command=command, objects=objects)
+    problems = [
+        problem
+        for kind, entry in sorted(record.items())
+        if kind in REGISTRIES and isinstance(entry, dict)
+        if (problem := _check_entry(kind, entry, command=command, objects=objects)) is not None
+    ]
+    if problems:
+        raise PluginError(f"{command}: " + "; ".join(problems))
 
 
-def _check_entry(kind: str, entry: Mapping[str, Any], *, command: str, objects: Set[str]) -> None:
+def _check_entry(
+    kind: str, entry: Mapping[str, Any], *, command: str, objects: Set[str]
+) -> str | None:
+    """What is wrong with one recorded part (``None``: nothing)."""
     name = str(entry.get("name", ""))
     if "object" in entry:
         if kind not in objects:
-            raise PluginError(
-                f"{command}: this run's {kind} was the Python object {entry['object']}, passed "
+            return (
+                f"this run's {kind} was the Python object {entry['object']}, passed "
                 f"to run_experiment(); pass it again ({kind}=...) from Python to reuse the run"
             )
-        return
+        return None
     dist, version = str(entry.get("distribution", "")), str(entry.get("version", ""))
     if dist == BUILTIN and not entry.get("entry_point"):
-        return
+        return None
     registry = REGISTRIES[kind]
     provider = f"the plug-in package '{dist}' {version}".rstrip() if dist else "a script"
     if name not in registry:
@@ -133,14 +140,14 @@ def _check_entry(kind: str, entry: Mapping[str, Any], *, command: str, objects: 
             if dist and version
             else "register it again before this call"
         )
-        raise PluginError(
-            f"{command}: this run's {kind} '{name}' came from {provider}, which is not "
+        return (
+            f"this run's {kind} '{name}' came from {provider}, which is not "
             f"installed; {install} and run again"
         )
     now = registry.origin(name)
     if dist and now.distribution != dist:
-        raise PluginError(
-            f"{command}: this run's {kind} '{name}' came from {provider}, but '{name}' is now "
+        return (
+            f"this run's {kind} '{name}' came from {provider}, but '{name}' is now "
             f"provided by {now.describe()}; install '{dist}' again or start a new run"
         )
     if version and now.version != version:
@@ -153,3 +160,4 @@ def _check_entry(kind: str, entry: Mapping[str, Any], *, command: str, objects: 
             version,
             now.version,
         )
+    return None

@@ -54,7 +54,7 @@ TASKS: Registry[TaskSpec] = Registry(
 )
 
 
-def _check_targets(task: Task, data: FederatedData) -> None:
+def check_task(task: Task, data: FederatedData) -> None:
     """Every split of every site, and the central test set, must hold targets the task takes."""
     for name, splits in sorted(data.sites.items()):
         for split_name in ("train", "val", "test"):
@@ -192,5 +192,5 @@ def build_task(config: Config, data: FederatedData) -> Task:
 
     check_densenet_images(config, data)
     task = task_for_shape(config, in_channels=in_channels, spatial_dims=spatial_dims)
-    _check_targets(task, data)
+    check_task(task, data)
     return task
