@@ -43,6 +43,8 @@ def test_example_plugin_runs_resumes_and_predicts_from_the_cli(
     out, config = tmp_path / "run", PLUGIN / "blobs.toml"
     with_plugin = [REPO, installed]
 
+    listed = _flmi(["strategies"], path=with_plugin)
+    assert "equal_weight" in listed.stdout and "fedavg" in listed.stdout
     ran = _flmi(["run", str(config), "--out", str(out)], path=with_plugin)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     record = json.loads((out / "plugins.json").read_text())
