@@ -40,24 +40,46 @@ _LAZY = {
     "Site": "flmi.site.site",
     "SitePolicy": "flmi.site.site",
     "SiteState": "flmi.site.state",
+    # Extending flmi (docs/extending.md): the registries and what each holds.
+    "DATA_SOURCES": "flmi.data.source_registry",
+    "DataSourceSpec": "flmi.data.source_registry",
+    "MODELS": "flmi.tasks.model_registry",
+    "NetworkRequest": "flmi.tasks.model_registry",
+    "NetworkSpec": "flmi.tasks.model_registry",
+    "Origin": "flmi.registry",
+    "PluginError": "flmi.registry",
+    "Registry": "flmi.registry",
+    "RUNTIMES": "flmi.runtime.registry",
+    "RuntimeSpec": "flmi.runtime.registry",
+    "STRATEGIES": "flmi.strategies.registry",
+    "StrategySpec": "flmi.strategies.spec",
+    "TASKS": "flmi.tasks.registry",
+    "TaskSpec": "flmi.tasks.registry",
 }
+_RENAMED = {"DATA_SOURCES": "SOURCES"}
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))
     raise AttributeError(f"module 'flmi' has no attribute {name!r}")
 
 
 __all__ = [
     "Capabilities",
+    "DATA_SOURCES",
+    "MODELS",
+    "RUNTIMES",
+    "STRATEGIES",
+    "TASKS",
     "ClientError",
     "ClientUpdate",
     "Config",
     "ConfigError",
     "DataError",
+    "DataSourceSpec",
     "ErrorCode",
     "EvaluateInstruction",
     "EvaluateResult",
@@ -65,19 +87,27 @@ __all__ = [
     "FederationPlan",
     "FlmiError",
     "LabelError",
+    "NetworkRequest",
+    "NetworkSpec",
     "NonFiniteError",
+    "Origin",
     "Params",
     "PartitionError",
     "RoundFailedError",
+    "PluginError",
+    "Registry",
     "RoundRecord",
     "RunDirError",
     "RunResult",
+    "RuntimeSpec",
     "SchemaError",
     "Site",
     "SitePolicy",
     "SiteState",
     "StateRecord",
     "Strategy",
+    "StrategySpec",
+    "TaskSpec",
     "TrainInstruction",
     "UpdateKind",
     "__version__",

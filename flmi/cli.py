@@ -385,6 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             config = load_config(demo_config_path(), overrides=args.overrides)
             return _run(config, args.out or _default_out("demo"))
+        if args.resume and args.out is not None:  # a missing plug-in is named before its name
+            from flmi.report.plugins import check_plugins
+
+            check_plugins(args.out, command="--resume")
         config = load_config(args.config, overrides=args.overrides)
         if args.resume and args.out is None:
             console.print("[red]error:[/red] --resume needs --out: the run directory to continue")

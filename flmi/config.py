@@ -21,6 +21,7 @@ from flmi.core.errors import ConfigError
 from flmi.core.keys import HParam
 from flmi.core.messages import HParamValue
 from flmi.data.download import medmnist_file
+from flmi.data.source_registry import SOURCES, source_for
 from flmi.privacy.clip import update_noise_multiplier
 from flmi.privacy.compat import (
     SAMPLE_DP_REFUSED,
@@ -29,7 +30,10 @@ from flmi.privacy.compat import (
     secagg_noise_room,
 )
 from flmi.privacy.linear import linear_rule
+from flmi.runtime.registry import RUNTIMES
 from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
+from flmi.tasks.model_registry import MODELS
+from flmi.tasks.registry import TASKS
 
 
 @dataclass(frozen=True)
@@ -98,18 +102,12 @@ class DataConfig:
     (``spatial_dims`` 2 or 3) hold zero or more lesions, with masks for
     segmentation, or lesion-present and lesion-class labels for (multi-label)
     classification.
+
+    ``source`` is any name of :data:`flmi.data.source_registry.SOURCES` (a
+    plug-in package may add sources); each checks its own keys.
     """
 
-    source: Literal[
-        "medmnist",
-        "synthetic",
-        "heart_disease",
-        "csv",
-        "manifest",
-        "synthetic_age",
-        "tcga_brca",
-        "synthetic_lesions",
-    ] = "synthetic"
+    source: str = "synthetic"
     path: str = ""
     image_size: int = 28
     n_patients: int = 1600
@@ -188,9 +186,7 @@ class TaskConfig:
     name: str = "classification"
     num_classes: int = 2
     positive_label: int = 1
-    model: Literal["small_cnn", "logistic", "linear", "densenet121", "unet", "segresnet"] = (
-        "small_cnn"
-    )
+    model: str = "small_cnn"  # any network of flmi.tasks.model_registry.MODELS
     width: int = 32
     augment: bool = False
     dtype: Literal["float32", "float64"] = "float32"
@@ -303,7 +299,7 @@ class RuntimeConfig:
     (the ``trackers`` extra).
     """
 
-    name: Literal["inprocess"] = "inprocess"
+    name: str = "inprocess"  # any runtime of flmi.runtime.registry.RUNTIMES
     device: Literal["cpu", "cuda", "auto"] = "auto"
     torch_threads: int = 1
     tensorboard: bool = False
@@ -544,11 +540,7 @@ def _build_strategy(table: Any) -> StrategyConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"[strategy] must be a table, got {table!r}")
     name = _coerce("strategy.name", table.get("name", "fedavg"), str)
-    spec = STRATEGIES.get(name)
-    if spec is None:
-        raise ConfigError(
-            f"strategy.name: unknown strategy '{name}'; choose one of {sorted(STRATEGIES)}"
-        )
+    spec = STRATEGIES.lookup(name)
     options: dict[str, Any] = {}
     for key, value in table.items():
         if key == "name":
@@ -839,6 +831,7 @@ def check_config(c: Config) -> None:
         c.runtime.torch_threads >= 1,
         f"runtime.torch_threads must be at least 1, got {c.runtime.torch_threads}",
     )
+    RUNTIMES.lookup(c.runtime.name)
     check_dp(c)
     _require(
         0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"
@@ -853,68 +846,19 @@ def check_config(c: Config) -> None:
     )
     if d.name:
         medmnist_file(d.name)  # an unknown name is an error now, not after start-up
-    if d.source == "csv":
-        for key in ("path", "label_column", "site_column"):
-            _require(bool(getattr(d, key)), f"data.{key} is required when data.source = 'csv'")
-        _require(
-            p.method == "natural",
-            "a CSV with a site column comes split already: set partition.method = 'natural'",
-        )
-    elif d.source == "tcga_brca":
-        _require(bool(d.path), "data.path is required when data.source = 'tcga_brca'")
-        _require(
-            p.method == "natural" and p.num_sites == 6,
-            "Fed-TCGA-BRCA has its own 6 regions: set partition.method = 'natural' "
-            "and partition.num_sites = 6",
-        )
-    elif d.source == "heart_disease":
-        _require(bool(d.path), "data.path is required when data.source = 'heart_disease'")
-        _require(
-            p.method == "natural" and p.num_sites == 4,
-            "Fed-Heart-Disease has its own 4 hospitals: set partition.method = 'natural' "
-            "and partition.num_sites = 4",
-        )
-    elif d.source == "medmnist":
-        _require(
-            bool(d.path) or bool(d.name),
-            "data.source = 'medmnist' needs data.path (a .npz file) or data.name "
-            "(e.g. 'breastmnist', read from data.cache_dir)",
-        )
-        _require(
-            p.method in ("iid", "dirichlet", "quantity"),
-            f"partition.method = '{p.method}' does not apply to MedMNIST; "
-            "use 'iid', 'dirichlet' or 'quantity'",
-        )
-    elif d.source == "manifest":
-        check_manifest_config(d, p)
-    else:
-        _require(
-            p.method == "natural",
-            f"partition.method = '{p.method}': generated hospitals come split already; "
-            "use 'natural'",
-        )
-        _require(
-            2 <= p.num_sites <= 16,
-            f"partition.num_sites must be 2..16 for synthetic data, got {p.num_sites}",
-        )
-        _require(d.image_size >= 16, f"data.image_size must be at least 16, got {d.image_size}")
-        _require(
-            d.n_patients >= 10 * p.num_sites,
-            f"data.n_patients = {d.n_patients} is too few for {p.num_sites} hospitals",
-        )
-
-
-SEGMENTATION_MODELS = ("unet", "segresnet")
+    source_for(d.source).check(c)
 
 
 def check_task_fits(c: Config) -> None:
     """The task, its model and its data must go together; each message names the key."""
     t, d = c.task, c.data
+    network = MODELS.lookup(t.model)
+    segmenting = [name for name in MODELS.names() if MODELS[name].serves("segmentation")]
     if t.name == "segmentation":
         _require(
-            t.model in SEGMENTATION_MODELS,
+            network.serves("segmentation"),
             f"task.model = '{t.model}' cannot segment; for task.name = 'segmentation' "
-            f"choose one of {list(SEGMENTATION_MODELS)}",
+            f"choose one of {segmenting}",
         )
         _require(
             d.source == "synthetic_lesions",
@@ -924,7 +868,7 @@ def check_task_fits(c: Config) -> None:
         _require(not t.multi_label, "task.multi_label applies to classification only")
     else:
         _require(
-            t.model not in SEGMENTATION_MODELS,
+            network.serves(t.name) or not network.serves("segmentation"),
             f"task.model = '{t.model}' is a segmentation network; set task.name = "
             "'segmentation', or choose 'small_cnn' or 'densenet121' to classify",
         )
@@ -946,79 +890,13 @@ def check_task_fits(c: Config) -> None:
                 "task.num_classes = 2, or task.multi_label = true for one label per lesion class",
             )
     _require(
-        t.norm == "auto" or t.model in ("densenet121", *SEGMENTATION_MODELS),
+        t.norm == "auto" or network.takes_norm,
         f"task.norm applies to MONAI networks; task.model = '{t.model}' has its own "
         "normalisation: leave task.norm = 'auto'",
     )
     _require(t.init_features >= 1, f"task.init_features must be at least 1, got {t.init_features}")
     _require(t.growth_rate >= 1, f"task.growth_rate must be at least 1, got {t.growth_rate}")
     _require(0.0 <= t.sw_overlap < 1.0, f"task.sw_overlap must be in [0, 1), got {t.sw_overlap}")
-    if d.source == "synthetic_lesions":
-        _require(
-            d.spatial_dims in (2, 3),
-            f"data.spatial_dims must be 2 or 3, got {d.spatial_dims}",
-        )
-
-
-def check_manifest_config(d: DataConfig, p: PartitionConfig) -> None:
-    """Cross-field checks of ``source = "manifest"`` and its ``[data.transforms]``."""
-    _require(bool(d.path), "data.path is required when data.source = 'manifest' (the CSV file)")
-    _require(bool(d.image_column), "data.image_column must name the column of image paths")
-    _require(
-        bool(d.label_column) or bool(d.mask_column),
-        "data.source = 'manifest' needs data.label_column (classification) or "
-        "data.mask_column (segmentation masks)",
-    )
-    _require(
-        d.empty_labels == "error" or bool(d.label_column),
-        "data.empty_labels = 'unlabeled' marks rows with an empty data.label_column cell; "
-        "name the label column, or leave empty_labels at 'error'",
-    )
-    if d.site_column:
-        _require(
-            p.method == "natural",
-            "a manifest with a site column comes split already: set partition.method = 'natural'",
-        )
-    else:
-        _require(
-            p.method in ("iid", "dirichlet", "quantity"),
-            f"partition.method = '{p.method}' needs data.site_column; without one, use "
-            "'iid', 'dirichlet' or 'quantity'",
-        )
-    t = d.transforms
-    _require(
-        len(t.spatial_size) in (0, 2, 3) and all(v >= 1 for v in t.spatial_size),
-        f"data.transforms.spatial_size must hold 2 (images) or 3 (volumes) positive sizes, "
-        f"got {t.spatial_size}",
-    )
-    _require(
-        len(t.spacing) in (0, 2, 3) and all(v > 0 for v in t.spacing),
-        f"data.transforms.spacing must hold 2 or 3 positive voxel sizes in mm, got {t.spacing}",
-    )
-    _require(
-        not (t.spatial_size and t.spacing) or len(t.spatial_size) == len(t.spacing),
-        f"data.transforms.spacing {t.spacing} and spatial_size {t.spatial_size} must have "
-        "one value per spatial axis each",
-    )
-    if t.orientation:
-        _require(
-            len(t.orientation) == 3 and set(t.orientation.upper()) <= set("LRAPSI"),
-            f"data.transforms.orientation must be three axis codes such as 'RAS', "
-            f"got {t.orientation!r}",
-        )
-        _require(
-            len(t.spatial_size) != 2 and len(t.spacing) != 2,
-            "data.transforms.orientation applies to volumes: give spatial_size (or spacing) "
-            "3 values, or leave orientation out",
-        )
-    _require(
-        t.channels in (0, 1, 3),
-        f"data.transforms.channels must be 0 (keep), 1 or 3, got {t.channels}",
-    )
-    _require(
-        t.window_width > 0,
-        f"data.transforms.window_width must be positive, got {t.window_width}",
-    )
 
 
 def check_privacy(c: Config) -> None:
@@ -1054,32 +932,19 @@ def check_privacy(c: Config) -> None:
     )
 
 
-TASK_SOURCES = {
-    "classification": (
-        "synthetic",
-        "medmnist",
-        "heart_disease",
-        "csv",
-        "manifest",
-        "synthetic_lesions",
-    ),
-    "regression": ("synthetic_age", "csv"),
-    "survival": ("tcga_brca",),
-    "segmentation": ("synthetic_lesions",),
-}
-
-
 def _check_task(c: Config) -> None:
-    """The task exists, fits the data source, and its own keys are in range."""
-    from flmi.tasks.registry import TASKS
+    """The task exists, fits the data source, and its own keys are in range.
 
+    A task fits a source when the task lists the source or the source lists the task.
+    """
     t, r = c.task, c.report
-    _require(t.name in TASKS, f"task.name: unknown task '{t.name}'; choose one of {sorted(TASKS)}")
-    sources = TASK_SOURCES.get(t.name)
+    task = TASKS.lookup(t.name)
+    source_for(c.data.source)  # an unknown source is named before the fit is checked
+    fitting = [n for n in SOURCES.names() if n in task.sources or t.name in SOURCES[n].tasks]
     _require(
-        sources is None or c.data.source in sources,
+        c.data.source in fitting,
         f"task.name = '{t.name}' does not fit data.source = '{c.data.source}'; "
-        f"use one of {list(sources or ())}",
+        f"use one of {fitting}",
     )
     _require(t.target_scale > 0, f"task.target_scale must be positive, got {t.target_scale}")
     _require(r.min_count >= 1, f"report.min_count must be at least 1, got {r.min_count}")

@@ -23,9 +23,11 @@ from flmi.config import config_from_dict
 from flmi.core.errors import RunDirError
 from flmi.data.images import ImageBatch, read_images
 from flmi.report.curves import DEFAULT_THRESHOLD, bin_index
+from flmi.report.plugins import check_plugins
 from flmi.report.rundir import CONFIG, MODEL
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.device import resolve_device
+from flmi.tasks.image_tasks import densenet_settings
 from flmi.tasks.torch_params import load_params
 from flmi.tensorio import atomic_write_bytes, load_tensors
 
@@ -66,12 +68,15 @@ def load_trained_model(run_dir: Path, *, device: str | None = None) -> TrainedMo
     RunDirError
         The run directory lacks ``config.toml`` or the model, or the model's
         sidecar lacks what rebuilding needs.
+    PluginError
+        The run used a plug-in package that is not installed (named).
     """
     for name in (CONFIG, MODEL):
         if not (run_dir / name).is_file():
             raise RunDirError(
                 f"{run_dir / name} is missing; point `flmi predict` at a finished run directory"
             )
+    check_plugins(run_dir, command="flmi predict")
     config = config_from_dict(tomllib.loads((run_dir / CONFIG).read_text()))
     params, meta = load_tensors(path=run_dir / MODEL)
     missing = [k for k in ("in_channels", "spatial_dims", "input_shape") if k not in meta]
@@ -90,6 +95,7 @@ def load_trained_model(run_dir: Path, *, device: str | None = None) -> TrainedMo
         width=t.width,
         augment=False,
         dtype=t.dtype,
+        densenet=densenet_settings(config),
     )
     where = resolve_device(device if device is not None else config.runtime.device)
     model = task.build_model(seed=config.federation.seed).to(where)

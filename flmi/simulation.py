@@ -31,6 +31,7 @@ from flmi.core.federation import (
     FederationPlan,
     FederationResult,
     RoundRecord,
+    Runtime,
     evaluate_strategy_sites,
     is_personalised,
     mean_metrics,
@@ -55,11 +56,13 @@ from flmi.report.before_training import describe_sites, survival_curves
 from flmi.report.km_report import write_km
 from flmi.report.model_card import CARD_MD, write_model_card
 from flmi.report.operating import ArmCurves, arm_curves, curves_json
+from flmi.report.plugins import plugin_record
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import ArmResult, arm_json, privacy_block, sites_json, versions
 from flmi.report.trackers import Tracker, check_trackers, close_all, open_trackers
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
+from flmi.runtime.registry import RUNTIMES
 from flmi.site.faults import Fault, FaultSpec, FaultySite, flip_labels
 from flmi.site.site import Site
 from flmi.strategies.fedavg import FedAvg
@@ -69,7 +72,7 @@ from flmi.strategies.unlabeled_added import UnlabeledAdded
 from flmi.strategies.unlabeled_weight import UnlabeledWeight
 from flmi.tasks.base import Task
 from flmi.tasks.device import resolve_device
-from flmi.tasks.registry import build_task
+from flmi.tasks.registry import build_task, check_task
 from flmi.tasks.torch_params import load_params, params_copy
 from flmi.tasks.transfer import frozen_names, load_init_weights
 
@@ -78,21 +81,29 @@ log = logging.getLogger("flmi.simulation")
 ProgressFn = Callable[[RoundRecord, int], None]
 
 
-def make_strategy(config: Config, site_names: Sequence[str]) -> Strategy[Any]:
+def make_strategy(
+    config: Config, site_names: Sequence[str], *, base: Strategy[Any] | None = None
+) -> Strategy[Any]:
     """The configured strategy for ``site_names``: ``[sites.NAME]`` overrides, then DP.
 
     The one place the server's strategy is built, for ``flmi run`` and ``flmi server``.
+    ``base`` replaces the strategy ``[strategy] name`` selects (a strategy
+    object passed to :func:`run_experiment`); the same wrappers go around it.
     """
-    strategy = build_strategy(
-        name=config.strategy.name,
-        hparams=training_hparams(config),
-        options=config.strategy.options,
-        context=BuildContext(
-            num_sites=len(site_names),
-            seed=config.federation.seed,
-            site_groups=site_groups(config),
-            site_names=tuple(sorted(site_names)),
-        ),
+    strategy = (
+        base
+        if base is not None
+        else build_strategy(
+            name=config.strategy.name,
+            hparams=training_hparams(config),
+            options=config.strategy.options,
+            context=BuildContext(
+                num_sites=len(site_names),
+                seed=config.federation.seed,
+                site_groups=site_groups(config),
+                site_names=tuple(sorted(site_names)),
+            ),
+        )
     )
     # Sites left out (unlabeled sites without semi-supervised training) get no overrides.
     overrides = {s: v for s, v in site_overrides(config).items() if s in site_names}
@@ -310,7 +321,7 @@ def _final_evaluation(
     *,
     strategy: Strategy[Any],
     result: FederationResult,
-    runtime: InProcessRuntime,
+    runtime: Runtime,
     central: CentralEvaluator | None,
     config: Config,
 ) -> ArmResult:
@@ -409,6 +420,8 @@ def run_experiment(
     out: Path | None,
     progress: ProgressFn | None = None,
     resume: bool = False,
+    strategy: Strategy[Any] | None = None,
+    task: Task | None = None,
 ) -> RunResult:
     """Run the federated arm, and the pooled and local arms when the config asks.
 
@@ -428,6 +441,13 @@ def run_experiment(
         Continue the run in ``out`` after its last checkpointed round: same
         config, strategy state, site states and metrics history up to that
         round; lines written after it and every baseline are redone.
+    strategy
+        A strategy object to run instead of the one ``[strategy] name``
+        selects (as Flower takes a Strategy); ``[sites.NAME]`` settings and
+        ``[privacy]`` still wrap it. Pass it again to resume.
+    task
+        A task object to train instead of the one ``[task] name`` builds;
+        every target of the data is checked against it. Pass it again to resume.
     """
     started = time.perf_counter()
     torch.set_num_threads(config.runtime.torch_threads)
@@ -435,10 +455,16 @@ def run_experiment(
     data = load_data(config)
     check_site_names(config, list(data.sites))
     data, left_out = semi_supervised_data(config, data)
-    task = build_task(config, data)
+    objects: dict[str, object] = {
+        kind: part for kind, part in (("strategy", strategy), ("task", task)) if part is not None
+    }
+    if task is None:
+        task = build_task(config, data)
+    else:
+        check_task(task, data)
     seed, f = config.federation.seed, config.federation
     hparams = training_hparams(config)
-    strategy = make_strategy(config, list(data.sites))
+    strategy = make_strategy(config, list(data.sites), base=strategy)
     if config.privacy.dp == "sample":
         check_dp_model(task.build_model(seed=seed))
     secure = build_secure(config.privacy, strategy=strategy.name, site_names=sorted(data.sites))
@@ -447,7 +473,8 @@ def run_experiment(
     data_report = describe_sites(config, data)
     curves = survival_curves(config, data) if config.task.name == "survival" else None
     initial = params_copy(initial_model(config, task, seed=seed))
-    run, resume_point = open_run(config=config, out=out, resume=resume)
+    plugins = plugin_record(config, objects=objects)
+    run, resume_point = open_run(config=config, out=out, resume=resume, plugins=plugins)
     if run is not None and curves is not None:
         write_km(run.path, curves)
     # Flushed every round; a run that dies leaves its trackers as of its last round.
@@ -493,7 +520,7 @@ def run_experiment(
         return protect_sites(config.privacy, endpoints)
 
     central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
-    sites_runtime = InProcessRuntime(sites=make_federated_sites())
+    sites_runtime = RUNTIMES.lookup(config.runtime.name).build(sites=make_federated_sites())
     plan = FederationPlan(
         rounds=f.rounds,
         fraction=f.fraction,
@@ -638,6 +665,7 @@ def run_experiment(
         Record.TORCH_THREADS: torch.get_num_threads(),
         "device": str(device),
         "strategy": strategy.name,
+        "plugins": plugins,
         Record.PRIVACY: dataclasses.asdict(config.privacy),
         Record.VERSIONS: versions(),
         # Class counts for tasks with classes (segmentation: cases containing each class).

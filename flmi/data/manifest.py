@@ -23,10 +23,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flmi.config import TransformsConfig
 from flmi.core.errors import DataError
 from flmi.core.keys import Split
 from flmi.core.rng import generator
@@ -35,6 +35,9 @@ from flmi.data.heart_disease import flamby_split
 from flmi.data.partition import partition_indices
 from flmi.data.readers import UnreadableCode, UnreadableImage, read_image, site_log
 from flmi.data.transforms import ImagePipeline
+
+if TYPE_CHECKING:
+    from flmi.config import TransformsConfig
 
 SPLITS = (Split.TRAIN, Split.VAL, Split.TEST)
 DEFAULT_SITE = "site_1"

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flmi.config import Config, partition_seed
-from flmi.core.errors import ConfigError, DataError
+from flmi.core.errors import ConfigError
 from flmi.data.arrays import FederatedData
-from flmi.data.download import DEFAULT_CACHE, fetch_medmnist, file_md5, medmnist_file
-from flmi.data.heart_disease import load_heart_disease
-from flmi.data.manifest import load_manifest, manifest_federated_data
-from flmi.data.medmnist import load_medmnist_npz
-from flmi.data.partition import check_min_examples, partition
+from flmi.data.builtin_sources import medmnist_path
 from flmi.data.scanner_shift import apply_scanner_shift
-from flmi.data.synthetic import generate_hospitals, make_profiles
-from flmi.data.synthetic_age import generate_age_hospitals
-from flmi.data.synthetic_lesions import lesion_data
-from flmi.data.tabular import load_csv_sites
-from flmi.data.tcga_brca import load_tcga_brca
+from flmi.data.source_registry import SOURCES, source_for
 
-#: Sources whose images ``partition.scanner_shift`` may pass through per-site scanners.
-SCANNER_SHIFT_SOURCES = ("medmnist", "manifest")
+__all__ = ["load_data", "medmnist_path"]
 
 
 def load_data(config: Config) -> FederatedData:
@@ -30,147 +19,14 @@ def load_data(config: Config) -> FederatedData:
     scanner of its own (:func:`flmi.data.scanner_shift.apply_scanner_shift`).
     """
     seed = partition_seed(config)
+    spec = source_for(config.data.source)
     if not config.partition.scanner_shift:
-        return _load(config, seed=seed)
-    if config.data.source not in SCANNER_SHIFT_SOURCES:
+        return spec.load(config, seed)
+    if not spec.scanner_shift:
+        shifted = [name for name in SOURCES.names() if SOURCES[name].scanner_shift]
         raise ConfigError(
-            f"partition.scanner_shift: works on {' and '.join(SCANNER_SHIFT_SOURCES)} images, "
+            f"partition.scanner_shift: works on {' and '.join(shifted)} images, "
             f"not on data.source = {config.data.source!r} (generated hospitals already have "
             "scanners of their own; tables have no images); remove partition.scanner_shift"
         )
-    return apply_scanner_shift(_load(config, seed=seed), seed=seed)
-
-
-def _load(config: Config, *, seed: int) -> FederatedData:
-    d, p = config.data, config.partition
-    if d.source == "medmnist":
-        splits = load_medmnist_npz(path=medmnist_path(config))
-        return partition(
-            train=splits.train,
-            val=splits.val,
-            test=splits.test,
-            method=p.method,
-            num_sites=p.num_sites,
-            seed=seed,
-            alpha=p.alpha,
-            min_examples_per_site=p.min_examples_per_site,
-        )
-    if d.source == "csv":
-        data, _classes = load_csv_sites(
-            path=Path(d.path),
-            label_column=d.label_column,
-            site_column=d.site_column,
-            feature_columns=d.feature_columns,
-            split_seed=d.split_seed,
-            test_fraction=d.test_fraction,
-            val_fraction=d.val_fraction,
-            numeric_label=config.task.name == "regression",
-        )
-        if len(data.sites) != p.num_sites:
-            raise ConfigError(
-                f"partition.num_sites = {p.num_sites}, but column '{d.site_column}' names "
-                f"{len(data.sites)} sites ({', '.join(data.sites)}); set partition.num_sites = "
-                f"{len(data.sites)}"
-            )
-        check_min_examples(
-            data=data, min_examples_per_site=p.min_examples_per_site, require_val=d.val_fraction > 0
-        )
-        return data
-    if d.source == "manifest":
-        return _manifest_data(config, seed=seed)
-    if d.source == "heart_disease":
-        data = load_heart_disease(
-            directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction
-        )
-        check_min_examples(
-            data=data,
-            min_examples_per_site=p.min_examples_per_site,
-            require_val=d.val_fraction > 0,
-        )
-        return data
-    if d.source == "synthetic_lesions":
-        data = lesion_data(config, seed=seed)
-        check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
-        return data
-    if d.source == "tcga_brca":
-        data = load_tcga_brca(
-            directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction
-        )
-        check_min_examples(
-            data=data, min_examples_per_site=p.min_examples_per_site, require_val=d.val_fraction > 0
-        )
-        return data
-    profiles = make_profiles(num_sites=p.num_sites, seed=seed, n_patients_total=d.n_patients)
-    if d.source == "synthetic_age":
-        data = generate_age_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
-    else:
-        data = generate_hospitals(profiles=profiles, seed=seed, image_size=d.image_size)
-    check_min_examples(data=data, min_examples_per_site=p.min_examples_per_site)
-    return data
-
-
-def medmnist_path(config: Config) -> Path:
-    """The MedMNIST file: ``data.path``, or ``data.name`` from the cache (downloaded if allowed).
-
-    With both set, the file at ``data.path`` must have the official MD5 of ``data.name``.
-    """
-    d = config.data
-    if d.path:
-        path = Path(d.path)
-        if d.name and path.is_file():
-            entry = medmnist_file(d.name)
-            found = file_md5(path)
-            if found != entry.md5:
-                raise DataError(
-                    f"{path}: MD5 {found} is not the official MD5 of '{entry.name}' "
-                    f"({entry.md5}); download the file again, or leave data.name out to "
-                    "use this file as it is"
-                )
-        return path
-    return fetch_medmnist(
-        name=d.name,
-        cache_dir=Path(d.cache_dir) if d.cache_dir else DEFAULT_CACHE,
-        allow_download=d.allow_download,
-        url=d.download_url,
-    )
-
-
-def _manifest_data(config: Config, *, seed: int) -> FederatedData:
-    d, p = config.data, config.partition
-    if d.mask_column and config.task.name == "classification":
-        raise ConfigError(
-            "data.mask_column gives segmentation masks, which [task] name = 'classification' "
-            "cannot use; set data.label_column and leave mask_column out"
-        )
-    loaded = load_manifest(
-        path=Path(d.path),
-        image_column=d.image_column,
-        transforms=d.transforms,
-        label_column=d.label_column,
-        mask_column=d.mask_column,
-        site_column=d.site_column,
-        split_column=d.split_column,
-        on_unreadable=d.on_unreadable,
-        empty_labels=d.empty_labels,
-    )
-    data = manifest_federated_data(
-        loaded=loaded,
-        split_seed=d.split_seed,
-        test_fraction=d.test_fraction,
-        val_fraction=d.val_fraction,
-        method=p.method,
-        num_sites=p.num_sites,
-        seed=seed,
-        alpha=p.alpha,
-    )
-    if p.method == "natural" and len(data.sites) != p.num_sites:
-        raise ConfigError(
-            f"partition.num_sites = {p.num_sites}, but column '{d.site_column}' of the manifest "
-            f"names {len(data.sites)} sites with readable images ({', '.join(data.sites)}); "
-            f"set partition.num_sites = {len(data.sites)}"
-        )
-    require_val = d.val_fraction > 0 or bool(d.split_column)
-    check_min_examples(
-        data=data, min_examples_per_site=p.min_examples_per_site, require_val=require_val
-    )
-    return data
+    return apply_scanner_shift(spec.load(config, seed), seed=seed)

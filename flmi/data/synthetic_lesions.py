@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flmi.config import Config
 from flmi.core.errors import ConfigError
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.synthetic import (
@@ -36,6 +36,9 @@ from flmi.data.synthetic import (
     check_split_fractions,
     make_profiles,
 )
+
+if TYPE_CHECKING:
+    from flmi.config import Config
 
 MIN_IMAGE_SIZE = 16
 MAX_LESION_CLASSES = 8

@@ -12,13 +12,15 @@ its label values.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from flmi.config import TransformsConfig
 from flmi.core.errors import DataError
+
+if TYPE_CHECKING:
+    from flmi.config import TransformsConfig
 
 _IMAGE_DIMS = 2
 _VOLUME_DIMS = 3

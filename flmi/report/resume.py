@@ -10,13 +10,24 @@ from flmi.config import Config, config_from_dict
 from flmi.core.errors import ConfigError, RunDirError
 from flmi.core.federation import ResumePoint, RoundRecord
 from flmi.core.keys import Arm
+from flmi.report.plugins import check_plugins, plugin_record, write_plugins
 from flmi.report.rundir import RunDir
 
 
 def open_run(
-    *, config: Config, out: Path | None, resume: bool
+    *,
+    config: Config,
+    out: Path | None,
+    resume: bool,
+    plugins: Mapping[str, Any] | None = None,
 ) -> tuple[RunDir | None, ResumePoint | None]:
-    """Create the run directory, or reopen it to resume after its last checkpoint."""
+    """Create the run directory, or reopen it to resume after its last checkpoint.
+
+    ``plugins`` is what ``plugins.json`` records (default: every part's
+    registry origin, :func:`flmi.report.plugins.plugin_record`); a resume
+    first checks that every plug-in the run used is installed.
+    """
+    record = plugins if plugins is not None else plugin_record(config)
     if out is None:
         if resume:
             raise RunDirError("--resume needs --out: the run directory to continue")
@@ -24,8 +35,11 @@ def open_run(
     if not resume:
         run = RunDir.create(path=out)
         run.write_config(config.to_dict())
+        write_plugins(run.path, record)
         return run, None
     run = RunDir.open_for_resume(path=out)
+    objects = {kind for kind, entry in record.items() if "object" in entry}
+    check_plugins(out, command="--resume", objects=objects)
     snapshot = config_from_dict(run.read_config())
     if snapshot != config:
         theirs, ours = snapshot.to_dict(), config.to_dict()

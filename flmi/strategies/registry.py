@@ -1,14 +1,20 @@
-"""Strategy names the config can select, their options, and how each is built."""
+"""The strategies a config can select by ``[strategy] name``.
+
+:data:`STRATEGIES` is a :class:`flmi.registry.Registry` of
+:class:`~flmi.strategies.spec.StrategySpec`: flmi's own strategies are
+registered below, one call each, in alphabetical order; a plug-in package adds
+its own through the ``flmi.strategies`` entry-point group (see
+``docs/extending.md``), and a script through ``STRATEGIES.register(name, spec)``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
-from flmi.core.errors import ConfigError
 from flmi.core.messages import HParamValue
 from flmi.core.strategy import Strategy
+from flmi.registry import BUILTIN_ORIGIN, Registry, instance_check
 from flmi.strategies.cusfl import CustomHead
 from flmi.strategies.cyclic import Cyclic, CyclicOptions
 from flmi.strategies.ditto import Ditto, DittoOptions
@@ -28,7 +34,7 @@ from flmi.strategies.fedopt import (
 from flmi.strategies.fedprox import FedProx, ProxOptions
 from flmi.strategies.finetune import FineTune, FinetuneOptions
 from flmi.strategies.ifca import Ifca, IfcaOptions
-from flmi.strategies.options import Option, OptionValue, check_type, options_of
+from flmi.strategies.options import options_of
 from flmi.strategies.robust import (
     GeometricMedian,
     GeometricMedianOptions,
@@ -40,125 +46,35 @@ from flmi.strategies.robust import (
     TrimmedMeanOptions,
 )
 from flmi.strategies.scaffold import Scaffold, ScaffoldOptions
+from flmi.strategies.spec import BuildContext, Builder, StrategySpec, fixed
+
+__all__ = ["STRATEGIES", "BuildContext", "Builder", "StrategySpec", "build_strategy"]
+
+STRATEGIES: Registry[StrategySpec] = Registry(
+    kind="strategy",
+    group="flmi.strategies",
+    field="strategy.name",
+    check=instance_check("strategy", StrategySpec),
+)
 
 
-@dataclass(frozen=True)
-class BuildContext:
-    """What some strategies need to know about the federation they serve.
-
-    Parameters
-    ----------
-    num_sites
-        Sites in the federation (SCAFFOLD's ``N``).
-    seed
-        The run seed (the order in which cyclic training visits sites).
-    site_groups
-        ``{site: group}`` from ``[sites.NAME] group`` (FedNorm's modalities).
-    site_names
-        Every site's name, once the data is loaded (empty while only the
-        config is checked).
-    """
-
-    num_sites: int = 1
-    seed: int = 0
-    site_groups: Mapping[str, str] = field(default_factory=dict)
-    site_names: tuple[str, ...] = ()
+def _builtin(name: str, spec: StrategySpec) -> None:
+    STRATEGIES.register(name, spec, origin=BUILTIN_ORIGIN)
 
 
-Builder = Callable[[Mapping[str, HParamValue], Mapping[str, Any], BuildContext], Strategy[Any]]
-
-
-def _one_update(_options: Mapping[str, Any]) -> int:
-    return 1
-
-
-@dataclass(frozen=True)
-class StrategySpec:
-    """A selectable strategy.
-
-    Parameters
-    ----------
-    summary
-        One line for ``flmi strategies``: what it does and its paper.
-    options
-        Its own ``[strategy]`` keys, each with a type, a default and a help line.
-    build
-        Builds the strategy from the local-training settings and the options,
-        which :meth:`resolve_options` has already type-checked and completed
-        with defaults. Out-of-range values raise a :class:`ConfigError` naming
-        ``strategy.KEY``.
-    linear
-        Whether the aggregate is a linear function of the updates (a weighted
-        sum), which secure aggregation requires.
-    min_updates
-        The fewest valid updates a round needs under the given (resolved) options.
-    max_updates
-        The most updates a round produces (cyclic training: one), if bounded.
-    """
-
-    summary: str
-    options: Mapping[str, Option]
-    build: Builder
-    linear: bool = False
-    min_updates: Callable[[Mapping[str, Any]], int] = field(default=_one_update)
-    max_updates: int | None = None
-
-    def option_types(self) -> dict[str, type]:
-        """``{key: type}`` for every option (what the config checks values against)."""
-        return {key: option.type for key, option in self.options.items()}
-
-    def defaults(self) -> dict[str, OptionValue]:
-        """``{key: default}`` for every option."""
-        return {key: option.default for key, option in self.options.items()}
-
-    def resolve_options(self, options: Mapping[str, Any]) -> dict[str, OptionValue]:
-        """Every option's value: the given ones, type-checked, and defaults for the rest.
-
-        Raises
-        ------
-        ConfigError
-            An unknown key, or a value of the wrong type, naming ``strategy.KEY``.
-        """
-        resolved = self.defaults()
-        for key, value in sorted(options.items()):
-            if key not in self.options:
-                allowed = ", ".join(sorted(["name", *self.options]))
-                raise ConfigError(f"unknown key 'strategy.{key}'; this strategy takes: {allowed}")
-            resolved[key] = check_type(key, value, self.options[key].type)
-        return resolved
-
-
-def _fixed(make: Callable[[Mapping[str, HParamValue]], Strategy[Any]]) -> Builder:
-    def build(
-        hparams: Mapping[str, HParamValue], _options: Mapping[str, Any], _context: BuildContext
-    ) -> Strategy[Any]:
-        return make(hparams)
-
-    return build
-
-
-STRATEGIES: Mapping[str, StrategySpec] = {
-    "fedavg": StrategySpec(
-        summary="FedAvg: example-weighted mean of site models (McMahan et al. 2017)",
+_builtin(
+    "cusfl",
+    StrategySpec(
+        summary="cusfl: federated feature extractor, a private head at every site (FedPer/FedRep)",
         options={},
-        build=_fixed(lambda h: FedAvg(hparams=h)),
+        build=fixed(lambda h: CustomHead(hparams=h)),
         linear=True,
     ),
-    "fedprox": StrategySpec(
-        summary="FedProx: FedAvg plus a proximal term in local training (Li et al. 2020)",
-        options=options_of(ProxOptions),
-        build=lambda h, o, _c: FedProx(hparams=h, options=ProxOptions(**o)),
-        linear=True,
-    ),
-    "scaffold": StrategySpec(
-        summary="SCAFFOLD: control variates correct client drift (Karimireddy et al. 2020)",
-        options=options_of(ScaffoldOptions),
-        build=lambda h, o, c: Scaffold(
-            hparams=h, server_lr=ScaffoldOptions(**o).server_lr, num_sites=c.num_sites
-        ),
-        linear=True,
-    ),
-    "cyclic": StrategySpec(
+)
+
+_builtin(
+    "cyclic",
+    StrategySpec(
         summary="Cyclic weight transfer: the model visits one site per round (Chang et al. 2018)",
         options=options_of(CyclicOptions),
         build=lambda h, o, c: Cyclic(
@@ -166,101 +82,187 @@ STRATEGIES: Mapping[str, StrategySpec] = {
         ),
         max_updates=1,
     ),
-    "fedbn": StrategySpec(
-        summary="FedBN: normalisation layers stay at each site (Li et al. 2021)",
-        options={},
-        build=_fixed(lambda h: FedBN(hparams=h, mu=0.0, name="fedbn")),
-        linear=True,
-    ),
-    "fedpxn": StrategySpec(
-        summary="FedPxN: FedProx plus site-local normalisation layers",
-        options=options_of(ProxOptions),
-        build=lambda h, o, _c: build_fedpxn(h, ProxOptions(**o)),
-        linear=True,
-    ),
-    "ditto": StrategySpec(
+)
+
+_builtin(
+    "ditto",
+    StrategySpec(
         summary="Ditto: FedAvg plus a regularised personal model per site (Li et al. 2021)",
         options=options_of(DittoOptions),
         build=lambda h, o, _c: Ditto(hparams=h, options=DittoOptions(**o)),
         linear=True,
     ),
-    "ifca": StrategySpec(
-        summary="IFCA: k cluster models, each site trains its best fit (Ghosh et al. 2020)",
-        options=options_of(IfcaOptions),
-        build=lambda h, o, c: Ifca(hparams=h, options=IfcaOptions(**o), seed=c.seed),
-    ),
-    "cusfl": StrategySpec(
-        summary="cusfl: federated feature extractor, a private head at every site (FedPer/FedRep)",
-        options={},
-        build=_fixed(lambda h: CustomHead(hparams=h)),
-        linear=True,
-    ),
-    "finetune": StrategySpec(
-        summary="FedAvg, then each site fine-tunes the model locally before it is scored",
-        options=options_of(FinetuneOptions),
-        build=lambda h, o, _c: FineTune(hparams=h, options=FinetuneOptions(**o)),
-        linear=True,
-    ),
-    "fednorm": StrategySpec(
-        summary="FedNorm: normalisation layers averaged per modality group (Bernecker et al. 2022)",
-        options={},
-        build=lambda h, _o, c: FedNorm(hparams=h, groups=c.site_groups, sites=c.site_names),
-        linear=True,
-    ),
-    "fedavgm": StrategySpec(
-        summary="FedAvgM: FedAvg with server momentum (Hsu et al. 2019)",
-        options=options_of(MomentumOptions),
-        build=lambda h, o, _c: FedAvgM(hparams=h, options=MomentumOptions(**o)),
-        linear=True,
-    ),
-    "fedadam": StrategySpec(
-        summary="FedAdam: Adam on the server's pseudo-gradient (Reddi et al. 2021)",
-        options=options_of(AdaptiveOptions),
-        build=lambda h, o, _c: FedAdam(hparams=h, options=AdaptiveOptions(**o)),
-        linear=True,
-    ),
-    "fedyogi": StrategySpec(
-        summary="FedYogi: Yogi on the server's pseudo-gradient (Reddi et al. 2021)",
-        options=options_of(AdaptiveOptions),
-        build=lambda h, o, _c: FedYogi(hparams=h, options=AdaptiveOptions(**o)),
-        linear=True,
-    ),
-    "fedadagrad": StrategySpec(
+)
+
+_builtin(
+    "fedadagrad",
+    StrategySpec(
         summary="FedAdagrad: Adagrad on the server's pseudo-gradient (Reddi et al. 2021)",
         options=options_of(AdagradOptions),
         build=lambda h, o, _c: FedAdagrad(hparams=h, options=AdagradOptions(**o)),
         linear=True,
     ),
-    "fednova": StrategySpec(
-        summary="FedNova: averaging normalised by local steps (Wang et al. 2020)",
-        options={},
-        build=_fixed(lambda h: FedNova(hparams=h)),
+)
+
+_builtin(
+    "fedadam",
+    StrategySpec(
+        summary="FedAdam: Adam on the server's pseudo-gradient (Reddi et al. 2021)",
+        options=options_of(AdaptiveOptions),
+        build=lambda h, o, _c: FedAdam(hparams=h, options=AdaptiveOptions(**o)),
         linear=True,
     ),
-    "median": StrategySpec(
-        summary="Coordinate-wise median, example-weighted with a cap per site or uniform, "
-        "robust (Yin et al. 2018)",
-        options=options_of(MedianOptions),
-        build=lambda h, o, _c: Median(hparams=h, options=MedianOptions(**o)),
+)
+
+_builtin(
+    "fedavg",
+    StrategySpec(
+        summary="FedAvg: example-weighted mean of site models (McMahan et al. 2017)",
+        options={},
+        build=fixed(lambda h: FedAvg(hparams=h)),
+        linear=True,
     ),
-    "trimmed_mean": StrategySpec(
-        summary="Coordinate-wise trimmed mean: drop sites at each end, weighted or plain mean "
-        "of the rest, robust (Yin et al. 2018)",
-        options=options_of(TrimmedMeanOptions),
-        build=lambda h, o, _c: TrimmedMean(hparams=h, options=TrimmedMeanOptions(**o)),
+)
+
+_builtin(
+    "fedavgm",
+    StrategySpec(
+        summary="FedAvgM: FedAvg with server momentum (Hsu et al. 2019)",
+        options=options_of(MomentumOptions),
+        build=lambda h, o, _c: FedAvgM(hparams=h, options=MomentumOptions(**o)),
+        linear=True,
     ),
-    "krum": StrategySpec(
+)
+
+_builtin(
+    "fedbn",
+    StrategySpec(
+        summary="FedBN: normalisation layers stay at each site (Li et al. 2021)",
+        options={},
+        build=fixed(lambda h: FedBN(hparams=h, mu=0.0, name="fedbn")),
+        linear=True,
+    ),
+)
+
+_builtin(
+    "fednorm",
+    StrategySpec(
+        summary="FedNorm: normalisation layers averaged per modality group (Bernecker et al. 2022)",
+        options={},
+        build=lambda h, _o, c: FedNorm(hparams=h, groups=c.site_groups, sites=c.site_names),
+        linear=True,
+    ),
+)
+
+_builtin(
+    "fednova",
+    StrategySpec(
+        summary="FedNova: averaging normalised by local steps (Wang et al. 2020)",
+        options={},
+        build=fixed(lambda h: FedNova(hparams=h)),
+        linear=True,
+    ),
+)
+
+_builtin(
+    "fedprox",
+    StrategySpec(
+        summary="FedProx: FedAvg plus a proximal term in local training (Li et al. 2020)",
+        options=options_of(ProxOptions),
+        build=lambda h, o, _c: FedProx(hparams=h, options=ProxOptions(**o)),
+        linear=True,
+    ),
+)
+
+_builtin(
+    "fedpxn",
+    StrategySpec(
+        summary="FedPxN: FedProx plus site-local normalisation layers",
+        options=options_of(ProxOptions),
+        build=lambda h, o, _c: build_fedpxn(h, ProxOptions(**o)),
+        linear=True,
+    ),
+)
+
+_builtin(
+    "fedyogi",
+    StrategySpec(
+        summary="FedYogi: Yogi on the server's pseudo-gradient (Reddi et al. 2021)",
+        options=options_of(AdaptiveOptions),
+        build=lambda h, o, _c: FedYogi(hparams=h, options=AdaptiveOptions(**o)),
+        linear=True,
+    ),
+)
+
+_builtin(
+    "finetune",
+    StrategySpec(
+        summary="FedAvg, then each site fine-tunes the model locally before it is scored",
+        options=options_of(FinetuneOptions),
+        build=lambda h, o, _c: FineTune(hparams=h, options=FinetuneOptions(**o)),
+        linear=True,
+    ),
+)
+
+_builtin(
+    "geometric_median",
+    StrategySpec(
+        summary="Geometric median by Weiszfeld (RFA), robust (Pillutla et al. 2022)",
+        options=options_of(GeometricMedianOptions),
+        build=lambda h, o, _c: GeometricMedian(hparams=h, options=GeometricMedianOptions(**o)),
+    ),
+)
+
+_builtin(
+    "ifca",
+    StrategySpec(
+        summary="IFCA: k cluster models, each site trains its best fit (Ghosh et al. 2020)",
+        options=options_of(IfcaOptions),
+        build=lambda h, o, c: Ifca(hparams=h, options=IfcaOptions(**o), seed=c.seed),
+    ),
+)
+
+_builtin(
+    "krum",
+    StrategySpec(
         summary="Krum / Multi-Krum: the most central updates, robust (Blanchard et al. 2017)",
         options=options_of(KrumOptions),
         build=lambda h, o, _c: Krum(hparams=h, options=KrumOptions(**o)),
         min_updates=lambda o: KrumOptions(**o).min_updates(),
     ),
-    "geometric_median": StrategySpec(
-        summary="Geometric median by Weiszfeld (RFA), robust (Pillutla et al. 2022)",
-        options=options_of(GeometricMedianOptions),
-        build=lambda h, o, _c: GeometricMedian(hparams=h, options=GeometricMedianOptions(**o)),
+)
+
+_builtin(
+    "median",
+    StrategySpec(
+        summary="Coordinate-wise median, example-weighted with a cap per site or uniform, "
+        "robust (Yin et al. 2018)",
+        options=options_of(MedianOptions),
+        build=lambda h, o, _c: Median(hparams=h, options=MedianOptions(**o)),
     ),
-}
+)
+
+_builtin(
+    "scaffold",
+    StrategySpec(
+        summary="SCAFFOLD: control variates correct client drift (Karimireddy et al. 2020)",
+        options=options_of(ScaffoldOptions),
+        build=lambda h, o, c: Scaffold(
+            hparams=h, server_lr=ScaffoldOptions(**o).server_lr, num_sites=c.num_sites
+        ),
+        linear=True,
+    ),
+)
+
+_builtin(
+    "trimmed_mean",
+    StrategySpec(
+        summary="Coordinate-wise trimmed mean: drop sites at each end, weighted or plain mean "
+        "of the rest, robust (Yin et al. 2018)",
+        options=options_of(TrimmedMeanOptions),
+        build=lambda h, o, _c: TrimmedMean(hparams=h, options=TrimmedMeanOptions(**o)),
+    ),
+)
 
 
 def build_strategy(
@@ -276,12 +278,7 @@ def build_strategy(
     types and out-of-range values raise a :class:`ConfigError` naming
     ``strategy.KEY``.
     """
-    spec = STRATEGIES.get(name)
-    if spec is None:
-        raise ConfigError(
-            f"strategy.name: unknown strategy '{name}'; choose one of {sorted(STRATEGIES)} "
-            "(`flmi strategies` lists them)"
-        )
+    spec = STRATEGIES.lookup(name)
     return spec.build(
         hparams, spec.resolve_options(options), context if context is not None else BuildContext()
     )

@@ -16,12 +16,11 @@ from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.loop import train_local
 from flmi.tasks.metrics import classification_metrics
-from flmi.tasks.models import SmallCNN
-from flmi.tasks.networks import DenseNetSettings, build_densenet121
+from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
+from flmi.tasks.networks import DenseNetSettings
 from flmi.tasks.semisup import train_semi_supervised
 from flmi.tasks.torch_params import as_tensor
 
-MODELS = ("small_cnn", "logistic", "densenet121")
 METRICS = (
     Metric.LOSS,
     Metric.ACCURACY,
@@ -54,7 +53,8 @@ class ClassificationTask:
     positive_label
         The class sensitivity refers to.
     model
-        Network name (``"small_cnn"``, ``"densenet121"`` or ``"logistic"``).
+        A network of :data:`flmi.tasks.model_registry.MODELS` that serves classification
+        (built in: ``"small_cnn"``, ``"densenet121"``, ``"logistic"``).
     width
         Width of the first convolution block.
     augment
@@ -85,18 +85,7 @@ class ClassificationTask:
                 f"task.positive_label = {positive_label} is not a class of a "
                 f"{num_classes}-class task; choose one of 0..{num_classes - 1}"
             )
-        if model not in MODELS:
-            raise ConfigError(f"task.model: unknown model '{model}'; choose one of {list(MODELS)}")
-        if model in ("small_cnn", "densenet121") and spatial_dims not in (2, 3):
-            raise ConfigError(
-                f"task.model = '{model}' needs 2D or 3D images, but the data has "
-                f"{spatial_dims} spatial dimensions; use task.model = 'logistic' for tabular data"
-            )
-        if model == "logistic" and spatial_dims != 0:
-            raise ConfigError(
-                "task.model = 'logistic' takes feature vectors (tabular data); "
-                "use task.model = 'small_cnn' for images"
-            )
+        network_for(model=model, task="classification", spatial_dims=spatial_dims)
         if dtype not in DTYPES:
             raise ConfigError(f"task.dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
         self.num_classes = num_classes
@@ -119,29 +108,20 @@ class ClassificationTask:
         """The network initialised from ``seed`` without touching torch's global generator."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model: torch.nn.Module
-            if self.model_name == "logistic":
-                model = torch.nn.Linear(self.in_channels, self._outputs)
-            elif self.model_name == "densenet121":
-                model = build_densenet121(
+            model = build_network(
+                model=self.model_name,
+                task="classification",
+                request=NetworkRequest(
                     spatial_dims=self.spatial_dims,
                     in_channels=self.in_channels,
                     out_channels=self.num_classes,
-                    settings=self.densenet,
-                )
-            else:
-                model = SmallCNN(
-                    in_channels=self.in_channels,
-                    num_classes=self.num_classes,
-                    spatial_dims=self.spatial_dims,
                     width=self.width,
-                )
+                    norm=self.densenet.norm,
+                    init_features=self.densenet.init_features,
+                    growth_rate=self.densenet.growth_rate,
+                ),
+            )
         return model.to(self.dtype)
-
-    @property
-    def _outputs(self) -> int:
-        """Binary logistic regression has one logit; everything else one per class."""
-        return 1 if self.model_name == "logistic" and self.num_classes == 2 else self.num_classes
 
     def batch_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mean training loss of ``model`` on one batch (differentiable)."""
@@ -241,7 +221,8 @@ class ClassificationTask:
             model(as_tensor(x[i : i + EVAL_BATCH], self.dtype).to(device)).float().cpu()
             for i in range(0, x.shape[0], EVAL_BATCH)
         ]
-        out = torch.cat(logits) if logits else torch.zeros(0, self._outputs)
+        # No examples: no logits (a binary network with one logit reads the same through _probs).
+        out = torch.cat(logits) if logits else torch.zeros(0, self.num_classes)
         return self._probs(out).numpy(), out
 
     def confidence_intervals(

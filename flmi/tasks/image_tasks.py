@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from flmi.config import Config
+from typing import TYPE_CHECKING
+
 from flmi.core.errors import ConfigError
-from flmi.data.arrays import FederatedData
+from flmi.tasks.model_registry import MODELS
 from flmi.tasks.multilabel import MultiLabelTask
-from flmi.tasks.networks import DENSENET_MIN_SIDE, DenseNetSettings
+from flmi.tasks.networks import DenseNetSettings
 from flmi.tasks.segmentation import SegmentationTask
+
+if TYPE_CHECKING:
+    from flmi.config import Config
+    from flmi.data.arrays import FederatedData
 
 
 def densenet_settings(config: Config) -> DenseNetSettings:
@@ -17,13 +22,13 @@ def densenet_settings(config: Config) -> DenseNetSettings:
 
 
 def check_densenet_images(config: Config, data: FederatedData) -> None:
-    """DenseNet121 halves each side five times: refuse images too small for it."""
-    if config.task.model != "densenet121":
-        return
+    """Refuse images too small for the network (DenseNet121 halves each side five times)."""
+    model = config.task.model
+    side = MODELS.lookup(model).min_side
     shape = data.central_test.x.shape[2:]
-    if min(shape, default=0) < DENSENET_MIN_SIDE:
+    if side and min(shape, default=0) < side:
         raise ConfigError(
-            f"task.model = 'densenet121' needs images of at least {DENSENET_MIN_SIDE} pixels a "
+            f"task.model = '{model}' needs images of at least {side} pixels a "
             f"side, got {list(shape)}; use larger images (data.image_size) or "
             "task.model = 'small_cnn'"
         )

@@ -21,10 +21,9 @@ from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
 from flmi.tasks.loop import train_local
 from flmi.tasks.metrics import binary_auc
-from flmi.tasks.models import SmallCNN
-from flmi.tasks.networks import DenseNetSettings, build_densenet121
+from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
+from flmi.tasks.networks import DenseNetSettings
 
-MODELS = ("small_cnn", "densenet121")
 EVAL_BATCH = 256
 
 
@@ -92,16 +91,12 @@ class MultiLabelTask(NoScoreHistogram):
                 f"task.num_classes is the number of labels for multi-label classification; "
                 f"it must be at least 2, got {num_classes}"
             )
-        if model not in MODELS:
-            raise ConfigError(
-                f"task.model = '{model}' cannot do multi-label classification; "
-                f"choose one of {list(MODELS)}"
-            )
         if spatial_dims not in (2, 3):
             raise ConfigError(
                 f"multi-label classification needs 2D or 3D images, got {spatial_dims} "
                 "spatial dimensions"
             )
+        network_for(model=model, task="classification", spatial_dims=spatial_dims)
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.spatial_dims = spatial_dims
@@ -120,18 +115,18 @@ class MultiLabelTask(NoScoreHistogram):
         """The network, initialised from ``seed`` without touching torch's global generator."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            if self.model_name == "densenet121":
-                return build_densenet121(
+            return build_network(
+                model=self.model_name,
+                task="classification",
+                request=NetworkRequest(
                     spatial_dims=self.spatial_dims,
                     in_channels=self.in_channels,
                     out_channels=self.num_classes,
-                    settings=self.densenet,
-                )
-            return SmallCNN(
-                in_channels=self.in_channels,
-                num_classes=self.num_classes,
-                spatial_dims=self.spatial_dims,
-                width=self.width,
+                    width=self.width,
+                    norm=self.densenet.norm,
+                    init_features=self.densenet.init_features,
+                    growth_rate=self.densenet.growth_rate,
+                ),
             )
 
     def check_labels(self, *, data: ArraySplit, where: str) -> None:

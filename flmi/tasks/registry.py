@@ -1,8 +1,10 @@
 """Task names a config can choose, each with the function that builds its task.
 
-Adding a task is one line in :data:`TASKS`: its ``[task] name`` and a builder
-that takes the validated config and the input shape (channels, spatial
-dimensions) and returns a :class:`flmi.tasks.base.Task`. The shape comes from
+:data:`TASKS` is a :class:`flmi.registry.Registry` of :class:`TaskSpec`;
+flmi's own tasks are registered below exactly as a plug-in's are (entry-point
+group ``flmi.tasks``; see ``docs/extending.md``). A task's builder takes the
+validated config and the input shape (channels, spatial dimensions) and
+returns a :class:`flmi.tasks.base.Task`. The shape comes from
 the data in a simulation (:func:`build_task`, which also checks every target)
 and from ``[task]`` on a deployment server, which holds no data
 (:func:`task_for_shape`). The builders import their task module when called, so
@@ -12,9 +14,11 @@ reading a config never loads torch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flmi.core.errors import ConfigError
+from flmi.registry import BUILTIN_ORIGIN, Registry, instance_check
 
 if TYPE_CHECKING:
     from flmi.config import Config
@@ -24,7 +28,33 @@ if TYPE_CHECKING:
 TaskBuilder = Callable[["Config", int, int], "Task"]
 
 
-def _check_targets(task: Task, data: FederatedData) -> None:
+@dataclass(frozen=True)
+class TaskSpec:
+    """A selectable task.
+
+    Parameters
+    ----------
+    summary
+        One line: what is learnt.
+    build
+        ``build(config, in_channels, spatial_dims)``: the task for inputs of
+        that shape (0 spatial dimensions: feature vectors).
+    sources
+        The ``[data] source`` values whose targets it takes (beyond the
+        sources that list the task themselves).
+    """
+
+    summary: str
+    build: TaskBuilder
+    sources: tuple[str, ...] = ()
+
+
+TASKS: Registry[TaskSpec] = Registry(
+    kind="task", group="flmi.tasks", field="task.name", check=instance_check("task", TaskSpec)
+)
+
+
+def check_task(task: Task, data: FederatedData) -> None:
     """Every split of every site, and the central test set, must hold targets the task takes."""
     for name, splits in sorted(data.sites.items()):
         for split_name in ("train", "val", "test"):
@@ -81,12 +111,49 @@ def _survival(config: Config, in_channels: int, spatial_dims: int) -> Task:
     return CoxTask(in_channels=in_channels, spatial_dims=spatial_dims, dtype=config.task.dtype)
 
 
-TASKS: dict[str, TaskBuilder] = {
-    "classification": _classification,
-    "regression": _regression,
-    "survival": _survival,
-    "segmentation": _segmentation,
-}
+def _builtin(name: str, spec: TaskSpec) -> None:
+    TASKS.register(name, spec, origin=BUILTIN_ORIGIN)
+
+
+_builtin(
+    "classification",
+    TaskSpec(
+        summary="binary, multi-class or multi-label classification of images or rows",
+        build=_classification,
+        sources=(
+            "synthetic",
+            "medmnist",
+            "heart_disease",
+            "csv",
+            "manifest",
+            "synthetic_lesions",
+        ),
+    ),
+)
+_builtin(
+    "regression",
+    TaskSpec(
+        summary="one number per image or row",
+        build=_regression,
+        sources=("synthetic_age", "csv"),
+    ),
+)
+_builtin(
+    "segmentation",
+    TaskSpec(
+        summary="a mask per image or volume (MONAI networks)",
+        build=_segmentation,
+        sources=("synthetic_lesions",),
+    ),
+)
+_builtin(
+    "survival",
+    TaskSpec(
+        summary="a Cox model of time to event on feature vectors",
+        build=_survival,
+        sources=("tcga_brca",),
+    ),
+)
 
 
 def task_for_shape(config: Config, *, in_channels: int, spatial_dims: int) -> Task:
@@ -97,12 +164,7 @@ def task_for_shape(config: Config, *, in_channels: int, spatial_dims: int) -> Ta
     ConfigError
         ``[task] name`` is not in :data:`TASKS`.
     """
-    builder = TASKS.get(config.task.name)
-    if builder is None:
-        raise ConfigError(
-            f"task.name: unknown task '{config.task.name}'; choose one of {sorted(TASKS)}"
-        )
-    return builder(config, in_channels, spatial_dims)
+    return TASKS.lookup(config.task.name).build(config, in_channels, spatial_dims)
 
 
 def build_task(config: Config, data: FederatedData) -> Task:
@@ -130,5 +192,5 @@ def build_task(config: Config, data: FederatedData) -> Task:
 
     check_densenet_images(config, data)
     task = task_for_shape(config, in_channels=in_channels, spatial_dims=spatial_dims)
-    _check_targets(task, data)
+    check_task(task, data)
     return task

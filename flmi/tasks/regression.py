@@ -14,11 +14,10 @@ from flmi.report.bootstrap import bootstrap_ci
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
 from flmi.tasks.loop import train_local
-from flmi.tasks.models import SmallCNN
+from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
 from flmi.tasks.regression_metrics import regression_metrics
 from flmi.tasks.torch_params import as_tensor
 
-MODELS = ("small_cnn", "linear")
 LOSSES = ("mse", "l1")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_BATCH = 512
@@ -72,20 +71,7 @@ class RegressionTask(NoScoreHistogram):
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"task.loss: unknown loss '{loss}'; choose one of {list(LOSSES)}")
-        if model not in MODELS:
-            raise ConfigError(
-                f"task.model: '{model}' is not a regression model; choose one of {list(MODELS)}"
-            )
-        if model == "small_cnn" and spatial_dims not in (2, 3):
-            raise ConfigError(
-                f"task.model = 'small_cnn' needs 2D or 3D images, but the data has "
-                f"{spatial_dims} spatial dimensions; use task.model = 'linear' for tabular data"
-            )
-        if model == "linear" and spatial_dims != 0:
-            raise ConfigError(
-                "task.model = 'linear' takes feature vectors (tabular data); "
-                "use task.model = 'small_cnn' for images"
-            )
+        network_for(model=model, task="regression", spatial_dims=spatial_dims)
         if not (math.isfinite(target_scale) and target_scale > 0):
             raise ConfigError(f"task.target_scale must be positive, got {target_scale}")
         if dtype not in DTYPES:
@@ -109,16 +95,16 @@ class RegressionTask(NoScoreHistogram):
         """A one-output network initialised from ``seed`` (torch's global generator untouched)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model: torch.nn.Module
-            if self.model_name == "linear":
-                model = torch.nn.Linear(self.in_channels, 1)
-            else:
-                model = SmallCNN(
-                    in_channels=self.in_channels,
-                    num_classes=1,
+            model = build_network(
+                model=self.model_name,
+                task="regression",
+                request=NetworkRequest(
                     spatial_dims=self.spatial_dims,
+                    in_channels=self.in_channels,
+                    out_channels=1,
                     width=self.width,
-                )
+                ),
+            )
         return model.to(self.dtype)
 
     def _standard(self, y: torch.Tensor) -> torch.Tensor:

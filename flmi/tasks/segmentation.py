@@ -22,12 +22,8 @@ from flmi.data.arrays import ArraySplit
 from flmi.report.bootstrap import bootstrap_ci
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
 from flmi.tasks.loop import train_local
-from flmi.tasks.networks import (
-    SEGMENTATION_DOWNSAMPLING,
-    SEGMENTATION_MODELS,
-    build_segmentation_network,
-    resolve_norm,
-)
+from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
+from flmi.tasks.networks import NORMS, SEGMENTATION_DOWNSAMPLING
 from flmi.tasks.segmentation_metrics import CaseScores, aggregate, case_scores
 
 # Cases scored per forward pass during evaluation.
@@ -82,11 +78,6 @@ class SegmentationTask(NoScoreHistogram):
                 f"task.num_classes must be at least 2 for segmentation (background and one "
                 f"class), got {num_classes}"
             )
-        if model not in SEGMENTATION_MODELS:
-            raise ConfigError(
-                f"task.model = '{model}' is not a segmentation network; "
-                f"choose one of {list(SEGMENTATION_MODELS)}"
-            )
         if spatial_dims not in (2, 3):
             raise ConfigError(
                 f"segmentation needs 2D images or 3D volumes, but the data has "
@@ -96,7 +87,9 @@ class SegmentationTask(NoScoreHistogram):
             raise ConfigError(f"task.width must be at least 1, got {width}")
         if not 0.0 <= sw_overlap < 1.0:
             raise ConfigError(f"task.sw_overlap must be in [0, 1), got {sw_overlap}")
-        resolve_norm(model=model, norm=norm)
+        network_for(model=model, task="segmentation", spatial_dims=spatial_dims)
+        if norm not in NORMS:
+            raise ConfigError(f"task.norm must be one of {list(NORMS)}, got '{norm}'")
         if patch_size is not None:
             _check_patch(tuple(patch_size), spatial_dims=spatial_dims)
         self.num_classes = num_classes
@@ -119,13 +112,16 @@ class SegmentationTask(NoScoreHistogram):
         """The network, initialised from ``seed`` without touching torch's global generator."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_segmentation_network(
+            return build_network(
                 model=self.model_name,
-                spatial_dims=self.spatial_dims,
-                in_channels=self.in_channels,
-                num_classes=self.num_classes,
-                width=self.width,
-                norm=self.norm,
+                task="segmentation",
+                request=NetworkRequest(
+                    spatial_dims=self.spatial_dims,
+                    in_channels=self.in_channels,
+                    out_channels=self.num_classes,
+                    width=self.width,
+                    norm=self.norm,
+                ),
             )
 
     def check_image_shape(self, shape: Sequence[int], *, where: str) -> None:

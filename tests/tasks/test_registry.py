@@ -80,7 +80,7 @@ def test_label_flip_fault_is_refused_for_a_task_without_classes() -> None:
         )
 
 
-def test_a_new_task_plugs_in_with_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_task_plugs_in_with_one_registration() -> None:
     built: list[tuple[int, int]] = []
 
     def builder(config: object, in_channels: int, spatial_dims: int) -> ClassificationTask:
@@ -89,10 +89,14 @@ def test_a_new_task_plugs_in_with_one_registry_entry(monkeypatch: pytest.MonkeyP
             num_classes=2, in_channels=in_channels, spatial_dims=spatial_dims, positive_label=1
         )
 
-    monkeypatch.setitem(registry.TASKS, "mine", builder)
-    config = config_from_dict(tiny_tables(task={"name": "mine"}))
-
-    task = build_task(config, _data(np.array([0, 1]), np.zeros((2, 1, 16, 16), np.float32)))
+    registry.TASKS.register(
+        "mine", registry.TaskSpec(summary="mine", build=builder, sources=("synthetic",))
+    )
+    try:
+        config = config_from_dict(tiny_tables(task={"name": "mine"}))
+        task = build_task(config, _data(np.array([0, 1]), np.zeros((2, 1, 16, 16), np.float32)))
+    finally:
+        registry.TASKS.unregister("mine")
 
     assert built == [(1, 2)] and isinstance(task, ClassificationTask)  # the data's shape
 
