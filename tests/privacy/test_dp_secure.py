@@ -177,12 +177,14 @@ def test_dp_sgd_under_secure_aggregation_charges_each_site_what_a_plain_run_does
 def test_dp_fedavg_with_noise_at_the_sites_under_secure_aggregation_ends_where_a_plain_run_does(
     tmp_path: Path, aggregation: str
 ) -> None:
+    # Seeded noise (tests only), so both runs draw the same noise and only the protocol differs.
     privacy = {
         "dp": "client",
         "noise_at": "site",
         "noise_multiplier": 1.0,
         "clip_norm": 0.5,
         "adaptive_clip": True,
+        "insecure_reproducible_noise": True,
     }
     federation = {"rounds": 2, "min_sites": 2}
     plain = tiny_tables(privacy=privacy, federation=federation)
