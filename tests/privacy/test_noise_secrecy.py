@@ -351,3 +351,18 @@ def test_secure_numpy_generators_never_repeat_and_seeded_ones_are_the_run_seeds(
     assert not np.array_equal(a, b)
     np.testing.assert_array_equal(seeded.normal(size=8), old.normal(size=8))
     assert secure.is_secure and not NoiseSource.seeded(seed=4).is_secure
+
+
+def test_a_run_with_seeded_noise_warns_loudly_at_its_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    privacy = {"dp": "client", "noise_at": "site", "insecure_reproducible_noise": True}
+    config = config_from_dict(
+        tiny_tables(privacy=privacy, federation={"rounds": 1}, report={"bootstrap_resamples": 0})
+    )
+    with caplog.at_level("WARNING", logger="flmi.privacy"):
+        run_experiment(config=config, out=None)
+    assert any(
+        r.levelname == "WARNING" and "INSECURE" in r.message and "no privacy guarantee" in r.message
+        for r in caplog.records
+    )
