@@ -389,6 +389,12 @@ class PrivacyConfig:
     the mechanism needs only the sum: ``dp = "sample"``, and ``dp = "client"``
     with ``noise_at = "site"`` (then ``secagg_clip`` must hold each site's
     noised change); ``noise_at = "server"`` needs each site's own update.
+
+    All DP noise is OS randomness nobody can regenerate
+    (:mod:`flmi.privacy.noise_source`). ``insecure_reproducible_noise = true``
+    derives it from ``federation.seed`` instead, so DP runs repeat exactly:
+    for tests only, with no privacy guarantee (anyone with the config removes
+    the noise); ``flmi server`` and ``flmi client`` refuse it.
     """
 
     dp: Literal["none", "sample", "client"] = "none"
@@ -410,6 +416,7 @@ class PrivacyConfig:
     he_key_holder: str = ""
     he_poly_modulus_degree: int = 8192
     he_scale_bits: int = 40
+    insecure_reproducible_noise: bool = False
 
 
 @dataclass(frozen=True)
@@ -987,6 +994,11 @@ def check_dp(c: Config) -> None:
     _require(
         v.adaptive_clip_count_noise > 0,
         f"privacy.adaptive_clip_count_noise must be positive, got {v.adaptive_clip_count_noise}",
+    )
+    _require(
+        v.dp != "none" or not v.insecure_reproducible_noise,
+        "privacy.insecure_reproducible_noise = true applies to DP noise, and privacy.dp = "
+        "'none' draws none: remove the key",
     )
     name = c.strategy.name
     _require(

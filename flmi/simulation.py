@@ -50,6 +50,7 @@ from flmi.data.scanner_shift import scanner_json, site_scanners
 from flmi.data.sources import load_data
 from flmi.data.unlabeled import semi_supervised_data
 from flmi.privacy.dp_sgd import check_dp_model
+from flmi.privacy.noise_source import NoiseSource, warn_if_insecure
 from flmi.privacy.setup import build_secure, protect_sites
 from flmi.privacy.strategies import with_privacy
 from flmi.report.before_training import describe_sites, survival_curves
@@ -467,6 +468,10 @@ def run_experiment(
     strategy = make_strategy(config, list(data.sites), base=strategy)
     if config.privacy.dp == "sample":
         check_dp_model(task.build_model(seed=seed))
+    noise = NoiseSource.for_run(
+        insecure_reproducible=config.privacy.insecure_reproducible_noise, seed=seed
+    )
+    warn_if_insecure(noise, dp=config.privacy.dp)
     secure = build_secure(config.privacy, strategy=strategy.name, site_names=sorted(data.sites))
     r = config.runtime
     check_trackers(tensorboard=r.tensorboard, mlflow=r.mlflow)
@@ -514,6 +519,7 @@ def run_experiment(
                 model=workspace,
                 state_dir=run.site_dir(name) if run is not None else None,
                 resume_round=resume_point.completed_round if resume_point else None,
+                noise=noise,
             )
             faulty = spec.kind not in (Fault.NONE, Fault.LABEL_FLIP)
             endpoints.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)

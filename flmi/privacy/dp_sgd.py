@@ -7,7 +7,10 @@ example independently with probability ``q``, as Opacus's
 ``noise_multiplier * max_grad_norm`` (Opacus's ``GradSampleModule`` and
 ``DPOptimizer``). The accountant is attached to the optimiser as Opacus
 attaches it: it records the noise multiplier and sample rate of every step the
-optimiser actually takes. The site keeps the accountant's history in its
+optimiser actually takes. The noise comes from the site's
+:class:`flmi.privacy.noise_source.NoiseSource`: by default a generator whose
+state is OS randomness, refilled before every step, with Opacus's
+``secure_mode`` on; never the run seed. The site keeps the accountant's history in its
 :class:`flmi.site.state.SiteState`, so a resumed run continues the accounting.
 
 Opacus wraps the model and names its parameters ``_module.<name>``; those names
@@ -29,6 +32,7 @@ from flmi.core.errors import ConfigError
 from flmi.core.keys import DPMode, HParam, PrivacyKey
 from flmi.core.messages import HParamValue
 from flmi.privacy.accounting import ACCOUNTANTS, Ledger, noise_for_epsilon
+from flmi.privacy.noise_source import NoiseSource
 from flmi.tasks.base import HParamError, LocalTraining, PrivateSession
 
 # Opacus's hooks on a model whose input needs no gradient make torch say so at every step.
@@ -164,8 +168,10 @@ class _Session:
         for m in self._inplace:
             m.inplace = False  # type: ignore[assignment]
         self._grad_sample = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-        noise_generator = torch.Generator(device=next(model.parameters()).device)
-        noise_generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        source = owner.noise
+        noise_generator = source.torch_generator(
+            device=next(model.parameters()).device, training=generator
+        )
         self._optimizer = DPOptimizer(
             optimizer,
             noise_multiplier=noise,
@@ -173,10 +179,17 @@ class _Session:
             expected_batch_size=max(1, int(num_examples * q)),
             loss_reduction="mean",
             generator=noise_generator,
+            secure_mode=source.is_secure,
         )
         accountant: Any = RDPAccountant() if owner.settings.accountant == "rdp" else PRVAccountant()
         accountant.history = [(z, r, n) for z, r, n in owner.ledger.history]
-        self._optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=q))
+        account = accountant.get_optimizer_hook_fn(sample_rate=q)
+
+        def after_noise(optimizer: DPOptimizer) -> None:
+            account(optimizer)
+            source.refresh(noise_generator)  # the next step's noise: fresh OS randomness
+
+        self._optimizer.attach_step_hook(after_noise)
         self._accountant = accountant
         self._sampler = UniformWithReplacementSampler(
             num_samples=num_examples,
@@ -223,11 +236,17 @@ class DPSGD:
         From the instruction.
     ledger
         The site's history so far (from its site state).
+    noise
+        Where the gradient noise comes from (``None``: OS randomness, see
+        :mod:`flmi.privacy.noise_source`).
     """
 
-    def __init__(self, *, settings: SampleDPSettings, ledger: Ledger) -> None:
+    def __init__(
+        self, *, settings: SampleDPSettings, ledger: Ledger, noise: NoiseSource | None = None
+    ) -> None:
         self.settings = settings
         self.ledger = ledger
+        self.noise = noise if noise is not None else NoiseSource()
         self.last_noise_multiplier = float("nan")
         self.last_sample_rate = float("nan")
 

@@ -27,7 +27,6 @@ from flmi.core.errors import ConfigError
 from flmi.core.keys import DPMode, Extra, HParam, PrivacyKey
 from flmi.core.messages import ClientUpdate, HParamValue, TrainInstruction, UpdateKind
 from flmi.core.params import Params, copy_params, subtract
-from flmi.core.rng import generator
 from flmi.core.strategy import (
     Capabilities,
     JSONValue,
@@ -38,6 +37,7 @@ from flmi.core.strategy import (
 from flmi.privacy.accounting import Ledger, json_epsilon, noise_for_epsilon
 from flmi.privacy.clip import clip_to_norm, gaussian_noise, update_noise_multiplier
 from flmi.privacy.compat import SERVER_NOISE_REFUSAL, secagg_max_clip, secagg_noise_room
+from flmi.privacy.noise_source import NoiseSource
 
 #: Key of the privacy block inside a checkpointed strategy record's meta.
 META_KEY = "privacy"
@@ -401,8 +401,10 @@ class ClientDP(_Wrapper):
         Epsilon is reported at ``delta`` by Opacus's ``accountant``.
     sites_per_round
         ``m``: the number of sites sampled every round.
-    seed
-        The run seed (the server's noise is drawn per round from it).
+    noise
+        Where the server's noise (update and count, with ``noise_at =
+        "server"``) comes from: :class:`NoiseSource` ``()`` is fresh OS
+        randomness each round, never the run seed.
     """
 
     def __init__(
@@ -413,7 +415,7 @@ class ClientDP(_Wrapper):
         delta: float,
         accountant: str,
         sites_per_round: int,
-        seed: int,
+        noise: NoiseSource,
     ) -> None:
         super().__init__(inner=inner, delta=delta, accountant=accountant)
         if sites_per_round < 1:
@@ -421,7 +423,7 @@ class ClientDP(_Wrapper):
         self._settings = settings
         self._z_update = settings.update_noise_multiplier
         self._m = sites_per_round
-        self._seed = seed
+        self._noise = noise
 
     def init(self, params: Params) -> PrivateState:
         """The wrapped strategy's initial state, the initial clip and empty ledgers."""
@@ -482,7 +484,7 @@ class ClientDP(_Wrapper):
         ordered = sorted(updates, key=lambda u: u.site)
         clip = state.clip_norm
         at_site = self._settings.noise_at == "site"
-        rng = generator(seed=self._seed, party="server", rnd=rnd, purpose="dp-noise")
+        rng = self._noise.numpy_generator(party="server", rnd=rnd, purpose="dp-noise")
         total: dict[str, np.ndarray] = {
             k: np.zeros(v.shape, np.float64) for k, v in state.params.items()
         }
@@ -653,7 +655,11 @@ def with_privacy(
     sites_per_round: int,
     seed: int,
 ) -> Strategy[Any]:
-    """``strategy`` wrapped for the configured ``[privacy] dp`` (unchanged for ``"none"``)."""
+    """``strategy`` wrapped for the configured ``[privacy] dp`` (unchanged for ``"none"``).
+
+    The server's DP-FedAvg noise is OS randomness, unless
+    ``privacy.insecure_reproducible_noise`` derives it from ``seed`` (tests only).
+    """
     if privacy.dp == "sample":
         return SampleDP(
             inner=strategy,
@@ -712,6 +718,8 @@ def with_privacy(
             delta=privacy.delta,
             accountant=privacy.accountant,
             sites_per_round=sites_per_round,
-            seed=seed,
+            noise=NoiseSource.for_run(
+                insecure_reproducible=privacy.insecure_reproducible_noise, seed=seed
+            ),
         )
     return strategy

@@ -130,6 +130,13 @@ def _fmt(entry: Mapping[str, Any] | None) -> str:
     return text
 
 
+def _no_guarantee(privacy: object) -> list[str]:
+    """A warning line when the run's DP noise was seeded (it protects nobody)."""
+    if isinstance(privacy, Mapping) and privacy.get("guarantee"):
+        return [f"- **{privacy['guarantee']}**"]
+    return []
+
+
 def card_markdown(card: Mapping[str, Any]) -> str:
     """The model card as Markdown."""
     t, tr, m = card["task"], card["training"], card["metrics"]
@@ -159,6 +166,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"- seed: {card['seed']}",
         "",
         "## Privacy",
+        *_no_guarantee(card["privacy"]),
         "- "
         + (
             json.dumps(card["privacy"], sort_keys=True)

@@ -17,6 +17,7 @@ from flmi.core.federation import Metrics, RoundRecord, json_metrics
 from flmi.core.keys import Arm, Record
 from flmi.data.arrays import FederatedData
 from flmi.data.partition import site_label_summary
+from flmi.privacy.noise_source import FROM_OS, FROM_SEED, NO_GUARANTEE
 from flmi.report.operating import ArmCurves, at_threshold_json
 
 
@@ -115,7 +116,15 @@ def privacy_block(privacy: PrivacyConfig, history: Sequence[RoundRecord]) -> dic
     The spent part (epsilon, the adapted clip, each site's ledger) is the last
     round record's, so a simulation and a deployment report it alike. Only the
     federated arm is private; a simulation's pooled and local baselines are not.
+    Under DP, ``noise_source`` says where the noise came from (``"os_csprng"``,
+    or ``"run_seed"`` with ``privacy.insecure_reproducible_noise``, when
+    ``guarantee`` says there is none).
     """
     settings = {k: v for k, v in dataclasses.asdict(privacy).items() if v is not None}
     spent = dict(history[-1].privacy) if history else {}
-    return {**settings, **spent, "private_arms": [Arm.FEDERATED.value]}
+    out = {**settings, **spent, "private_arms": [Arm.FEDERATED.value]}
+    if privacy.dp != "none":
+        out["noise_source"] = FROM_SEED if privacy.insecure_reproducible_noise else FROM_OS
+        if privacy.insecure_reproducible_noise:
+            out["guarantee"] = NO_GUARANTEE
+    return out

@@ -40,10 +40,11 @@ from flmi.core.messages import (
     UpdateKind,
 )
 from flmi.core.params import Params, check_finite, check_same_schema, subtract
-from flmi.core.rng import derive_seed, generator
+from flmi.core.rng import derive_seed
 from flmi.data.arrays import SiteSplits
 from flmi.privacy.accounting import Ledger
 from flmi.privacy.dp_sgd import DPSGD, SampleDPSettings
+from flmi.privacy.noise_source import NoiseSource
 from flmi.privacy.site_noise import SiteNoise
 from flmi.site.hooks import (
     ScaffoldCorrection,
@@ -73,6 +74,8 @@ from flmi.tasks.torch_params import (
 )
 
 log = logging.getLogger("flmi.site")
+#: The training metrics a site sends under DP: counts its update's num_examples reveals anyway.
+_COUNTS = frozenset({TrainMetric.NUM_LABELED.value, TrainMetric.NUM_UNLABELED.value})
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,11 @@ class Site:
         The site loads every float tensor before each use and keeps its own
         integer buffers, so nothing passes between sites through it.
         ``None``: the site builds its own.
+    noise
+        Where the site's privacy noise (DP-SGD, its share of DP-FedAvg's)
+        comes from. ``None``: fresh OS randomness nobody else can regenerate
+        (:mod:`flmi.privacy.noise_source`); the site decides this itself, never
+        the server.
     """
 
     def __init__(
@@ -146,6 +154,7 @@ class Site:
         state_dir: Path | None = None,
         model: torch.nn.Module | None = None,
         resume_round: int | None = None,
+        noise: NoiseSource | None = None,
     ) -> None:
         self.name = name
         self._data = data
@@ -153,6 +162,7 @@ class Site:
         self._seed = seed
         self._device = device
         self._policy = policy if policy is not None else SitePolicy()
+        self._noise = noise if noise is not None else NoiseSource()
         self._state_dir = state_dir
         self.state = (
             SiteState.load(state_dir, max_round=resume_round)
@@ -301,13 +311,19 @@ class Site:
         kind = UpdateKind.FULL
         metrics = dict(result.metrics)
         meta = dict(self.state.meta)
+        if dp_sgd is not None or site_noise is not None:
+            # Under DP the training loss and rates are un-noised functions of the data that
+            # epsilon does not cover: they stay in the site's log. The two counts add nothing
+            # to num_examples (labeled = the split's size, unlabeled = num_examples - it).
+            log.info("site %s round %d training metrics: %s", self.name, instruction.rnd, metrics)
+            metrics = {k: v for k, v in metrics.items() if k in _COUNTS}
         if dp_sgd is not None:
             metrics.update(dp_sgd.report(steps_this_round=result.num_steps))
             meta[PrivacyKey.LEDGER.value] = dp_sgd.ledger.to_json()
         if site_noise is not None:
             # An untrusted server: only the clipped, noised change leaves the site.
             sent = {k: v for k, v in instruction.params.items() if k in params}
-            rng = generator(seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="dp")
+            rng = self._noise.numpy_generator(party=self.name, rnd=instruction.rnd, purpose="dp")
             params, bit = site_noise.apply(subtract(params, sent), rng=rng)
             extras.update(bit)
             kind = UpdateKind.DELTA
@@ -347,7 +363,7 @@ class Site:
                 "local normalisation layers or personal model"
             )
         ledger = Ledger.from_json(self.state.meta.get(PrivacyKey.LEDGER.value, []))
-        return DPSGD(settings=settings, ledger=ledger)
+        return DPSGD(settings=settings, ledger=ledger, noise=self._noise)
 
     def _finetune(self, instruction: EvaluateInstruction, epochs: int) -> ClientError | None:
         """Fine-tune the loaded weights on this site's training split before scoring them."""

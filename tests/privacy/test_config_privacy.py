@@ -105,3 +105,14 @@ def test_a_plain_run_imports_neither_cryptography_nor_tenseal() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_dp_noise_is_secure_unless_the_insecure_key_is_set() -> None:
+    assert config_from_dict(tiny_tables()).privacy.insecure_reproducible_noise is False
+    insecure = _config({"dp": "sample", "insecure_reproducible_noise": True})
+    assert insecure.privacy.insecure_reproducible_noise is True
+
+
+def test_insecure_reproducible_noise_without_dp_is_a_config_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"privacy\.insecure_reproducible_noise = true applies"):
+        _config({"insecure_reproducible_noise": True})

@@ -31,6 +31,7 @@ from flmi.core.params import Params
 from flmi.core.strategy import StateRecord
 from flmi.privacy.he import CkksSettings, HEServer
 from flmi.privacy.linear import LinearRule, equivalent_update, linear_terms
+from flmi.privacy.noise_source import NoiseSource
 from flmi.privacy.secagg import FixedPoint, SecAggServer, Stage
 from flmi.privacy.site import SecureSite
 from flmi.privacy.site_noise import SiteNoise
@@ -101,7 +102,7 @@ def _one_noisy_round(aggregation: str, drop: str | None) -> tuple[np.ndarray, Ro
         delta=1e-5,
         accountant="rdp",
         sites_per_round=SITES,
-        seed=0,
+        noise=NoiseSource(),
     )
     keep = _Keep()
     result = run_federation(
@@ -176,12 +177,14 @@ def test_dp_sgd_under_secure_aggregation_charges_each_site_what_a_plain_run_does
 def test_dp_fedavg_with_noise_at_the_sites_under_secure_aggregation_ends_where_a_plain_run_does(
     tmp_path: Path, aggregation: str
 ) -> None:
+    # Seeded noise (tests only), so both runs draw the same noise and only the protocol differs.
     privacy = {
         "dp": "client",
         "noise_at": "site",
         "noise_multiplier": 1.0,
         "clip_norm": 0.5,
         "adaptive_clip": True,
+        "insecure_reproducible_noise": True,
     }
     federation = {"rounds": 2, "min_sites": 2}
     plain = tiny_tables(privacy=privacy, federation=federation)
@@ -298,7 +301,7 @@ def test_property_dp_fedavg_on_the_unweighted_hidden_sum_equals_it_on_the_update
         delta=1e-5,
         accountant="rdp",
         sites_per_round=count + 1,  # one site of the round dropped out
-        seed=0,
+        noise=NoiseSource(),
     )
     state = strategy.init(x)
     rule = LinearRule.UNWEIGHTED_MEAN

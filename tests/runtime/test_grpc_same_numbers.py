@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,17 +73,32 @@ def test_three_client_processes_over_mtls_give_the_in_process_model_bit_for_bit(
     assert len(moved) == len(initial)  # every tensor moved away from its initial value
 
 
-@pytest.mark.parametrize(
-    ("privacy", "ledger"),
-    [
-        ({"dp": "sample", "noise_multiplier": 1.1, "max_grad_norm": 1.0}, "DP-SGD at each site"),
-        ({"dp": "client", "noise_multiplier": 1.0, "clip_norm": 0.5}, "DP-FedAvg at the server"),
-    ],
-)
-def test_differential_privacy_over_grpc_gives_the_in_process_model_and_privacy_ledger(
-    deployment: Deployment, tmp_path: Path, privacy: dict[str, object], ledger: str
+def _round_params(run: Path, rnd: int) -> dict[str, np.ndarray]:
+    """The global weights a run checkpointed after round ``rnd``."""
+    tensors, _ = load_tensors(path=run / "checkpoints" / f"federated-round-{rnd:05d}.safetensors")
+    return {
+        k.removeprefix("params/"): np.asarray(v, np.float64)
+        for k, v in tensors.items()
+        if k.startswith("params/")
+    }
+
+
+def _privacy(run: Path) -> dict[str, Any]:
+    block: dict[str, Any] = json.loads((run / "summary.json").read_text())["privacy"]
+    return block
+
+
+def _flat(params: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(params[k], np.float64).ravel() for k in sorted(params)])
+
+
+def test_dp_fedavg_over_grpc_differs_from_the_in_process_model_by_the_servers_fresh_noise_alone(
+    deployment: Deployment, tmp_path: Path
 ) -> None:
-    # Arrange
+    # Arrange: DP-FedAvg noised by the server. The noise is OS randomness, fresh in each
+    # run, so the two runs' models differ; everything else (training, clipping,
+    # accounting) is the same computation.
+    privacy = {"dp": "client", "noise_multiplier": 1.0, "clip_norm": 0.5}
     fed = write_fed(deployment, fed_tables(site_names=SITES, privacy=privacy))
     config = load_config(fed)
     server, address = deployment.start_server(out=tmp_path / "grpc-run")
@@ -91,14 +108,52 @@ def test_differential_privacy_over_grpc_gives_the_in_process_model_and_privacy_l
     run_experiment(config=config, out=tmp_path / "inprocess-run")
     statuses = [wait(client) for client in clients]
 
-    # Assert: the noise (seeded per site, round and party) and the accounting are the
-    # in-process run's, so the model is the same bit for bit and summary.json reports
-    # the same epsilon and per-site ledgers.
-    assert statuses == [0, 0, 0] and wait(server) == 0, ledger
-    grpc_model = (tmp_path / "grpc-run" / "model.safetensors").read_bytes()
-    assert grpc_model == (tmp_path / "inprocess-run" / "model.safetensors").read_bytes()
-    spent = json.loads((tmp_path / "grpc-run" / "summary.json").read_text())["privacy"]
-    expected = json.loads((tmp_path / "inprocess-run" / "summary.json").read_text())["privacy"]
-    assert spent["dp"] == privacy["dp"]
+    # Assert: the same accounting bit for bit (epsilon, each site's ledger) ...
+    assert statuses == [0, 0, 0] and wait(server) == 0
+    spent, expected = _privacy(tmp_path / "grpc-run"), _privacy(tmp_path / "inprocess-run")
+    assert spent["noise_source"] == expected["noise_source"] == "os_csprng"
     assert spent["epsilon"] == expected["epsilon"] and 0 < spent["epsilon"] < float("inf")
-    assert spent.get("sites") == expected.get("sites")
+    assert spent["sites"] == expected["sites"]
+    # ... and after round 1, from the same weights and the same clipped updates, the models
+    # differ by the two draws of the noise alone: (noise_a - noise_b) / m, whose values
+    # have std sqrt(2) z C / m, z = 1, C = 0.5, m = 3.
+    gap = _flat(_round_params(tmp_path / "grpc-run", 1)) - _flat(
+        _round_params(tmp_path / "inprocess-run", 1)
+    )
+    scaled = gap * 3 / (math.sqrt(2) * 1.0 * 0.5)
+    assert scaled.size > 1000
+    assert float(np.std(scaled)) == pytest.approx(1.0, rel=0.1)
+    assert abs(float(np.mean(scaled))) < 5 / math.sqrt(scaled.size)
+
+
+def test_dp_sgd_over_grpc_gives_the_in_process_ledgers_and_a_model_within_the_noise_spread(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Arrange: DP-SGD at every site. Data order and Poisson samples are seeded, so the
+    # accounting is the in-process run's; the gradient noise is fresh OS randomness.
+    privacy = {"dp": "sample", "noise_multiplier": 1.1, "max_grad_norm": 1.0}
+    fed = write_fed(deployment, fed_tables(site_names=SITES, privacy=privacy))
+    config = load_config(fed)
+    server, address = deployment.start_server(out=tmp_path / "grpc-run")
+    clients = [deployment.start_client(site, address) for site in SITES]
+
+    # Act: the in-process run twice, to measure how far fresh noise alone moves the model.
+    run_experiment(config=config, out=tmp_path / "inprocess-a")
+    run_experiment(config=config, out=tmp_path / "inprocess-b")
+    statuses = [wait(client) for client in clients]
+
+    # Assert: the same epsilon and per-site ledgers, bit for bit ...
+    assert statuses == [0, 0, 0] and wait(server) == 0
+    spent, expected = _privacy(tmp_path / "grpc-run"), _privacy(tmp_path / "inprocess-a")
+    assert spent["dp"] == "sample" and spent["noise_source"] == "os_csprng"
+    assert spent["epsilon"] == expected["epsilon"] and 0 < spent["epsilon"] < float("inf")
+    assert spent["sites"] == expected["sites"] == _privacy(tmp_path / "inprocess-b")["sites"]
+    # ... and a model as far from the in-process one as another draw of the noise is.
+    final = {
+        run: _flat(load_tensors(path=tmp_path / run / "model.safetensors")[0])
+        for run in ("grpc-run", "inprocess-a", "inprocess-b")
+    }
+    spread = float(np.linalg.norm(final["inprocess-b"] - final["inprocess-a"]))
+    gap = float(np.linalg.norm(final["grpc-run"] - final["inprocess-a"]))
+    assert spread > 0 and gap > 0  # fresh noise in every run, over gRPC too
+    assert 0.5 * spread < gap < 2.0 * spread

@@ -11,6 +11,7 @@ from flmi.config import load_config
 from flmi.core.errors import ConfigError
 from flmi.data.sources import load_data
 from flmi.data.unlabeled import semi_supervised_data
+from flmi.privacy.noise_source import refuse_in_deployment
 from flmi.runtime.grpc.audit import AuditLog
 from flmi.runtime.grpc.client import ClientSettings, SiteClient
 from flmi.runtime.grpc.provisioning import SITE_CERT, site_identity
@@ -45,6 +46,9 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
         raise ConfigError(f"--site {site}: the certificate in {certs} is for '{named}'")
     settings = load_site_settings(data, site=site)
     config = load_config(settings.federation_config)
+    refuse_in_deployment(
+        insecure_reproducible=config.privacy.insecure_reproducible_noise, command="flmi client"
+    )
     torch.set_num_threads(settings.torch_threads or config.runtime.torch_threads)
     device = resolve_device(settings.device or config.runtime.device)
     if settings.data:

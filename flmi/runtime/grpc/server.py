@@ -31,6 +31,7 @@ from flmi.core.keys import Arm, Record
 from flmi.core.messages import HParamValue
 from flmi.core.params import Params
 from flmi.core.strategy import StateRecord
+from flmi.privacy.noise_source import refuse_in_deployment
 from flmi.privacy.setup import build_secure
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
@@ -160,6 +161,9 @@ def serve(
             f"federation.min_sites = {config.federation.min_sites} exceeds the "
             f"{len(d.sites)} sites of deploy.sites"
         )
+    refuse_in_deployment(
+        insecure_reproducible=config.privacy.insecure_reproducible_noise, command="flmi server"
+    )
     torch.set_num_threads(config.runtime.torch_threads)
     task = deployment_task(config)
     seed = config.federation.seed
