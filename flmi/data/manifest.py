@@ -145,16 +145,7 @@ def read_manifest(
         test split, or a split is not ``train``/``val``/``test``; the message
         names the file, the column and the row.
     """
-    if not path.is_file():
-        raise DataError(f"data.path: no such file: {path}; point [data] path at the manifest CSV")
-    try:
-        with path.open(newline="") as handle:
-            table = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot be read as CSV: {exc}") from None
-    if len(table) < 2:
-        raise DataError(f"{path}: needs a header row and at least one data row")
-    header = [h.strip() for h in table[0]]
+    header, table = _read_table(path)
     columns = {
         "image_column": image_column,
         "label_column": label_column,
@@ -162,46 +153,21 @@ def read_manifest(
         "site_column": site_column,
         "split_column": split_column,
     }
-    at: dict[str, int] = {}
-    for key, name in columns.items():
-        if not name:
-            continue
-        if name not in header:
-            raise DataError(
-                f"data.{key} = '{name}' is not a column of {path}; columns: {', '.join(header)}"
-            )
-        at[key] = header.index(name)
+    at = _column_positions(header, columns=columns, path=path)
     rows: list[ManifestRow] = []
-    for number, cells in enumerate(table[1:], start=2):
+    for number, cells in enumerate(table, start=2):
         if not any(c.strip() for c in cells):
             continue  # a blank line
-        if len(cells) != len(header):
-            raise DataError(
-                f"{path}, row {number}: {len(cells)} cells, but the header has {len(header)}"
-            )
-        values = {key: cells[i].strip() for key, i in at.items()}
-        for key, value in values.items():
-            if not value and not (allow_empty_labels and key == "label_column"):
-                raise DataError(
-                    f"{path}, row {number}: column '{columns[key]}' is empty; fill it in "
-                    "or remove the row"
-                    + (
-                        " (or set data.empty_labels = 'unlabeled' to train on unlabeled images)"
-                        if key == "label_column"
-                        else ""
-                    )
-                )
-        split = values.get("split_column", "").lower()
-        if split_column and split not in SPLITS:
-            raise DataError(
-                f"{path}, row {number}: column '{split_column}' holds '{values['split_column']}'; "
-                "use train, val or test"
-            )
-        if label_column and not values["label_column"] and split not in ("", Split.TRAIN):
-            raise DataError(
-                f"{path}, row {number}: an image without a label cannot be in the '{split}' "
-                "split, which scores the model against labels; label it or put it in train"
-            )
+        values = _row_values(
+            cells,
+            number=number,
+            header=header,
+            at=at,
+            columns=columns,
+            path=path,
+            allow_empty_labels=allow_empty_labels,
+        )
+        split = _row_split(values, number=number, columns=columns, path=path)
         rows.append(
             ManifestRow(
                 row=number,
@@ -215,6 +181,85 @@ def read_manifest(
     if not rows:
         raise DataError(f"{path}: no data rows")
     return rows
+
+
+def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The manifest's stripped header and its data rows, as CSV cells."""
+    if not path.is_file():
+        raise DataError(f"data.path: no such file: {path}; point [data] path at the manifest CSV")
+    try:
+        with path.open(newline="") as handle:
+            table = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot be read as CSV: {exc}") from None
+    if len(table) < 2:
+        raise DataError(f"{path}: needs a header row and at least one data row")
+    return [h.strip() for h in table[0]], table[1:]
+
+
+def _column_positions(
+    header: list[str], *, columns: Mapping[str, str], path: Path
+) -> dict[str, int]:
+    """Where each named column is in ``header`` (unnamed ones left out)."""
+    at: dict[str, int] = {}
+    for key, name in columns.items():
+        if not name:
+            continue
+        if name not in header:
+            raise DataError(
+                f"data.{key} = '{name}' is not a column of {path}; columns: {', '.join(header)}"
+            )
+        at[key] = header.index(name)
+    return at
+
+
+def _row_values(
+    cells: list[str],
+    *,
+    number: int,
+    header: list[str],
+    at: Mapping[str, int],
+    columns: Mapping[str, str],
+    path: Path,
+    allow_empty_labels: bool,
+) -> dict[str, str]:
+    """The stripped cells of the named columns of row ``number``; none may be empty."""
+    if len(cells) != len(header):
+        raise DataError(
+            f"{path}, row {number}: {len(cells)} cells, but the header has {len(header)}"
+        )
+    values = {key: cells[i].strip() for key, i in at.items()}
+    for key, value in values.items():
+        if not value and not (allow_empty_labels and key == "label_column"):
+            raise DataError(
+                f"{path}, row {number}: column '{columns[key]}' is empty; fill it in "
+                "or remove the row"
+                + (
+                    " (or set data.empty_labels = 'unlabeled' to train on unlabeled images)"
+                    if key == "label_column"
+                    else ""
+                )
+            )
+    return values
+
+
+def _row_split(
+    values: Mapping[str, str], *, number: int, columns: Mapping[str, str], path: Path
+) -> str:
+    """Row ``number``'s split (``""`` without a split column); only train may be unlabeled."""
+    split_column, label_column = columns["split_column"], columns["label_column"]
+    split = values.get("split_column", "").lower()
+    if split_column and split not in SPLITS:
+        raise DataError(
+            f"{path}, row {number}: column '{split_column}' holds '{values['split_column']}'; "
+            "use train, val or test"
+        )
+    if label_column and not values["label_column"] and split not in ("", Split.TRAIN):
+        raise DataError(
+            f"{path}, row {number}: an image without a label cannot be in the '{split}' "
+            "split, which scores the model against labels; label it or put it in train"
+        )
+    return split
 
 
 def load_manifest(
