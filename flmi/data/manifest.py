@@ -313,6 +313,36 @@ def load_manifest(
         split_column=split_column,
         allow_empty_labels=empty_labels == "unlabeled",
     )
+    read = _read_rows(rows, path=path, transforms=transforms, on_unreadable=on_unreadable)
+    kept, images, masks, unreadable = read.kept, read.images, read.masks, read.unreadable
+    _check_all_shapes(images, masks, kept, path=path)
+    labels, classes, unlabeled = _row_labels(kept, labeled=bool(label_column))
+    return LoadedManifest(
+        images=np.stack(images),
+        labels=labels,
+        masks=np.stack(masks) if masks else None,
+        sites=np.array([r.site or DEFAULT_SITE for r in kept]),
+        splits=np.array([r.split for r in kept]) if split_column else None,
+        classes=classes,
+        unreadable={site: dict(sorted(c.items())) for site, c in sorted(unreadable.items())},
+        unlabeled=unlabeled if unlabeled is not None and unlabeled.any() else None,
+    )
+
+
+@dataclass(frozen=True)
+class _ReadRows:
+    """The rows whose files could be read, their arrays, and per site what was left out."""
+
+    kept: list[ManifestRow]
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    unreadable: dict[str, Counter[str]]
+
+
+def _read_rows(
+    rows: list[ManifestRow], *, path: Path, transforms: TransformsConfig, on_unreadable: str
+) -> _ReadRows:
+    """Read every row's image (and mask) through the pipeline, skipping or refusing bad files."""
     image_pipeline = ImagePipeline(spec=transforms)
     mask_pipeline = ImagePipeline(spec=transforms, mask=True)
     kept: list[ManifestRow] = []
@@ -347,6 +377,13 @@ def load_manifest(
             f"{path}: none of the {len(rows)} images could be read; see the site log for "
             "each file and why"
         )
+    return _ReadRows(kept=kept, images=images, masks=masks, unreadable=unreadable)
+
+
+def _check_all_shapes(
+    images: list[np.ndarray], masks: list[np.ndarray], kept: list[ManifestRow], *, path: Path
+) -> None:
+    """One shape for every image, one for every mask, and each mask the shape of its image."""
     _check_shapes(images, kept, path=path, what="image")
     if masks:
         _check_shapes(masks, kept, path=path, what="mask")
@@ -356,23 +393,23 @@ def load_manifest(
                     f"{path}, row {row.row}: the mask's shape {mask.shape[1:]} differs from the "
                     f"image's {image.shape[1:]}; set data.transforms.spatial_size"
                 )
-    unlabeled = np.array([not r.label for r in kept]) if label_column else None
+
+
+def _row_labels(
+    kept: list[ManifestRow], *, labeled: bool
+) -> tuple[np.ndarray | None, list[str], np.ndarray | None]:
+    """``(labels, classes, unlabeled)``: class indices (-1 for an unlabeled row) and names.
+
+    All ``None`` (and no classes) without a label column.
+    """
+    unlabeled = np.array([not r.label for r in kept]) if labeled else None
     labels: np.ndarray | None = None
     classes: list[str] = []
     if unlabeled is not None:
         labels = np.full(len(kept), -1, dtype=np.int64)
         if not unlabeled.all():
             labels[~unlabeled], classes = _labels([r.label for r in kept if r.label])
-    return LoadedManifest(
-        images=np.stack(images),
-        labels=labels,
-        masks=np.stack(masks) if masks else None,
-        sites=np.array([r.site or DEFAULT_SITE for r in kept]),
-        splits=np.array([r.split for r in kept]) if split_column else None,
-        classes=classes,
-        unreadable={site: dict(sorted(c.items())) for site, c in sorted(unreadable.items())},
-        unlabeled=unlabeled if unlabeled is not None and unlabeled.any() else None,
-    )
+    return labels, classes, unlabeled
 
 
 def _load(
