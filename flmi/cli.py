@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TypeAlias
 
 from rich.console import Console
 from rich.markup import escape
@@ -172,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_model_commands(sub)
+    _add_certs_command(sub)
+    _add_deploy_commands(sub)
+    return parser
+
+
+#: What ``add_subparsers()`` returns: the ``flmi`` subcommands.
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_run_commands(sub: _Commands) -> None:
+    """``flmi run``, ``demo``, ``strategies`` and ``report``: simulations and their reports."""
     run = sub.add_parser("run", help="run a federation (and its baselines) from a TOML config")
     run.add_argument("config", type=Path, help="the TOML config file")
     run.add_argument("--out", type=Path, help="run directory to create (default: runs/NAME-TIME)")
@@ -194,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("strategies", help="list the algorithm names [strategy] name accepts")
     report = sub.add_parser("report", help="write RUN_DIR/report.html (plots, intervals)")
     report.add_argument("run_dir", type=Path, help="a finished run directory")
+
+
+def _add_model_commands(sub: _Commands) -> None:
+    """``flmi predict`` and ``audit``: what a finished run's model and updates give away."""
     predict = sub.add_parser("predict", help="score images with a run's final model")
     predict.add_argument("run_dir", type=Path, help="a finished run directory")
     predict.add_argument("images", type=Path, nargs="+", help=".npz, .png, .jpg or .jpeg files")
@@ -219,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--iterations", type=int, default=800, help="attack steps per batch")
     audit.add_argument("--seed", type=int, default=0, help="seeds the attack")
     audit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _add_certs_command(sub: _Commands) -> None:
+    """``flmi certs init | add-site``: the consortium CA and its bundles."""
     certs = sub.add_parser("certs", help="consortium certificates for a real deployment")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_sub.add_parser("init", help="create a consortium CA and the server's bundle")
@@ -231,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--out", type=Path, required=True, help="bundle folder to create")
     add.add_argument("--csr", type=Path, help="a signing request made at the site (no key sent)")
     add.add_argument("--days", type=int, default=365)
+
+
+def _add_deploy_commands(sub: _Commands) -> None:
+    """``flmi server``, ``client`` and ``audit-log``: a real federation over gRPC."""
     server = sub.add_parser("server", help="run a federation as its server, over gRPC with mTLS")
     server.add_argument("--config", type=Path, required=True, help="the federation's TOML config")
     server.add_argument("--certs", type=Path, required=True, help="the server bundle folder")
@@ -248,7 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the hash chain of an audit log")
     verify.add_argument("file", type=Path)
-    return parser
 
 
 def _deploy(args: argparse.Namespace) -> int:

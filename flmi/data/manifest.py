@@ -148,16 +148,7 @@ def read_manifest(
         test split, or a split is not ``train``/``val``/``test``; the message
         names the file, the column and the row.
     """
-    if not path.is_file():
-        raise DataError(f"data.path: no such file: {path}; point [data] path at the manifest CSV")
-    try:
-        with path.open(newline="") as handle:
-            table = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot be read as CSV: {exc}") from None
-    if len(table) < 2:
-        raise DataError(f"{path}: needs a header row and at least one data row")
-    header = [h.strip() for h in table[0]]
+    header, table = _read_table(path)
     columns = {
         "image_column": image_column,
         "label_column": label_column,
@@ -165,46 +156,21 @@ def read_manifest(
         "site_column": site_column,
         "split_column": split_column,
     }
-    at: dict[str, int] = {}
-    for key, name in columns.items():
-        if not name:
-            continue
-        if name not in header:
-            raise DataError(
-                f"data.{key} = '{name}' is not a column of {path}; columns: {', '.join(header)}"
-            )
-        at[key] = header.index(name)
+    at = _column_positions(header, columns=columns, path=path)
     rows: list[ManifestRow] = []
-    for number, cells in enumerate(table[1:], start=2):
+    for number, cells in enumerate(table, start=2):
         if not any(c.strip() for c in cells):
             continue  # a blank line
-        if len(cells) != len(header):
-            raise DataError(
-                f"{path}, row {number}: {len(cells)} cells, but the header has {len(header)}"
-            )
-        values = {key: cells[i].strip() for key, i in at.items()}
-        for key, value in values.items():
-            if not value and not (allow_empty_labels and key == "label_column"):
-                raise DataError(
-                    f"{path}, row {number}: column '{columns[key]}' is empty; fill it in "
-                    "or remove the row"
-                    + (
-                        " (or set data.empty_labels = 'unlabeled' to train on unlabeled images)"
-                        if key == "label_column"
-                        else ""
-                    )
-                )
-        split = values.get("split_column", "").lower()
-        if split_column and split not in SPLITS:
-            raise DataError(
-                f"{path}, row {number}: column '{split_column}' holds '{values['split_column']}'; "
-                "use train, val or test"
-            )
-        if label_column and not values["label_column"] and split not in ("", Split.TRAIN):
-            raise DataError(
-                f"{path}, row {number}: an image without a label cannot be in the '{split}' "
-                "split, which scores the model against labels; label it or put it in train"
-            )
+        values = _row_values(
+            cells,
+            number=number,
+            header=header,
+            at=at,
+            columns=columns,
+            path=path,
+            allow_empty_labels=allow_empty_labels,
+        )
+        split = _row_split(values, number=number, columns=columns, path=path)
         rows.append(
             ManifestRow(
                 row=number,
@@ -218,6 +184,85 @@ def read_manifest(
     if not rows:
         raise DataError(f"{path}: no data rows")
     return rows
+
+
+def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The manifest's stripped header and its data rows, as CSV cells."""
+    if not path.is_file():
+        raise DataError(f"data.path: no such file: {path}; point [data] path at the manifest CSV")
+    try:
+        with path.open(newline="") as handle:
+            table = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot be read as CSV: {exc}") from None
+    if len(table) < 2:
+        raise DataError(f"{path}: needs a header row and at least one data row")
+    return [h.strip() for h in table[0]], table[1:]
+
+
+def _column_positions(
+    header: list[str], *, columns: Mapping[str, str], path: Path
+) -> dict[str, int]:
+    """Where each named column is in ``header`` (unnamed ones left out)."""
+    at: dict[str, int] = {}
+    for key, name in columns.items():
+        if not name:
+            continue
+        if name not in header:
+            raise DataError(
+                f"data.{key} = '{name}' is not a column of {path}; columns: {', '.join(header)}"
+            )
+        at[key] = header.index(name)
+    return at
+
+
+def _row_values(
+    cells: list[str],
+    *,
+    number: int,
+    header: list[str],
+    at: Mapping[str, int],
+    columns: Mapping[str, str],
+    path: Path,
+    allow_empty_labels: bool,
+) -> dict[str, str]:
+    """The stripped cells of the named columns of row ``number``; none may be empty."""
+    if len(cells) != len(header):
+        raise DataError(
+            f"{path}, row {number}: {len(cells)} cells, but the header has {len(header)}"
+        )
+    values = {key: cells[i].strip() for key, i in at.items()}
+    for key, value in values.items():
+        if not value and not (allow_empty_labels and key == "label_column"):
+            raise DataError(
+                f"{path}, row {number}: column '{columns[key]}' is empty; fill it in "
+                "or remove the row"
+                + (
+                    " (or set data.empty_labels = 'unlabeled' to train on unlabeled images)"
+                    if key == "label_column"
+                    else ""
+                )
+            )
+    return values
+
+
+def _row_split(
+    values: Mapping[str, str], *, number: int, columns: Mapping[str, str], path: Path
+) -> str:
+    """Row ``number``'s split (``""`` without a split column); only train may be unlabeled."""
+    split_column, label_column = columns["split_column"], columns["label_column"]
+    split = values.get("split_column", "").lower()
+    if split_column and split not in SPLITS:
+        raise DataError(
+            f"{path}, row {number}: column '{split_column}' holds '{values['split_column']}'; "
+            "use train, val or test"
+        )
+    if label_column and not values["label_column"] and split not in ("", Split.TRAIN):
+        raise DataError(
+            f"{path}, row {number}: an image without a label cannot be in the '{split}' "
+            "split, which scores the model against labels; label it or put it in train"
+        )
+    return split
 
 
 def load_manifest(
@@ -271,6 +316,36 @@ def load_manifest(
         split_column=split_column,
         allow_empty_labels=empty_labels == "unlabeled",
     )
+    read = _read_rows(rows, path=path, transforms=transforms, on_unreadable=on_unreadable)
+    kept, images, masks, unreadable = read.kept, read.images, read.masks, read.unreadable
+    _check_all_shapes(images, masks, kept, path=path)
+    labels, classes, unlabeled = _row_labels(kept, labeled=bool(label_column))
+    return LoadedManifest(
+        images=np.stack(images),
+        labels=labels,
+        masks=np.stack(masks) if masks else None,
+        sites=np.array([r.site or DEFAULT_SITE for r in kept]),
+        splits=np.array([r.split for r in kept]) if split_column else None,
+        classes=classes,
+        unreadable={site: dict(sorted(c.items())) for site, c in sorted(unreadable.items())},
+        unlabeled=unlabeled if unlabeled is not None and unlabeled.any() else None,
+    )
+
+
+@dataclass(frozen=True)
+class _ReadRows:
+    """The rows whose files could be read, their arrays, and per site what was left out."""
+
+    kept: list[ManifestRow]
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    unreadable: dict[str, Counter[str]]
+
+
+def _read_rows(
+    rows: list[ManifestRow], *, path: Path, transforms: TransformsConfig, on_unreadable: str
+) -> _ReadRows:
+    """Read every row's image (and mask) through the pipeline, skipping or refusing bad files."""
     image_pipeline = ImagePipeline(spec=transforms)
     mask_pipeline = ImagePipeline(spec=transforms, mask=True)
     kept: list[ManifestRow] = []
@@ -305,6 +380,13 @@ def load_manifest(
             f"{path}: none of the {len(rows)} images could be read; see the site log for "
             "each file and why"
         )
+    return _ReadRows(kept=kept, images=images, masks=masks, unreadable=unreadable)
+
+
+def _check_all_shapes(
+    images: list[np.ndarray], masks: list[np.ndarray], kept: list[ManifestRow], *, path: Path
+) -> None:
+    """One shape for every image, one for every mask, and each mask the shape of its image."""
     _check_shapes(images, kept, path=path, what="image")
     if masks:
         _check_shapes(masks, kept, path=path, what="mask")
@@ -314,23 +396,23 @@ def load_manifest(
                     f"{path}, row {row.row}: the mask's shape {mask.shape[1:]} differs from the "
                     f"image's {image.shape[1:]}; set data.transforms.spatial_size"
                 )
-    unlabeled = np.array([not r.label for r in kept]) if label_column else None
+
+
+def _row_labels(
+    kept: list[ManifestRow], *, labeled: bool
+) -> tuple[np.ndarray | None, list[str], np.ndarray | None]:
+    """``(labels, classes, unlabeled)``: class indices (-1 for an unlabeled row) and names.
+
+    All ``None`` (and no classes) without a label column.
+    """
+    unlabeled = np.array([not r.label for r in kept]) if labeled else None
     labels: np.ndarray | None = None
     classes: list[str] = []
     if unlabeled is not None:
         labels = np.full(len(kept), -1, dtype=np.int64)
         if not unlabeled.all():
             labels[~unlabeled], classes = _labels([r.label for r in kept if r.label])
-    return LoadedManifest(
-        images=np.stack(images),
-        labels=labels,
-        masks=np.stack(masks) if masks else None,
-        sites=np.array([r.site or DEFAULT_SITE for r in kept]),
-        splits=np.array([r.split for r in kept]) if split_column else None,
-        classes=classes,
-        unreadable={site: dict(sorted(c.items())) for site, c in sorted(unreadable.items())},
-        unlabeled=unlabeled if unlabeled is not None and unlabeled.any() else None,
-    )
+    return labels, classes, unlabeled
 
 
 def _load(

@@ -93,47 +93,16 @@ def load_csv_sites(
     site_at = _column(header, site_column, "site_column", path)
     names = list(feature_columns) or [h for h in header if h not in (label_column, site_column)]
     feature_at = [_column(header, n, "feature_columns", path) for n in names]
-    complete = [
-        r
-        for r in rows
-        if len(r) == len(header)
-        and all(r[i].strip().lower() not in MISSING for i in (*feature_at, label_at, site_at))
-    ]
-    dropped = len(rows) - len(complete)
-    if dropped:
-        log.info("%s: %d rows with a missing value were left out", path.name, dropped)
-    if not complete:
-        raise DataError(f"{path}: no row has every feature, label and site column filled in")
-    x = np.empty((len(complete), len(feature_at)), dtype=np.float64)
-    for r, row in enumerate(complete):
-        for c, i in enumerate(feature_at):
-            try:
-                x[r, c] = float(row[i])
-            except ValueError:
-                raise DataError(
-                    f"{path}: column '{header[i]}' holds '{row[i]}', which is not a number; "
-                    "encode it as numbers or leave it out of data.feature_columns"
-                ) from None
+    complete = _complete_rows(
+        rows, header=header, columns=(*feature_at, label_at, site_at), path=path
+    )
+    x = _features(complete, header=header, feature_at=feature_at, path=path)
     raw_labels = [row[label_at].strip() for row in complete]
+    classes: list[str] = []
     if numeric_label:
         y = _numeric(raw_labels, column=label_column, path=path)
-        return _by_site(
-            x=x,
-            y=y,
-            complete=complete,
-            site_at=site_at,
-            seed=split_seed,
-            test=test_fraction,
-            val=val_fraction,
-        ), []
-    classes = sorted(
-        set(raw_labels), key=lambda v: (not _is_int(v), int(v) if _is_int(v) else 0, v)
-    )
-    index = {name: k for k, name in enumerate(classes)}
-    y = np.array(
-        [int(v) if all(_is_int(c) for c in classes) else index[v] for v in raw_labels],
-        dtype=np.int64,
-    )
+    else:
+        y, classes = _class_labels(raw_labels)
     data = _by_site(
         x=x,
         y=y,
@@ -144,6 +113,53 @@ def load_csv_sites(
         val=val_fraction,
     )
     return data, classes
+
+
+def _complete_rows(
+    rows: list[list[str]], *, header: list[str], columns: Sequence[int], path: Path
+) -> list[list[str]]:
+    """The rows with every one of ``columns`` filled in; refuses a file with none."""
+    complete = [
+        r
+        for r in rows
+        if len(r) == len(header) and all(r[i].strip().lower() not in MISSING for i in columns)
+    ]
+    dropped = len(rows) - len(complete)
+    if dropped:
+        log.info("%s: %d rows with a missing value were left out", path.name, dropped)
+    if not complete:
+        raise DataError(f"{path}: no row has every feature, label and site column filled in")
+    return complete
+
+
+def _features(
+    rows: list[list[str]], *, header: list[str], feature_at: Sequence[int], path: Path
+) -> np.ndarray:
+    """The feature columns of ``rows`` as float64, naming the first value that is no number."""
+    x = np.empty((len(rows), len(feature_at)), dtype=np.float64)
+    for r, row in enumerate(rows):
+        for c, i in enumerate(feature_at):
+            try:
+                x[r, c] = float(row[i])
+            except ValueError:
+                raise DataError(
+                    f"{path}: column '{header[i]}' holds '{row[i]}', which is not a number; "
+                    "encode it as numbers or leave it out of data.feature_columns"
+                ) from None
+    return x
+
+
+def _class_labels(raw_labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Class indices and names: integer labels as they are, text classes in sorted order."""
+    classes = sorted(
+        set(raw_labels), key=lambda v: (not _is_int(v), int(v) if _is_int(v) else 0, v)
+    )
+    index = {name: k for k, name in enumerate(classes)}
+    y = np.array(
+        [int(v) if all(_is_int(c) for c in classes) else index[v] for v in raw_labels],
+        dtype=np.int64,
+    )
+    return y, classes
 
 
 def _numeric(values: list[str], *, column: str, path: Path) -> np.ndarray:

@@ -221,17 +221,39 @@ def build_report(run_dir: Path) -> Path:
     lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
     config = tomllib.loads((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else {}
     curves = json.loads((run_dir / CURVES).read_text()) if (run_dir / CURVES).is_file() else None
-    positive = config.get("task", {}).get("positive_label")
-
-    def figure(title: str, draw: Callable[[], Figure], caption: str) -> str:
-        return f"{_image(plots.png(draw()), title)}<p class='note'>{html.escape(caption)}</p>"
-
-    missing_curves = "<p class='note'>This run directory holds no curves.json.</p>"
     parts = {
+        **_run_sections(run_dir=run_dir, summary=summary, config=config, lines=lines),
+        **_threshold_sections(summary=summary, curves=curves),
+    }
+    path = run_dir / REPORT
+    atomic_write_bytes(path, _page(run_dir, parts).encode("utf-8"))
+    return path
+
+
+#: A report section: its title and its HTML body.
+_Section = tuple[str, str]
+_MISSING_CURVES = "<p class='note'>This run directory holds no curves.json.</p>"
+
+
+def _figure(title: str, draw: Callable[[], Figure], caption: str) -> str:
+    """A drawn figure as an embedded PNG, with its caption."""
+    return f"{_image(plots.png(draw()), title)}<p class='note'>{html.escape(caption)}</p>"
+
+
+def _run_sections(
+    *,
+    run_dir: Path,
+    summary: Mapping[str, Any],
+    config: Mapping[str, Any],
+    lines: Sequence[Mapping[str, Any]],
+) -> dict[str, _Section]:
+    """The run, its metrics per round, per site, and each site's labels."""
+    positive = config.get("task", {}).get("positive_label")
+    return {
         "overview": ("Run", _overview(summary, config)),
         "metric-curves": (
             "Metrics per round",
-            figure(
+            _figure(
                 "metrics per round",
                 lambda: plots.metric_curves(lines),
                 "Test metrics (solid) and validation metrics (dashed) after each round, per arm.",
@@ -239,7 +261,7 @@ def build_report(run_dir: Path) -> Path:
         ),
         "site-bars": (
             "Final metrics per site",
-            figure(
+            _figure(
                 "metrics per site",
                 lambda: plots.site_bars(summary),
                 "Each site's model scored on its own test split; error bars are bootstrap "
@@ -248,7 +270,7 @@ def build_report(run_dir: Path) -> Path:
         ),
         "label-histograms": (
             "Labels per site",
-            figure(
+            _figure(
                 "labels per site",
                 lambda: plots.label_histograms(summary, positive_label=positive),
                 "Examples of each class in every site's train, validation and test split.",
@@ -258,9 +280,17 @@ def build_report(run_dir: Path) -> Path:
             "each site's target distribution is in the data section of summary.json.</p>"
             + _km_figure(run_dir),
         ),
+    }
+
+
+def _threshold_sections(
+    *, summary: Mapping[str, Any], curves: Mapping[str, Any] | None
+) -> dict[str, _Section]:
+    """ROC, confusion and calibration from ``curves.json``, the threshold, the intervals."""
+    return {
         "roc": (
             "ROC curves",
-            figure(
+            _figure(
                 "ROC curves",
                 lambda: plots.roc_curves(curves or {}, summary),
                 "Drawn from each site's counts of positives and negatives per probability bin "
@@ -269,28 +299,28 @@ def build_report(run_dir: Path) -> Path:
             )
             + coarse_note(curves or {})
             if curves
-            else missing_curves,
+            else _MISSING_CURVES,
         ),
         "confusion": (
             "Confusion matrix at the threshold",
-            figure(
+            _figure(
                 "confusion matrices",
                 lambda: plots.confusion_matrices(curves or {}),
                 "Counts of test patients at the threshold chosen on validation data.",
             )
             if curves
-            else missing_curves,
+            else _MISSING_CURVES,
         ),
         "calibration": (
             "Calibration",
-            figure(
+            _figure(
                 "calibration",
                 lambda: plots.calibration_plot(curves or {}),
                 "Observed share of the positive class against the predicted probability, in "
                 "10 groups of the probability; a calibrated model follows the diagonal.",
             )
             if curves
-            else missing_curves,
+            else _MISSING_CURVES,
         ),
         "threshold": (
             "Operating threshold",
@@ -308,16 +338,17 @@ def build_report(run_dir: Path) -> Path:
             + ci_table(summary),
         ),
     }
+
+
+def _page(run_dir: Path, parts: Mapping[str, _Section]) -> str:
+    """The whole HTML page: a heading, then every section in :data:`SECTIONS` order."""
     body = "".join(
         f'<section id="{key}"><h2>{html.escape(parts[key][0])}</h2>{parts[key][1]}</section>'
         for key in SECTIONS
     )
-    page = (
+    return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>flmi run report: {html.escape(run_dir.name)}</title><style>{STYLE}</style>"
         f"</head><body><h1>flmi run report</h1><p class='note'>{html.escape(str(run_dir))}</p>"
         f"{body}</body></html>"
     )
-    path = run_dir / REPORT
-    atomic_write_bytes(path, page.encode("utf-8"))
-    return path

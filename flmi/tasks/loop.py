@@ -51,26 +51,13 @@ def train_local(
         noise, Poisson-sampled batches).
     """
     model.train()
-    optimizer = training.make_optimizer(model)
-    module = model
-    n = int(y.shape[0])
-    batches: Iterable[torch.Tensor] = batch_indices(
-        n=n,
-        batch_size=training.batch_size,
-        local_epochs=training.local_epochs,
-        local_steps=training.local_steps,
+    module, optimizer, batches, session = _optimizer_and_batches(
+        model=model,
+        num_examples=int(y.shape[0]),
+        training=training,
         generator=generator,
+        hooks=hooks,
     )
-    session: PrivateSession | None = None
-    if hooks is not None and hooks.private is not None:
-        session = hooks.private.start(
-            model=model,
-            optimizer=optimizer,
-            num_examples=n,
-            training=training,
-            generator=generator,
-        )
-        module, optimizer, batches = session.module, session.optimizer, session.batches()
     steps, loss_sum, seen = 0, 0.0, 0
     try:
         for index in batches:
@@ -96,3 +83,39 @@ def train_local(
             session.close()
     mean_loss = loss_sum / seen if seen else float("nan")
     return FitResult(num_steps=steps, metrics={Metric.LOSS: mean_loss})
+
+
+def _optimizer_and_batches(
+    *,
+    model: torch.nn.Module,
+    num_examples: int,
+    training: LocalTraining,
+    generator: torch.Generator,
+    hooks: FitHooks | None,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, Iterable[torch.Tensor], PrivateSession | None]:
+    """The module to run, its optimiser and the round's index batches.
+
+    Plain training runs ``model`` on seeded shuffled batches; DP-SGD
+    (``hooks.private``) starts a session whose module, optimiser and
+    Poisson-sampled batches replace them; the caller closes that session.
+    """
+    optimizer = training.make_optimizer(model)
+    module = model
+    batches: Iterable[torch.Tensor] = batch_indices(
+        n=num_examples,
+        batch_size=training.batch_size,
+        local_epochs=training.local_epochs,
+        local_steps=training.local_steps,
+        generator=generator,
+    )
+    session: PrivateSession | None = None
+    if hooks is not None and hooks.private is not None:
+        session = hooks.private.start(
+            model=model,
+            optimizer=optimizer,
+            num_examples=num_examples,
+            training=training,
+            generator=generator,
+        )
+        module, optimizer, batches = session.module, session.optimizer, session.batches()
+    return module, optimizer, batches, session

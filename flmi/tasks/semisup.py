@@ -69,6 +69,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -288,43 +289,90 @@ def train_semi_supervised(
     """
     if training.semi_supervised not in (SemiSupervised.FIXMATCH, SemiSupervised.PSEUDO_LABEL):
         raise ValueError(f"semi_supervised = '{training.semi_supervised}' trains no unlabeled data")
-    n_labeled, n_unlabeled = int(y.shape[0]), int(unlabeled.shape[0])
-    if n_unlabeled < 1:
+    if int(unlabeled.shape[0]) < 1:
         raise ValueError("semi-supervised training needs at least one unlabeled image")
-    passes = math.ceil(max(n_labeled, n_unlabeled) / training.batch_size)
-    steps = training.local_steps if training.local_steps > 0 else passes * training.local_epochs
-    labeled_batches = (
-        _cycle(n_labeled, training.batch_size, steps, generator) if n_labeled else None
+    labeler = _pseudo_labeler(
+        model=model, unlabeled=unlabeled, training=training, device=device, probs_fn=probs_fn
     )
-    unlabeled_batches = _cycle(n_unlabeled, training.batch_size, steps, generator)
-    fixmatch = training.semi_supervised == SemiSupervised.FIXMATCH
+    return _train_steps(
+        model=model,
+        x=x,
+        y=y,
+        unlabeled=unlabeled,
+        labeler=labeler,
+        training=training,
+        generator=generator,
+        device=device,
+        loss_fn=loss_fn,
+        probs_fn=probs_fn,
+        transform=transform,
+        hooks=hooks,
+    )
+
+
+@dataclass(frozen=True)
+class _PseudoLabeler:
+    """The round's pseudo-labels: fixed class-quota labels, or confident predictions of ``net``.
+
+    ``net`` is the frozen global teacher, or the moving local model itself;
+    ``fixed`` holds ``(chosen, target, probs)`` for every unlabeled image under
+    class-quota selection; ``alignment`` is the mean prediction that
+    distribution alignment divides by.
+    """
+
+    net: torch.nn.Module
+    threshold: float
+    probs_fn: ProbsFn
+    device: torch.device
+    fixed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    alignment: torch.Tensor | None
+
+    def label(
+        self, u_index: torch.Tensor, weak: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(chosen, target, probs)`` for the unlabeled batch ``u_index`` (weak view ``weak``)."""
+        if self.fixed is not None:
+            on_device = u_index.to(self.device)
+            return (
+                self.fixed[0][u_index].to(self.device),
+                self.fixed[1][on_device],
+                self.fixed[2][on_device],
+            )
+        with torch.no_grad():
+            probs = self.probs_fn(self.net(weak))
+            if self.alignment is not None:
+                probs = align(probs, self.alignment)
+            confidence, target = probs.max(dim=1)
+            chosen = confidence >= self.threshold
+        return chosen, target, probs
+
+
+def _pseudo_labeler(
+    *,
+    model: torch.nn.Module,
+    unlabeled: torch.Tensor,
+    training: LocalTraining,
+    device: torch.device,
+    probs_fn: ProbsFn,
+) -> _PseudoLabeler:
+    """How this round pseudo-labels: its teacher, and what it computes once at the start."""
     teacher = (
         frozen_teacher(model)
         if training.pseudo_label_teacher == PseudoLabelTeacher.GLOBAL
         else None
     )
+    net = teacher if teacher is not None else model
     quota = training.pseudo_label_selection == PseudoLabelSelection.CLASS_QUOTA
-    fixed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    if quota:
-        all_probs = predict_probs(
-            net=teacher if teacher is not None else model,
-            images=unlabeled,
-            batch_size=training.batch_size,
-            device=device,
-            probs_fn=probs_fn,
+    fixed = (
+        _class_quota_labels(
+            net=net, unlabeled=unlabeled, training=training, device=device, probs_fn=probs_fn
         )
-        fixed_chosen, fixed_target = class_quota_selection(
-            probs=all_probs, quota=training.pseudo_label_quota
-        )
-        soft = (
-            align(all_probs, all_probs.mean(dim=0))
-            if training.distribution_alignment
-            else all_probs
-        )
-        fixed = (fixed_chosen.cpu(), fixed_target, soft)
+        if quota
+        else None
+    )
     alignment = (
         mean_prediction(
-            net=teacher if teacher is not None else model,
+            net=net,
             images=unlabeled,
             batch_size=training.batch_size,
             device=device,
@@ -333,9 +381,90 @@ def train_semi_supervised(
         if training.distribution_alignment and not quota
         else None
     )
+    return _PseudoLabeler(
+        net=net,
+        threshold=training.pseudo_label_threshold,
+        probs_fn=probs_fn,
+        device=device,
+        fixed=fixed,
+        alignment=alignment,
+    )
+
+
+def _class_quota_labels(
+    *,
+    net: torch.nn.Module,
+    unlabeled: torch.Tensor,
+    training: LocalTraining,
+    device: torch.device,
+    probs_fn: ProbsFn,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(chosen, target, probs)`` for every unlabeled image, fixed for the round by class quota."""
+    all_probs = predict_probs(
+        net=net,
+        images=unlabeled,
+        batch_size=training.batch_size,
+        device=device,
+        probs_fn=probs_fn,
+    )
+    fixed_chosen, fixed_target = class_quota_selection(
+        probs=all_probs, quota=training.pseudo_label_quota
+    )
+    soft = align(all_probs, all_probs.mean(dim=0)) if training.distribution_alignment else all_probs
+    return (fixed_chosen.cpu(), fixed_target, soft)
+
+
+@dataclass
+class _Tally:
+    """Running sums over one round's steps, for its metrics."""
+
+    sup_sum: float = 0.0
+    sup_seen: int = 0
+    unsup_sum: float = 0.0
+    confident: int = 0
+    unsup_seen: int = 0
+    taken: int = 0
+
+    def metrics(self, *, num_labeled: int, used: torch.Tensor) -> dict[str, float]:
+        """The round's metrics; ``loss`` only when a labeled batch was seen."""
+        metrics: dict[str, float] = {
+            TrainMetric.UNLABELED_LOSS: self.unsup_sum / self.unsup_seen,
+            TrainMetric.PSEUDO_LABEL_RATE: self.confident / self.unsup_seen,
+            TrainMetric.NUM_LABELED: float(num_labeled),
+            TrainMetric.NUM_UNLABELED: float(int(used.sum())),
+        }
+        if self.sup_seen:
+            metrics[Metric.LOSS] = self.sup_sum / self.sup_seen
+        return metrics
+
+
+def _train_steps(
+    *,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    unlabeled: torch.Tensor,
+    labeler: _PseudoLabeler,
+    training: LocalTraining,
+    generator: torch.Generator,
+    device: torch.device,
+    loss_fn: PerExampleLoss,
+    probs_fn: ProbsFn,
+    transform: BatchTransform | None,
+    hooks: FitHooks | None,
+) -> FitResult:
+    """The round's steps: a labeled batch when there are labels, an unlabeled batch always."""
+    n_labeled, n_unlabeled = int(y.shape[0]), int(unlabeled.shape[0])
+    passes = math.ceil(max(n_labeled, n_unlabeled) / training.batch_size)
+    steps = training.local_steps if training.local_steps > 0 else passes * training.local_epochs
+    labeled_batches = (
+        _cycle(n_labeled, training.batch_size, steps, generator) if n_labeled else None
+    )
+    unlabeled_batches = _cycle(n_unlabeled, training.batch_size, steps, generator)
+    fixmatch = training.semi_supervised == SemiSupervised.FIXMATCH
     model.train()
     optimizer = training.make_optimizer(model)
-    sup_sum, sup_seen, unsup_sum, confident, unsup_seen, taken = 0.0, 0, 0.0, 0, 0, 0
+    tally = _Tally()
     used = torch.zeros(n_unlabeled, dtype=torch.bool)
     for _ in range(steps):
         objective = torch.zeros((), device=device)
@@ -347,28 +476,15 @@ def train_semi_supervised(
             xb, yb = xb.to(device, non_blocking=True), y[index].to(device, non_blocking=True)
             sup = loss_fn(model(xb), yb).mean()
             objective = objective + sup
-            sup_sum += float(sup.detach()) * len(index)
-            sup_seen += len(index)
+            tally.sup_sum += float(sup.detach()) * len(index)
+            tally.sup_seen += len(index)
         u_index = next(unlabeled_batches)
         u = unlabeled[u_index]
         weak = _weak(u, generator).to(device, non_blocking=True)
-        if fixed is not None:
-            on_device = u_index.to(device)
-            chosen, target, probs = (
-                fixed[0][u_index].to(device),
-                fixed[1][on_device],
-                fixed[2][on_device],
-            )
-        else:
-            with torch.no_grad():
-                probs = probs_fn((teacher if teacher is not None else model)(weak))
-                if alignment is not None:
-                    probs = align(probs, alignment)
-                confidence, target = probs.max(dim=1)
-                chosen = confidence >= training.pseudo_label_threshold
+        chosen, target, probs = labeler.label(u_index, weak)
         mask = chosen.to(weak.dtype)
         view = _strong(u, generator).to(device, non_blocking=True) if fixmatch else weak
-        unsup_seen += int(u.shape[0])
+        tally.unsup_seen += int(u.shape[0])
         chosen_cpu = chosen.cpu()
         if not bool(chosen_cpu.any()) and labeled_batches is None:
             continue  # nothing to learn from: no step (see the module notes)
@@ -379,22 +495,25 @@ def train_semi_supervised(
             per_image = loss_fn(model(view), target)
         unsup = (per_image * mask).mean()
         objective = objective + training.unlabeled_loss_weight * unsup
-        unsup_sum += float(unsup.detach()) * u.shape[0]
-        confident += int(chosen_cpu.sum())
-        if hooks is not None and hooks.penalty is not None:
-            objective = objective + hooks.penalty(model)
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()  # type: ignore[no-untyped-call]
-        if hooks is not None and hooks.before_step is not None:
-            hooks.before_step(model)
-        optimizer.step()
-        taken += 1
-    metrics: dict[str, float] = {
-        TrainMetric.UNLABELED_LOSS: unsup_sum / unsup_seen,
-        TrainMetric.PSEUDO_LABEL_RATE: confident / unsup_seen,
-        TrainMetric.NUM_LABELED: float(n_labeled),
-        TrainMetric.NUM_UNLABELED: float(int(used.sum())),
-    }
-    if sup_seen:
-        metrics[Metric.LOSS] = sup_sum / sup_seen
-    return FitResult(num_steps=taken, metrics=metrics)
+        tally.unsup_sum += float(unsup.detach()) * u.shape[0]
+        tally.confident += int(chosen_cpu.sum())
+        _optimizer_step(model=model, optimizer=optimizer, objective=objective, hooks=hooks)
+        tally.taken += 1
+    return FitResult(num_steps=tally.taken, metrics=tally.metrics(num_labeled=n_labeled, used=used))
+
+
+def _optimizer_step(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    objective: torch.Tensor,
+    hooks: FitHooks | None,
+) -> None:
+    """Add the hooks' penalty to ``objective``, backpropagate, correct the gradient, step."""
+    if hooks is not None and hooks.penalty is not None:
+        objective = objective + hooks.penalty(model)
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()  # type: ignore[no-untyped-call]
+    if hooks is not None and hooks.before_step is not None:
+        hooks.before_step(model)
+    optimizer.step()

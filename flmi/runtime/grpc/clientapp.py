@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from flmi.config import load_config
+from flmi.config import Config, load_config
 from flmi.core.errors import ConfigError
+from flmi.data.arrays import SiteSplits
 from flmi.data.sources import load_data
 from flmi.data.unlabeled import semi_supervised_data
 from flmi.privacy.noise_source import refuse_in_deployment
@@ -16,11 +17,12 @@ from flmi.runtime.grpc.audit import AuditLog
 from flmi.runtime.grpc.client import ClientSettings, SiteClient
 from flmi.runtime.grpc.provisioning import SITE_CERT, site_identity
 from flmi.runtime.grpc.secure import exit_at_stage
-from flmi.runtime.grpc.siteconf import load_site_settings
+from flmi.runtime.grpc.siteconf import SiteSettings, load_site_settings
 from flmi.runtime.grpc.sitedata import load_site_data, site_data_config
 from flmi.runtime.grpc.tls import site_credentials
 from flmi.runtime.inprocess import SiteEndpoint
 from flmi.site.site import Site, SitePolicy
+from flmi.tasks.base import Task
 from flmi.tasks.device import resolve_device
 from flmi.tasks.registry import build_task
 from flmi.tasks.torch_params import params_copy
@@ -36,14 +38,7 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
     only this site's split is kept, so the client holds exactly what the
     simulation gives this site (a simulation convenience).
     """
-    cert = certs / SITE_CERT
-    if not cert.is_file():
-        raise ConfigError(
-            f"--certs {certs}: no {SITE_CERT}; use the bundle `flmi certs add-site` wrote"
-        )
-    named = site_identity(cert.read_bytes())
-    if named != site:
-        raise ConfigError(f"--site {site}: the certificate in {certs} is for '{named}'")
+    _check_certificate(certs=certs, site=site)
     settings = load_site_settings(data, site=site)
     config = load_config(settings.federation_config)
     refuse_in_deployment(
@@ -51,33 +46,9 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
     )
     torch.set_num_threads(settings.torch_threads or config.runtime.torch_threads)
     device = resolve_device(settings.device or config.runtime.device)
-    if settings.data:
-        config = site_data_config(config, table=settings.data, where=data)
-        federated = load_site_data(config, site=site, where=data)
-    else:
-        federated, left_out = semi_supervised_data(config, load_data(config))
-        if site in left_out:
-            raise _nothing_to_train(site, where=f"[sites.{site}] of {settings.federation_config}")
-    if site not in federated.sites:
-        raise ConfigError(
-            f"--site {site}: the partition of {settings.federation_config} has no such site; "
-            f"its sites are {', '.join(sorted(federated.sites))}"
-        )
-    try:
-        task = build_task(config, federated)
-    except ConfigError as exc:
-        if not settings.data:
-            raise
-        raise ConfigError(f"{data}: this site's own data does not fit the task: {exc}") from None
-    splits = federated.sites[site]
-    del federated
-    if config.federation.semi_supervised == "none" and len(splits.train) == 0:
-        where = (
-            f"its own data ({data})"
-            if settings.data
-            else f"the partition of {settings.federation_config}"
-        )
-        raise _nothing_to_train(site, where=where)
+    config, task, splits = _site_task_and_splits(
+        config=config, settings=settings, site=site, data=data
+    )
     seed = config.federation.seed
     policy = SitePolicy(
         max_local_epochs=settings.bounds.max_local_epochs or None,
@@ -110,6 +81,55 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
         make_site=make_site,
         audit=AuditLog(path=settings.audit_log),
     )
+
+
+def _check_certificate(*, certs: Path, site: str) -> None:
+    """Refuse a bundle without a site certificate, or one issued to another site."""
+    cert = certs / SITE_CERT
+    if not cert.is_file():
+        raise ConfigError(
+            f"--certs {certs}: no {SITE_CERT}; use the bundle `flmi certs add-site` wrote"
+        )
+    named = site_identity(cert.read_bytes())
+    if named != site:
+        raise ConfigError(f"--site {site}: the certificate in {certs} is for '{named}'")
+
+
+def _site_task_and_splits(
+    *, config: Config, settings: SiteSettings, site: str, data: Path
+) -> tuple[Config, Task, SiteSplits]:
+    """This site's config, its task and its splits: its own files, or its share of the partition.
+
+    Only this site's splits are kept; the other sites' data is released at once.
+    """
+    if settings.data:
+        config = site_data_config(config, table=settings.data, where=data)
+        federated = load_site_data(config, site=site, where=data)
+    else:
+        federated, left_out = semi_supervised_data(config, load_data(config))
+        if site in left_out:
+            raise _nothing_to_train(site, where=f"[sites.{site}] of {settings.federation_config}")
+    if site not in federated.sites:
+        raise ConfigError(
+            f"--site {site}: the partition of {settings.federation_config} has no such site; "
+            f"its sites are {', '.join(sorted(federated.sites))}"
+        )
+    try:
+        task = build_task(config, federated)
+    except ConfigError as exc:
+        if not settings.data:
+            raise
+        raise ConfigError(f"{data}: this site's own data does not fit the task: {exc}") from None
+    splits = federated.sites[site]
+    del federated
+    if config.federation.semi_supervised == "none" and len(splits.train) == 0:
+        where = (
+            f"its own data ({data})"
+            if settings.data
+            else f"the partition of {settings.federation_config}"
+        )
+        raise _nothing_to_train(site, where=where)
+    return config, task, splits
 
 
 def _nothing_to_train(site: str, *, where: str) -> ConfigError:

@@ -117,6 +117,24 @@ def init_ca(
             f"{ca_dir} already holds a CA key; refusing to overwrite it (choose another folder)"
         )
     ca_dir.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _self_signed_ca(consortium=consortium, days=10 * days)
+    _write_key(ca_dir / CA_KEY, ca_key)
+    _write_cert(ca_dir / CA_CERT, ca_cert)
+    server_dir = ca_dir / SERVER_DIR
+    server_dir.mkdir()
+    server_cert, server_key = _server_certificate(
+        server_name=server_name, ca_cert=ca_cert, ca_key=ca_key, days=days
+    )
+    _write_key(server_dir / SERVER_KEY, server_key)
+    _write_cert(server_dir / SERVER_CERT, server_cert)
+    _write_cert(server_dir / CA_CERT, ca_cert)
+    return server_dir
+
+
+def _self_signed_ca(
+    *, consortium: str, days: int
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new P-256 CA key and its self-signed certificate, valid ``days`` and only for signing."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()
@@ -125,7 +143,7 @@ def init_ca(
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(_now() - dt.timedelta(minutes=5))
-        .not_valid_after(_now() + dt.timedelta(days=10 * days))
+        .not_valid_after(_now() + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -143,10 +161,17 @@ def init_ca(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_key(ca_dir / CA_KEY, ca_key)
-    _write_cert(ca_dir / CA_CERT, ca_cert)
-    server_dir = ca_dir / SERVER_DIR
-    server_dir.mkdir()
+    return ca_cert, ca_key
+
+
+def _server_certificate(
+    *,
+    server_name: str,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    days: int,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new server key and its certificate for ``server_name`` (and loopback for localhost)."""
     server_key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName(server_name)]
     if server_name == "localhost":
@@ -163,10 +188,7 @@ def init_ca(
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
         alt_names=names,
     )
-    _write_key(server_dir / SERVER_KEY, server_key)
-    _write_cert(server_dir / SERVER_CERT, server_cert)
-    _write_cert(server_dir / CA_CERT, ca_cert)
-    return server_dir
+    return server_cert, server_key
 
 
 def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

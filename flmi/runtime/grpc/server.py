@@ -26,11 +26,18 @@ import torch
 
 from flmi.config import Config, training_hparams
 from flmi.core.errors import ConfigError
-from flmi.core.federation import FederationPlan, RoundRecord, run_federation
+from flmi.core.exchange import SecureAggregation
+from flmi.core.federation import (
+    FederationPlan,
+    FederationResult,
+    ResumePoint,
+    RoundRecord,
+    run_federation,
+)
 from flmi.core.keys import Arm, Record
 from flmi.core.messages import HParamValue
 from flmi.core.params import Params
-from flmi.core.strategy import StateRecord
+from flmi.core.strategy import StateRecord, Strategy
 from flmi.privacy.noise_source import refuse_in_deployment
 from flmi.privacy.setup import build_secure
 from flmi.report.resume import open_run, record_from_line
@@ -151,6 +158,58 @@ def serve(
         Called with the bound ``HOST:PORT`` once the server listens.
     """
     d = config.deploy
+    _check_deploy_sites(config)
+    torch.set_num_threads(config.runtime.torch_threads)
+    task = deployment_task(config)
+    initial = params_copy(task.build_model(seed=config.federation.seed))
+    strategy = make_strategy(config, d.sites)
+    secure = build_secure(config.privacy, strategy=strategy.name, site_names=d.sites)
+    credentials = server_credentials(certs)
+    revoked = RevocationList(path=Path(d.revocation_list) if d.revocation_list else None)
+    run, resume_point = open_run(config=config, out=out, resume=resume)
+    assert run is not None
+    coordinator = Coordinator(sites=d.sites, heartbeat_s=d.heartbeat_s)
+    coordinator.completed_round = resume_point.completed_round if resume_point else 0
+    service = _federation_service(
+        config=config,
+        strategy=strategy.name,
+        reference=initial,
+        coordinator=coordinator,
+        audit=AuditLog(path=run.path / AUDIT_LOG),
+    )
+    server, bound = _start_server(
+        config=config, service=service, revoked=revoked, credentials=credentials, address=address
+    )
+    if on_listening is not None:
+        on_listening(bound)
+
+    previous = _on_sigterm(coordinator)
+    stopped = False
+    try:
+        _federate(
+            config=config,
+            task=task,
+            strategy=strategy,
+            coordinator=coordinator,
+            initial=initial,
+            run=run,
+            progress=progress,
+            resume_point=resume_point,
+            secure=secure,
+        )
+    except StopRequestedError:
+        stopped = True
+        log.warning("stopped by SIGTERM; resume with --resume")
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+        server.stop(grace=1.0).wait()
+    return ServerResult(path=out, completed_round=coordinator.completed_round, stopped=stopped)
+
+
+def _check_deploy_sites(config: Config) -> None:
+    """Refuse a deployment with no sites, or fewer sites than a round needs."""
+    d = config.deploy
     if not d.sites:
         raise ConfigError(
             "deploy.sites is empty: list the site names (their certificates' common names) "
@@ -164,26 +223,25 @@ def serve(
     refuse_in_deployment(
         insecure_reproducible=config.privacy.insecure_reproducible_noise, command="flmi server"
     )
-    torch.set_num_threads(config.runtime.torch_threads)
-    task = deployment_task(config)
-    seed = config.federation.seed
-    initial = params_copy(task.build_model(seed=seed))
-    strategy = make_strategy(config, d.sites)
-    secure = build_secure(config.privacy, strategy=strategy.name, site_names=d.sites)
-    credentials = server_credentials(certs)
-    revoked = RevocationList(path=Path(d.revocation_list) if d.revocation_list else None)
-    run, resume_point = open_run(config=config, out=out, resume=resume)
-    assert run is not None
-    coordinator = Coordinator(sites=d.sites, heartbeat_s=d.heartbeat_s)
-    coordinator.completed_round = resume_point.completed_round if resume_point else 0
-    audit = AuditLog(path=run.path / AUDIT_LOG)
-    service = FederationService(
+
+
+def _federation_service(
+    *,
+    config: Config,
+    strategy: str,
+    reference: Params,
+    coordinator: Coordinator,
+    audit: AuditLog,
+) -> FederationService:
+    """The gRPC service that registers sites and relays rounds, with the deploy limits."""
+    d = config.deploy
+    return FederationService(
         coordinator=coordinator,
         settings=ServiceSettings(
             task=config.task.name,
-            strategy=strategy.name,
+            strategy=strategy,
             rounds=config.federation.rounds,
-            reference=initial,
+            reference=reference,
             plans=site_plans(config),
             chunk_bytes=d.chunk_bytes,
             max_message_bytes=d.max_message_bytes,
@@ -193,6 +251,18 @@ def serve(
         ),
         audit=audit,
     )
+
+
+def _start_server(
+    *,
+    config: Config,
+    service: FederationService,
+    revoked: RevocationList,
+    credentials: grpc.ServerCredentials,
+    address: str,
+) -> tuple[grpc.Server, str]:
+    """Listen on ``address`` over mTLS for the deploy sites; the server and ``HOST:PORT``."""
+    d = config.deploy
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4 * len(d.sites) + 8),
         interceptors=[SiteAuthInterceptor(allowed=d.sites, revoked=revoked)],
@@ -204,71 +274,112 @@ def serve(
         raise ConfigError(f"--address {address}: cannot listen there (in use, or not this host)")
     host = address.rsplit(":", 1)[0]
     server.start()
-    bound = f"{host}:{port}"
-    if on_listening is not None:
-        on_listening(bound)
+    return server, f"{host}:{port}"
 
-    previous = _on_sigterm(coordinator)
-    stopped = False
-    try:
-        coordinator.wait_for_sites(
-            minimum=config.federation.min_sites, timeout_s=d.wait_for_sites_s
-        )
-        f = config.federation
-        result = run_federation(
-            strategy=strategy,
-            runtime=GrpcRuntime(coordinator=coordinator, round_timeout_s=d.round_timeout_s),
-            initial_params=initial,
-            plan=FederationPlan(
-                rounds=f.rounds,
-                fraction=f.fraction,
-                min_sites=f.min_sites,
-                seed=seed,
-                eval_every=f.eval_every,
-                max_failed_rounds=f.max_failed_rounds,
-            ),
-            observer=_Observer(
-                run=run,
-                strategy=strategy.name,
-                coordinator=coordinator,
-                progress=progress,
-                rounds=f.rounds,
-            ),
-            arm=Arm.FEDERATED,
-            resume=resume_point,
-            secure=secure,
-        )
-        history = list(result.history) or [record_from_line(run.metrics_lines()[-1])]
-        run.write_model(params=result.params, meta=model_meta(config, task, strategy.name))
-        last = history[-1]
-        run.write_summary(
-            {
-                Record.ARMS: {
-                    Arm.FEDERATED: {
-                        "per_site": {s: dict(m) for s, m in sorted(last.per_site.items())},
-                        "site_mean": dict(last.site_mean),
-                    }
-                },
-                Record.ROUNDS: f.rounds,
-                Record.SEED: seed,
-                Record.TORCH_THREADS: torch.get_num_threads(),
-                "strategy": strategy.name,
-                "runtime": "grpc",
-                "sites": list(d.sites),
-                Record.PRIVACY: privacy_summary(config.privacy, secure, history),
-                Record.VERSIONS: versions(),
-            }
-        )
-        coordinator.finish()
-        coordinator.wait_until_all_done(DONE_GRACE_S)
-    except StopRequestedError:
-        stopped = True
-        log.warning("stopped by SIGTERM; resume with --resume")
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
-        server.stop(grace=1.0).wait()
-    return ServerResult(path=out, completed_round=coordinator.completed_round, stopped=stopped)
+
+def _federate(
+    *,
+    config: Config,
+    task: Task,
+    strategy: Strategy[Any],
+    coordinator: Coordinator,
+    initial: Params,
+    run: RunDir,
+    progress: Callable[[RoundRecord, int], None] | None,
+    resume_point: ResumePoint | None,
+    secure: SecureAggregation | None,
+) -> None:
+    """Wait for enough sites, run every round, record the results, then release the sites."""
+    coordinator.wait_for_sites(
+        minimum=config.federation.min_sites, timeout_s=config.deploy.wait_for_sites_s
+    )
+    result = _run_rounds(
+        config=config,
+        strategy=strategy,
+        coordinator=coordinator,
+        initial=initial,
+        run=run,
+        progress=progress,
+        resume_point=resume_point,
+        secure=secure,
+    )
+    _write_results(
+        config=config, run=run, task=task, strategy=strategy.name, secure=secure, result=result
+    )
+    coordinator.finish()
+    coordinator.wait_until_all_done(DONE_GRACE_S)
+
+
+def _run_rounds(
+    *,
+    config: Config,
+    strategy: Strategy[Any],
+    coordinator: Coordinator,
+    initial: Params,
+    run: RunDir,
+    progress: Callable[[RoundRecord, int], None] | None,
+    resume_point: ResumePoint | None,
+    secure: SecureAggregation | None,
+) -> FederationResult:
+    """The shared round loop, with the connected sites as its runtime."""
+    f = config.federation
+    observer = _Observer(
+        run=run,
+        strategy=strategy.name,
+        coordinator=coordinator,
+        progress=progress,
+        rounds=f.rounds,
+    )
+    return run_federation(
+        strategy=strategy,
+        runtime=GrpcRuntime(coordinator=coordinator, round_timeout_s=config.deploy.round_timeout_s),
+        initial_params=initial,
+        plan=FederationPlan(
+            rounds=f.rounds,
+            fraction=f.fraction,
+            min_sites=f.min_sites,
+            seed=f.seed,
+            eval_every=f.eval_every,
+            max_failed_rounds=f.max_failed_rounds,
+        ),
+        observer=observer,
+        arm=Arm.FEDERATED,
+        resume=resume_point,
+        secure=secure,
+    )
+
+
+def _write_results(
+    *,
+    config: Config,
+    run: RunDir,
+    task: Task,
+    strategy: str,
+    secure: SecureAggregation | None,
+    result: FederationResult,
+) -> None:
+    """Write the final model and ``summary.json`` (per-site scores of the last round)."""
+    history = list(result.history) or [record_from_line(run.metrics_lines()[-1])]
+    run.write_model(params=result.params, meta=model_meta(config, task, strategy))
+    last = history[-1]
+    run.write_summary(
+        {
+            Record.ARMS: {
+                Arm.FEDERATED: {
+                    "per_site": {s: dict(m) for s, m in sorted(last.per_site.items())},
+                    "site_mean": dict(last.site_mean),
+                }
+            },
+            Record.ROUNDS: config.federation.rounds,
+            Record.SEED: config.federation.seed,
+            Record.TORCH_THREADS: torch.get_num_threads(),
+            "strategy": strategy,
+            "runtime": "grpc",
+            "sites": list(config.deploy.sites),
+            Record.PRIVACY: privacy_summary(config.privacy, secure, history),
+            Record.VERSIONS: versions(),
+        }
+    )
 
 
 def _on_sigterm(coordinator: Coordinator) -> Any:
