@@ -6,17 +6,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from flmi.config import PrivacyConfig
+from flmi.config import FederationConfig, PrivacyConfig
 from flmi.core.errors import ConfigError
 from flmi.core.exchange import SecureAggregation
 from flmi.privacy.linear import Aggregation, LinearRule, linear_rule
 from flmi.runtime.inprocess import SiteEndpoint
 
 if TYPE_CHECKING:
-    from flmi.privacy.he import CkksSettings
+    from flmi.privacy.he import CkksSettings, HETrust
+    from flmi.privacy.identity import Authority, SiteCredential
 
 
 def key_holder(privacy: PrivacyConfig, site_names: Sequence[str]) -> str:
@@ -30,6 +32,39 @@ def key_holder(privacy: PrivacyConfig, site_names: Sequence[str]) -> str:
             f"the sites are {', '.join(names)}"
         )
     return privacy.he_key_holder
+
+
+def he_min_contributions(
+    privacy: PrivacyConfig, federation: FederationConfig, *, num_sites: int
+) -> int:
+    """``t``: ``privacy.he_min_contributions``, or a strict majority of the sites sampled a round.
+
+    Never below 2: a "sum" of one update is that update.
+    """
+    if privacy.he_min_contributions:
+        return privacy.he_min_contributions
+    f = federation
+    sampled = min(num_sites, max(f.min_sites, math.ceil(f.fraction * num_sites)))
+    return max(2, sampled // 2 + 1)
+
+
+def he_trust(
+    privacy: PrivacyConfig,
+    federation: FederationConfig,
+    *,
+    site_names: Sequence[str],
+    credential: SiteCredential,
+    authority: Authority,
+) -> HETrust:
+    """What a site believes under ``he``, from its own copy of the federation config."""
+    from flmi.privacy.he import HETrust
+
+    return HETrust(
+        credential=credential,
+        authority=authority,
+        key_holder=key_holder(privacy, site_names),
+        min_contributions=he_min_contributions(privacy, federation, num_sites=len(site_names)),
+    )
 
 
 def build_secure(
@@ -68,11 +103,37 @@ def ckks_settings(privacy: PrivacyConfig) -> CkksSettings:
     )
 
 
-def protect_sites(privacy: PrivacyConfig, sites: Sequence[SiteEndpoint]) -> list[SiteEndpoint]:
-    """Wrap every site so its update leaves only masked or encrypted (unchanged for plain)."""
+def protect_sites(
+    privacy: PrivacyConfig, sites: Sequence[SiteEndpoint], *, federation: FederationConfig
+) -> list[SiteEndpoint]:
+    """Wrap every site so its update leaves only masked or encrypted (unchanged for plain).
+
+    Under ``he`` each site gets a certificate from a CA made for this
+    simulation alone (its key is dropped at once), as a deployment's sites
+    hold their mutual-TLS certificates.
+    """
     if privacy.aggregation == Aggregation.PLAIN.value:
         return list(sites)
     from flmi.privacy.site import SecureSite
 
-    settings = ckks_settings(privacy) if privacy.aggregation == Aggregation.HE.value else None
-    return [SecureSite(site=site, ckks=settings) for site in sites]
+    if privacy.aggregation != Aggregation.HE.value:
+        return [SecureSite(site=site) for site in sites]
+    from flmi.privacy.identity import simulated_consortium
+
+    names = sorted(site.name for site in sites)
+    authority, credentials = simulated_consortium(names)
+    settings = ckks_settings(privacy)
+    return [
+        SecureSite(
+            site=site,
+            ckks=settings,
+            he_trust=he_trust(
+                privacy,
+                federation,
+                site_names=names,
+                credential=credentials[site.name],
+                authority=authority,
+            ),
+        )
+        for site in sites
+    ]
