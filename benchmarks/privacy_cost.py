@@ -48,6 +48,7 @@ from flmi.data.arrays import ArraySplit, SiteSplits
 from flmi.privacy.he import CkksSettings, HEServer
 from flmi.privacy.linear import LinearRule
 from flmi.privacy.secagg import FixedPoint, SecAggServer
+from flmi.privacy.setup import he_sites
 from flmi.privacy.site import SecureSite
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.site.site import Site
@@ -123,7 +124,11 @@ def run_arm(
             rule=LinearRule.WEIGHTED_MEAN,
         )
     elif arm == "he":
-        endpoints = [SecureSite(site=s) for s in plain_sites]
+        endpoints = he_sites(
+            plain_sites,
+            key_holder=plain_sites[0].name,
+            min_contributions=max(2, sites // 2 + 1),
+        )
         secure = HEServer(
             key_holder=plain_sites[0].name, rule=LinearRule.WEIGHTED_MEAN, settings=CkksSettings()
         )

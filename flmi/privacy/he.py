@@ -663,13 +663,13 @@ class HEServer:
         revealed = run.stage(Stage.REVEAL, {e.site: listed for e in entries})
         parts: dict[str, dict[str, bytes]] = {}
         for entry in entries:
-            payload = revealed.get(entry.site)
-            if payload is None:
+            shown = revealed.get(entry.site)
+            if shown is None:
                 continue
-            if digest(payload.blobs) != entry.digest:
+            if digest(shown.blobs) != entry.digest:
                 run.fail(entry.site, ErrorCode.PROTOCOL_ERROR, "revealed another ciphertext")
                 continue
-            parts[entry.site] = dict(payload.blobs)
+            parts[entry.site] = dict(shown.blobs)
         chosen = [e for e in entries if e.site in parts]
         for _ in range(ATTEST_ATTEMPTS):
             if len(chosen) < 2:

@@ -109,8 +109,7 @@ def protect_sites(
     """Wrap every site so its update leaves only masked or encrypted (unchanged for plain).
 
     Under ``he`` each site gets a certificate from a CA made for this
-    simulation alone (its key is dropped at once), as a deployment's sites
-    hold their mutual-TLS certificates.
+    simulation alone (:func:`he_sites`).
     """
     if privacy.aggregation == Aggregation.PLAIN.value:
         return list(sites)
@@ -118,21 +117,42 @@ def protect_sites(
 
     if privacy.aggregation != Aggregation.HE.value:
         return [SecureSite(site=site) for site in sites]
-    from flmi.privacy.identity import simulated_consortium
+    names = [site.name for site in sites]
+    return he_sites(
+        sites,
+        key_holder=key_holder(privacy, names),
+        min_contributions=he_min_contributions(privacy, federation, num_sites=len(names)),
+        settings=ckks_settings(privacy),
+    )
 
-    names = sorted(site.name for site in sites)
-    authority, credentials = simulated_consortium(names)
-    settings = ckks_settings(privacy)
+
+def he_sites(
+    sites: Sequence[SiteEndpoint],
+    *,
+    key_holder: str,
+    min_contributions: int,
+    settings: CkksSettings | None = None,
+) -> list[SiteEndpoint]:
+    """Sites under homomorphic aggregation, each with a certificate from a throwaway CA.
+
+    A CA is made for these sites alone and its key dropped at once, as a
+    deployment's sites hold their mutual-TLS certificates: nothing else can
+    then sign for a site.
+    """
+    from flmi.privacy.he import HETrust
+    from flmi.privacy.identity import simulated_consortium
+    from flmi.privacy.site import SecureSite
+
+    authority, credentials = simulated_consortium(sorted(site.name for site in sites))
     return [
         SecureSite(
             site=site,
             ckks=settings,
-            he_trust=he_trust(
-                privacy,
-                federation,
-                site_names=names,
+            he_trust=HETrust(
                 credential=credentials[site.name],
                 authority=authority,
+                key_holder=key_holder,
+                min_contributions=min_contributions,
             ),
         )
         for site in sites
