@@ -545,6 +545,11 @@ class HEServer:
         """The site that decrypts."""
         return self._holder
 
+    @property
+    def public(self) -> ts.Context | None:
+        """The public context the round's sites encrypt under (``None`` before keying)."""
+        return self._public
+
     def aggregate(
         self,
         *,
