@@ -17,7 +17,8 @@ from flmi.privacy.linear import Aggregation, LinearRule, linear_rule
 from flmi.runtime.inprocess import SiteEndpoint
 
 if TYPE_CHECKING:
-    from flmi.privacy.he import CkksSettings, HETrust
+    from flmi.privacy.he import CkksSettings
+    from flmi.privacy.he_sums import HETrust
     from flmi.privacy.identity import Authority, SiteCredential
 
 
@@ -57,7 +58,7 @@ def he_trust(
     authority: Authority,
 ) -> HETrust:
     """What a site believes under ``he``, from its own copy of the federation config."""
-    from flmi.privacy.he import HETrust
+    from flmi.privacy.he_sums import HETrust
 
     return HETrust(
         credential=credential,
@@ -139,7 +140,7 @@ def he_sites(
     deployment's sites hold their mutual-TLS certificates: nothing else can
     then sign for a site.
     """
-    from flmi.privacy.he import HETrust
+    from flmi.privacy.he_sums import HETrust
     from flmi.privacy.identity import simulated_consortium
     from flmi.privacy.site import SecureSite
 

@@ -33,7 +33,8 @@ from flmi.privacy.wire import Payload, ProtocolError
 from flmi.runtime.inprocess import SiteEndpoint
 
 if TYPE_CHECKING:
-    from flmi.privacy.he import CkksSettings, HEClient, HETrust
+    from flmi.privacy.he import CkksSettings, HEClient
+    from flmi.privacy.he_sums import HETrust
 
 log = logging.getLogger("flmi.privacy.site")
 HE_STAGE_PREFIX = "he/"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tenseal as ts
 
-from flmi.privacy.he import Entry, SignedSum, digest, entries_to_wire
+from flmi.privacy.he_sums import Entry, SignedSum, digest, entries_to_wire
 from flmi.privacy.wire import Payload
 
 

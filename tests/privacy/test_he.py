@@ -13,18 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flmi.core.exchange import StageReply
 from flmi.core.messages import ClientError, ErrorCode
 from flmi.core.params import Params
-from flmi.privacy.he import (
-    CkksSettings,
-    Entry,
-    HERound,
-    HEServer,
-    SignedSum,
-    Stage,
-    digest,
-    entries_to_wire,
-    part_prefix,
-    public_context,
-)
+from flmi.privacy.he import CkksSettings, HERound, HEServer, Stage, public_context
+from flmi.privacy.he_sums import Entry, SignedSum, digest, entries_to_wire, part_prefix
 from flmi.privacy.linear import LinearRule
 from flmi.privacy.setup import he_sites
 from flmi.privacy.site import SecureSite

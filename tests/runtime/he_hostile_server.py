@@ -25,7 +25,8 @@ import grpc
 
 from flmi.config import load_config
 from flmi.core.messages import ClientError, TrainInstruction
-from flmi.privacy.he import HERound, HEServer, SignedSum, Stage
+from flmi.privacy.he import HERound, HEServer, Stage
+from flmi.privacy.he_sums import SignedSum
 from flmi.privacy.setup import build_secure
 from flmi.privacy.wire import Payload
 from flmi.runtime.grpc.coordinator import Coordinator, GrpcRuntime

@@ -56,7 +56,7 @@ from flmi.runtime.grpc.transport import FederationStub
 from flmi.runtime.inprocess import SiteEndpoint
 
 if TYPE_CHECKING:
-    from flmi.privacy.he import HETrust
+    from flmi.privacy.he_sums import HETrust
 
 log = logging.getLogger("flmi.client")
 T = TypeVar("T")

@@ -37,7 +37,7 @@ from flmi.runtime.grpc.provisioning import CA_CERT, SITE_CERT, SITE_KEY
 from flmi.runtime.inprocess import SiteEndpoint
 
 if TYPE_CHECKING:
-    from flmi.privacy.he import HETrust
+    from flmi.privacy.he_sums import HETrust
 
 log = logging.getLogger("flmi.secure")
 
