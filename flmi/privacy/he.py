@@ -242,6 +242,8 @@ class HEClient:
         """Install the public context once the key holder's run key is seen to have signed it."""
         where = f"site '{self._site}' he install"
         holder = self._trust.key_holder
+        if self.is_key_holder:
+            raise ProtocolError(f"{where}: the key holder makes its own context and installs none")
         announced = Announcement.from_payload(request, prefix="holder", site=holder, where=where)
         holder_key = announced.verified(self._trust.authority, where=where)
         data = request.blob("public", where=where)

@@ -332,6 +332,9 @@ def test_a_site_refuses_a_public_context_the_key_holder_did_not_sign() -> None:
 
     _refused(reply["site_1"], "not signed by the key holder 'site_0'")
     assert not secure[1].has_secret_key
+    # Nor can the server swap the key holder's own context for a public one.
+    again = runtime.exchange(stage=Stage.INSTALL, rnd=1, payloads={"site_0": install.encode()})
+    _refused(again["site_0"], "installs none")
 
 
 class _SwapRunKey:
