@@ -618,7 +618,12 @@ class HERound:
         """Send one stage; the decoded replies of the sites that answered it."""
         if not payloads:
             return {}
-        encoded = {s: p.encode() for s, p in sorted(payloads.items())}
+        once: dict[int, bytes] = {}  # one payload sent to many sites is encoded once
+        encoded: dict[str, bytes] = {}
+        for site, payload in sorted(payloads.items()):
+            if id(payload) not in once:
+                once[id(payload)] = payload.encode()
+            encoded[site] = once[id(payload)]
         self.bytes_down += sum(len(b) for b in encoded.values())
         replies: Mapping[str, StageReply] = self._exchange.exchange(
             stage=stage, rnd=self.rnd, payloads=encoded
