@@ -9,8 +9,10 @@ the in-process runtime. Only ``privacy.aggregation`` differs:
 * ``secagg``: each site masks its count-weighted 64-bit fixed-point change (four
   protocol stages, pairwise X25519 masks with every other site, Shamir-shared
   seeds; :mod:`flmi.privacy.secagg`);
-* ``he``: each site CKKS-encrypts its count-weighted change; the server adds
-  the ciphertexts; the key holder decrypts the sum (:mod:`flmi.privacy.he`).
+* ``he``: each site CKKS-encrypts its count-weighted change and commits to it;
+  every site downloads the listed ciphertexts, recomputes the sum and signs
+  it; the server adds the ciphertexts; the key holder decrypts the signed sum
+  (:mod:`flmi.privacy.he`).
 
 With ``--runtime grpc`` each arm is a real deployment instead: one ``flmi
 server`` process and one ``flmi client`` process per site on 127.0.0.1, over
