@@ -9,8 +9,10 @@ the in-process runtime. Only ``privacy.aggregation`` differs:
 * ``secagg``: each site masks its count-weighted 64-bit fixed-point change (four
   protocol stages, pairwise X25519 masks with every other site, Shamir-shared
   seeds; :mod:`flmi.privacy.secagg`);
-* ``he``: each site CKKS-encrypts its count-weighted change; the server adds
-  the ciphertexts; the key holder decrypts the sum (:mod:`flmi.privacy.he`).
+* ``he``: each site CKKS-encrypts its count-weighted change and commits to it;
+  every site downloads the listed ciphertexts, recomputes the sum and signs
+  it; the server adds the ciphertexts; the key holder decrypts the signed sum
+  (:mod:`flmi.privacy.he`).
 
 With ``--runtime grpc`` each arm is a real deployment instead: one ``flmi
 server`` process and one ``flmi client`` process per site on 127.0.0.1, over
@@ -48,6 +50,7 @@ from flmi.data.arrays import ArraySplit, SiteSplits
 from flmi.privacy.he import CkksSettings, HEServer
 from flmi.privacy.linear import LinearRule
 from flmi.privacy.secagg import FixedPoint, SecAggServer
+from flmi.privacy.setup import he_sites
 from flmi.privacy.site import SecureSite
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.site.site import Site
@@ -123,7 +126,11 @@ def run_arm(
             rule=LinearRule.WEIGHTED_MEAN,
         )
     elif arm == "he":
-        endpoints = [SecureSite(site=s) for s in plain_sites]
+        endpoints = he_sites(
+            plain_sites,
+            key_holder=plain_sites[0].name,
+            min_contributions=max(2, sites // 2 + 1),
+        )
         secure = HEServer(
             key_holder=plain_sites[0].name, rule=LinearRule.WEIGHTED_MEAN, settings=CkksSettings()
         )

@@ -383,7 +383,10 @@ class PrivacyConfig:
     ``"secagg"`` (secure aggregation: the server sees only the sum of masked,
     fixed-point updates, recovered when up to ``n - secagg_threshold`` sites
     drop out) or ``"he"`` (CKKS homomorphic encryption: the server adds
-    ciphertexts under a public context; ``he_key_holder`` makes the keys).
+    ciphertexts under a public context; ``he_key_holder`` makes the keys and
+    alone holds the secret key, and decrypts only a sum that at least
+    ``he_min_contributions`` sites of the round signed; 0: a strict majority
+    of the sites sampled each round, at least 2).
     Only strategies linear in the updates may run under ``"secagg"`` or
     ``"he"`` (see :mod:`flmi.privacy.linear`). DP combines with them where
     the mechanism needs only the sum: ``dp = "sample"``, and ``dp = "client"``
@@ -414,6 +417,7 @@ class PrivacyConfig:
     secagg_clip: float = 1.0
     secagg_bits: int = 32
     he_key_holder: str = ""
+    he_min_contributions: int = 0
     he_poly_modulus_degree: int = 8192
     he_scale_bits: int = 40
     insecure_reproducible_noise: bool = False
@@ -928,6 +932,12 @@ def check_privacy(c: Config) -> None:
         f"privacy.secagg_clip must be positive, got {v.secagg_clip}",
     )
     _require(8 <= v.secagg_bits <= 48, f"privacy.secagg_bits must be in 8..48, got {v.secagg_bits}")
+    h = v.he_min_contributions
+    _require(
+        h == 0 or 2 <= h <= sampled,
+        f"privacy.he_min_contributions = {h} must be 2..{sampled} (the sites sampled each "
+        "round), or 0 for a strict majority of them",
+    )
     _require(
         v.he_poly_modulus_degree in (8192, 16384, 32768),
         "privacy.he_poly_modulus_degree must be 8192, 16384 or 32768, "

@@ -523,7 +523,7 @@ def run_experiment(
             )
             faulty = spec.kind not in (Fault.NONE, Fault.LABEL_FLIP)
             endpoints.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
-        return protect_sites(config.privacy, endpoints)
+        return protect_sites(config.privacy, endpoints, federation=f)
 
     central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
     sites_runtime = RUNTIMES.lookup(config.runtime.name).build(sites=make_federated_sites())

@@ -450,7 +450,9 @@ def server_view(
             raise ConfigError(f"audit: the site refused to train: {update.message}")
         return ServerView(update=update, sites=1, summed=(victim,))
     names = sorted(batches)
-    runtime = InProcessRuntime(sites=protect_sites(config.privacy, [site(s) for s in names]))
+    runtime = InProcessRuntime(
+        sites=protect_sites(config.privacy, [site(s) for s in names], federation=config.federation)
+    )
     secure = build_secure(config.privacy, strategy=config.strategy.name, site_names=names)
     assert secure is not None
     replies = runtime.train({s: instructions[s] for s in names})

@@ -1,27 +1,52 @@
 """Homomorphic aggregation with TenSEAL's CKKS scheme: the server adds ciphertexts.
 
-Key management. One key-holder site (``privacy.he_key_holder``) makes the
-CKKS context. It hands the *secret* context to every other site sealed to that
-site (X25519 agreement with the recipient's fresh key, HKDF, then
-ChaCha20-Poly1305) through the server's relay, which carries opaque bytes only;
-the server receives the *public* context alone (no secret key) and refuses a
-context that holds one. Stages:
+Who can read what. One key-holder site (``privacy.he_key_holder``, fixed by
+the federation config every site holds, not by the server) makes the CKKS
+keys and is the only party that ever holds the secret key. Every other site
+and the server receive the *public* context alone. The key holder decrypts
+only a sum it can check is an honest one, without ever seeing a single site's
+ciphertext:
 
-1. ``he/hello``: sites without the context answer with a fresh X25519 public key;
-2. ``he/keygen``: the key holder makes the context (once), seals it to each of
-   them and returns the public context;
-3. ``he/install``: each site opens its sealed context;
-4. ``he/encrypt`` (every round): each site encrypts its terms of the sum;
-   the server adds the ciphertexts under the public context;
-5. ``he/decrypt``: one site holding the secret key (the key holder when it
-   answers) decrypts the aggregate, and only the aggregate, for the server.
+* every site signs with a fresh Ed25519 run key that its certificate (the
+  consortium CA's, :mod:`flmi.privacy.identity`) vouches for, so the server,
+  which relays every message, cannot speak for a site;
+* a site commits to its ciphertext (its SHA-256) before anyone's ciphertext
+  is shown to anyone, and reveals it only against one fixed list of the
+  round's commitments; a ciphertext that a colluding site derives from
+  another's (CKKS ciphertexts are malleable: anyone can negate or add them)
+  therefore cannot be in a list an honest site accepted;
+* every site in the sum recomputes the sum from the listed ciphertexts
+  itself (it holds no secret key: seeing them tells it nothing) and signs
+  (run key id, round, list, sum digest);
+* the key holder decrypts a sum only when at least ``t``
+  (``privacy.he_min_contributions``) distinct sites of the current round
+  signed exactly that list and that sum, and at most one sum per round, in
+  increasing rounds (a second sum of the same round would let the server
+  difference two subsets).
 
-CKKS ciphertexts are many times larger than the float32 update they carry;
-the bytes of every stage are counted and reported with the round.
+Reading one site's update so takes the server together with the key holder,
+or the server together with ``t - 1`` other sites (which is what any sum of
+``t`` updates gives away). Stages:
+
+1. ``he/hello``: each site announces its run key (certificate-bound);
+2. ``he/keygen``: the key holder checks the announcements, makes the context
+   (once) and signs its public part;
+3. ``he/install``: each other site checks that the key holder signed the
+   public context and installs it (a context with a secret key is refused);
+4. ``he/encrypt`` (every round): each site encrypts its terms of the sum and
+   commits to the ciphertext;
+5. ``he/reveal``: each site sends its ciphertext against the list of commitments;
+6. ``he/attest``: each listed site recomputes the sum and signs it;
+7. ``he/decrypt``: the key holder checks the signatures and decrypts the sum.
+
+CKKS ciphertexts are many times larger than the float32 update they carry,
+and every listed site downloads every listed ciphertext to check the sum; the
+bytes of every stage are counted and reported with the round.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,18 +54,32 @@ from enum import StrEnum
 
 import numpy as np
 import tenseal as ts
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from flmi.core.exchange import SecureRound, StagedExchange, StageReply, held_back
 from flmi.core.messages import ClientError, ClientUpdate, ErrorCode, TrainReply
 from flmi.core.params import Params
-from flmi.privacy.crypto import agree, load_public, public_bytes, seal, unseal
-from flmi.privacy.linear import SCALARS, Layout, LinearRule, LinearTerms, equivalent_update
+from flmi.privacy.he_sums import (
+    Entry,
+    HETrust,
+    SignedSum,
+    add_ciphertexts,
+    attestation,
+    context_message,
+    digest,
+    entries_from,
+    entries_to_wire,
+    part_prefix,
+)
+from flmi.privacy.identity import Announcement, RunKey, verify_signature
+from flmi.privacy.linear import Layout, LinearRule, LinearTerms, equivalent_update
 from flmi.privacy.wire import Payload, ProtocolError
 
 log = logging.getLogger("flmi.privacy.he")
 
 AGGREGATE_SITE = "he"
+#: Most attempts at collecting the signatures of one sum when sites drop out.
+ATTEST_ATTEMPTS = 3
 
 
 class Stage(StrEnum):
@@ -50,6 +89,8 @@ class Stage(StrEnum):
     KEYGEN = "he/keygen"
     INSTALL = "he/install"
     ENCRYPT = "he/encrypt"
+    REVEAL = "he/reveal"
+    ATTEST = "he/attest"
     DECRYPT = "he/decrypt"
 
 
@@ -96,18 +137,26 @@ class CkksSettings:
 
 
 def public_context(data: bytes, *, where: str) -> ts.Context:
-    """Load a context the server may hold; one that carries a secret key is refused."""
+    """Load a context the server or a site may hold; one that carries a secret key is refused."""
     try:
         context = ts.context_from(data)
     except Exception as exc:  # TenSEAL raises plain exceptions on malformed bytes
         raise ProtocolError(f"{where}: not a TenSEAL context ({type(exc).__name__})") from None
     if context.is_private() or context.has_secret_key():
-        raise ProtocolError(f"{where}: the context holds a secret key; the server takes none")
+        raise ProtocolError(
+            f"{where}: the context holds a secret key; only the key holder may hold one"
+        )
     return context
 
 
-def _ad(rnd: int, holder: str, recipient: str) -> bytes:
-    return f"flmi he|{rnd}|{holder}|{recipient}".encode()
+@dataclass
+class _Contribution:
+    """A site's ciphertext of one round, and the list of commitments it revealed it against."""
+
+    rnd: int
+    blobs: dict[str, bytes]
+    digest: str
+    fixed: frozenset[Entry] | None = None
 
 
 def _chunks(vector: np.ndarray, slots: int) -> list[np.ndarray]:
@@ -115,7 +164,7 @@ def _chunks(vector: np.ndarray, slots: int) -> list[np.ndarray]:
 
 
 class HEClient:
-    """A site's side of homomorphic aggregation; keeps its context across rounds.
+    """A site's side of homomorphic aggregation; keeps its context and run key across rounds.
 
     Parameters
     ----------
@@ -123,16 +172,28 @@ class HEClient:
         This site's name.
     settings
         The CKKS parameters the site makes a context with when it is the key holder.
-    min_contributors
-        Fewest updates an aggregate must hold before this site decrypts it.
+    trust
+        The site's credential, the CA, the key holder and ``t``.
     """
 
-    def __init__(self, *, site: str, settings: CkksSettings, min_contributors: int = 2) -> None:
+    def __init__(self, *, site: str, settings: CkksSettings, trust: HETrust) -> None:
+        if trust.credential.site != site:
+            raise ValueError(f"site '{site}' holds the credential of '{trust.credential.site}'")
         self._site = site
         self._settings = settings
-        self._min = min_contributors
-        self._transport: X25519PrivateKey | None = None
+        self._trust = trust
+        self._run_key = RunKey(credential=trust.credential)
         self._context: ts.Context | None = None
+        self._key_id = ""
+        self._contribution: _Contribution | None = None
+        #: The key holder's: each site's run key, as its certificate vouched for it.
+        self._directory: dict[str, Ed25519PublicKey] = {}
+        self._last_decrypted = 0
+
+    @property
+    def is_key_holder(self) -> bool:
+        """Whether this site is the configured key holder."""
+        return self._trust.key_holder == self._site
 
     @property
     def has_secret_key(self) -> bool:
@@ -140,55 +201,68 @@ class HEClient:
         return self._context is not None and self._context.is_private()
 
     def hello(self, request: Payload, *, rnd: int) -> Payload:
-        """A fresh X25519 key to receive the secret context with."""
-        self._transport = X25519PrivateKey.generate()
-        return Payload(header={"round": rnd}, blobs={"pk": public_bytes(self._transport)})
+        """This site's run key, signed with its certificate key."""
+        return Payload(header={"round": rnd}, blobs=self._run_key.announcement.blobs("ann"))
 
     def keygen(self, request: Payload, *, rnd: int) -> Payload:
-        """As key holder: make the context once, seal it to each peer; return the public one."""
+        """As key holder: check each site's run key, make the context once, sign its public part."""
         where = f"site '{self._site}' he keygen"
-        if self._transport is None:
-            raise ProtocolError(f"{where}: keygen before hello")
-        if self._context is None:
-            self._context = self._settings.make_context()
-        secret = self._context.serialize(save_secret_key=True)
-        public = self._context.copy()
-        public.make_context_public()
-        blobs = {"public": public.serialize(), "holder_pk": public_bytes(self._transport)}
+        if not self.is_key_holder:
+            raise ProtocolError(
+                f"{where}: this site is not the key holder ('{self._trust.key_holder}' is)"
+            )
+        refused: list[str] = []
         for peer in request.names("recipients", where=where):
             if peer == self._site:
                 continue
-            peer_pk = load_public(request.blob(f"pk/{peer}", where=where, size=32), where=where)
-            key = agree(self._transport, peer_pk, purpose="he/context", rnd=rnd)
-            blobs[f"to/{peer}"] = seal(key, secret, associated=_ad(rnd, self._site, peer))
-        return Payload(header={"round": rnd}, blobs=blobs)
+            try:
+                announced = Announcement.from_payload(
+                    request, prefix=f"ann/{peer}", site=peer, where=where
+                )
+                self._directory[peer] = announced.verified(self._trust.authority, where=where)
+            except ProtocolError as exc:
+                log.warning("%s", exc)
+                self._directory.pop(peer, None)
+                refused.append(peer)
+        self._directory[self._site] = Ed25519PublicKey.from_public_bytes(self._run_key.public)
+        if self._context is None:
+            self._context = self._settings.make_context()
+            self._last_decrypted = 0
+        public = self._context.copy()
+        public.make_context_public()
+        data = public.serialize()
+        self._key_id = hashlib.sha256(data).hexdigest()
+        signature = self._run_key.sign(context_message(self._site, self._key_id))
+        return Payload(
+            header={"round": rnd, "refused": refused},
+            blobs={"public": data, "context_sig": signature},
+        )
 
     def install(self, request: Payload, *, rnd: int) -> Payload:
-        """Open the secret context the key holder sealed to this site."""
+        """Install the public context once the key holder's run key is seen to have signed it."""
         where = f"site '{self._site}' he install"
-        if self._transport is None:
-            raise ProtocolError(f"{where}: install before hello")
-        holder = request.field("key_holder", str, where=where)
-        holder_pk = load_public(request.blob("holder_pk", where=where, size=32), where=where)
-        key = agree(self._transport, holder_pk, purpose="he/context", rnd=rnd)
-        secret = unseal(
-            key,
-            request.blob("sealed", where=where),
-            associated=_ad(rnd, holder, self._site),
-            where=where,
-        )
-        try:
-            context = ts.context_from(secret)
-        except Exception as exc:
-            raise ProtocolError(f"{where}: not a TenSEAL context ({type(exc).__name__})") from None
-        if not context.is_private():
-            raise ProtocolError(f"{where}: the sealed context holds no secret key")
-        self._context = context
-        self._transport = None
+        holder = self._trust.key_holder
+        if self.is_key_holder:
+            raise ProtocolError(f"{where}: the key holder makes its own context and installs none")
+        announced = Announcement.from_payload(request, prefix="holder", site=holder, where=where)
+        holder_key = announced.verified(self._trust.authority, where=where)
+        data = request.blob("public", where=where)
+        key_id = hashlib.sha256(data).hexdigest()
+        if not verify_signature(
+            holder_key,
+            signature=request.blob("context_sig", where=where),
+            message=context_message(holder, key_id),
+        ):
+            raise ProtocolError(
+                f"{where}: the context is not signed by the key holder '{holder}'; refused"
+            )
+        self._context = public_context(data, where=where)
+        self._key_id = key_id
+        self._contribution = None
         return Payload(header={"round": rnd, "installed": True})
 
     def encrypt(self, terms: LinearTerms, *, rnd: int) -> Payload:
-        """The terms of the sum, encrypted chunk by chunk."""
+        """Encrypt the terms of the sum, keep the ciphertext, and commit to it."""
         if self._context is None:
             raise ProtocolError(f"site '{self._site}': asked to encrypt without a context")
         vector = terms.float_vector()
@@ -196,31 +270,111 @@ class HEClient:
             f"c/{i:06d}": ts.ckks_vector(self._context, chunk.tolist()).serialize()
             for i, chunk in enumerate(_chunks(vector, self._settings.slots))
         }
-        return Payload(header={"round": rnd, "layout": terms.layout.to_json()}, blobs=blobs)
+        self._contribution = _Contribution(rnd=rnd, blobs=blobs, digest=digest(blobs))
+        return Payload(
+            header={
+                "round": rnd,
+                "layout": terms.layout.to_json(),
+                "digest": self._contribution.digest,
+            }
+        )
+
+    def _listed(
+        self, request: Payload, *, rnd: int, where: str
+    ) -> tuple[_Contribution, list[Entry]]:
+        own = self._contribution
+        if own is None or own.rnd != rnd:
+            raise ProtocolError(f"{where}: this site encrypted nothing in round {rnd}")
+        entries = entries_from(request, where=where)
+        if Entry(site=self._site, digest=own.digest) not in entries:
+            raise ProtocolError(f"{where}: this site's ciphertext is not in the list")
+        t = self._trust.min_contributions
+        if len(entries) < t:
+            raise ProtocolError(
+                f"{where}: a sum of {len(entries)} contribution(s) is refused; "
+                f"privacy.he_min_contributions = {t}"
+            )
+        return own, entries
+
+    def reveal(self, request: Payload, *, rnd: int) -> Payload:
+        """Send the ciphertext against one list of commitments, fixed from now on for the round."""
+        where = f"site '{self._site}' he reveal"
+        own, entries = self._listed(request, rnd=rnd, where=where)
+        listed = frozenset(entries)
+        if own.fixed is None:
+            own.fixed = listed
+        elif own.fixed != listed:
+            raise ProtocolError(
+                f"{where}: this site already revealed its ciphertext against another list"
+            )
+        return Payload(header={"round": rnd}, blobs=own.blobs)
+
+    def attest(self, request: Payload, *, rnd: int) -> Payload:
+        """Recompute the listed sum and sign it, if every entry was committed before the reveal."""
+        where = f"site '{self._site}' he attest"
+        own, entries = self._listed(request, rnd=rnd, where=where)
+        if own.fixed is None or not set(entries) <= own.fixed:
+            raise ProtocolError(
+                f"{where}: the list holds a contribution this site did not see committed"
+            )
+        assert self._context is not None
+        parts: list[dict[str, bytes]] = []
+        for index, entry in enumerate(entries):
+            prefix = part_prefix(index)
+            part = {n[len(prefix) :]: b for n, b in request.blobs.items() if n.startswith(prefix)}
+            if digest(part) != entry.digest:
+                raise ProtocolError(
+                    f"{where}: the ciphertext shown for '{entry.site}' is not the one committed"
+                )
+            parts.append(part)
+        total = digest(add_ciphertexts(self._context, parts, where=where))
+        message = attestation(key_id=self._key_id, rnd=rnd, entries=entries, sum_digest=total)
+        return Payload(
+            header={"round": rnd, "sum_digest": total}, blobs={"sig": self._run_key.sign(message)}
+        )
 
     def decrypt(self, request: Payload, *, rnd: int) -> Payload:
-        """Decrypt an aggregate of at least ``min_contributors`` updates."""
+        """As key holder: decrypt a sum signed by ``t`` sites of this round; one sum per round."""
         where = f"site '{self._site}' he decrypt"
         if not self.has_secret_key:
             raise ProtocolError(f"{where}: this site holds no secret key")
         assert self._context is not None
-        contributors = request.field("contributors", int, where=where)
-        if contributors < self._min:
+        if rnd <= self._last_decrypted:
             raise ProtocolError(
-                f"{where}: an aggregate of {contributors} update(s) would reveal a site's own; "
-                f"this site decrypts sums of at least {self._min}"
+                f"{where}: round {rnd} is stale: this site already decrypted the sum of round "
+                f"{self._last_decrypted} and decrypts one sum per round, in increasing rounds"
             )
+        entries = entries_from(request, where=where)
+        t = self._trust.min_contributions
+        if len(entries) < t:
+            raise ProtocolError(
+                f"{where}: a sum of {len(entries)} contribution(s) would reveal too much; this "
+                f"site decrypts sums signed by at least privacy.he_min_contributions = {t} sites"
+            )
+        chunks = {n: b for n, b in request.blobs.items() if n.startswith("c/")}
+        message = attestation(
+            key_id=self._key_id, rnd=rnd, entries=entries, sum_digest=digest(chunks)
+        )
+        for entry in entries:
+            key = self._directory.get(entry.site)
+            signature = request.blobs.get(f"sig/{entry.site}", b"")
+            if key is None or not verify_signature(key, signature=signature, message=message):
+                raise ProtocolError(
+                    f"{where}: the sum is not attested by '{entry.site}' (a forged or changed "
+                    "contribution, another round's, or a sum that is not of the listed ones)"
+                )
         size = request.field("size", int, where=where)
         out: list[np.ndarray] = []
-        for name in sorted(request.blobs):
+        for name in sorted(chunks):
             try:
-                vector = ts.ckks_vector_from(self._context, request.blobs[name])
+                vector = ts.ckks_vector_from(self._context, chunks[name])
             except Exception as exc:
                 raise ProtocolError(f"{where}: '{name}' is not a CKKS vector ({exc})") from None
             out.append(np.asarray(vector.decrypt(), dtype=np.float64))
         total = np.concatenate(out) if out else np.zeros(0)
         if total.size != size:
             raise ProtocolError(f"{where}: the aggregate holds {total.size} values, not {size}")
+        self._last_decrypted = rnd
         return Payload(header={"round": rnd}, blobs={"sum": total.astype("<f8").tobytes()})
 
 
@@ -251,6 +405,16 @@ class HEServer:
         """``"he"``."""
         return "he"
 
+    @property
+    def key_holder(self) -> str:
+        """The site that decrypts."""
+        return self._holder
+
+    @property
+    def public(self) -> ts.Context | None:
+        """The public context the round's sites encrypt under (``None`` before keying)."""
+        return self._public
+
     def aggregate(
         self,
         *,
@@ -259,8 +423,8 @@ class HEServer:
         replies: Mapping[str, TrainReply],
         reference: Params,
     ) -> SecureRound:
-        """Set keys up where needed, collect ciphertexts, add them, have a site decrypt the sum."""
-        run = _HERound(rnd=rnd, exchange=exchange)
+        """Set keys up where needed, collect signed ciphertexts, have the key holder decrypt."""
+        run = HERound(rnd=rnd, exchange=exchange)
         roster: list[str] = []
         for site, reply in sorted(replies.items()):
             if isinstance(reply, ClientError):
@@ -271,13 +435,14 @@ class HEServer:
                 run.fail(
                     site, ErrorCode.REJECTED_BY_SERVER, "sent its update in the clear; discarded"
                 )
-        roster = self._setup(run, roster)
+        roster = self.setup(run, roster)
         update = None
         count = 0
-        if len(roster) >= 2:
-            update, count = self._sum(run, roster, reference)
-        else:
+        signed = self.collect(run, roster) if len(roster) >= 2 else None
+        if len(roster) < 2:
             log.warning("he round %d: %d sites can encrypt; at least 2 needed", rnd, len(roster))
+        if signed is not None:
+            update, count = self._decrypt(run, signed, reference)
         return SecureRound(
             update=update,
             contributors=count,
@@ -286,13 +451,15 @@ class HEServer:
             bytes_up=run.bytes_up,
         )
 
-    def _setup(self, run: _HERound, roster: list[str]) -> list[str]:
-        """Key the round's sites when one lacks the secret context: every one, from one context.
+    def setup(self, run: HERound, roster: list[str]) -> list[str]:
+        """Key the round's sites when one lacks the public context: every one, from one context.
 
         A site lacks it in its first round, or after it failed to encrypt (it
-        dropped out, or its process restarted and lost its context). Then the
-        key holder seals its context (a new one if it lost its own) to every
-        site of the round again, so that all encrypt under the same keys.
+        dropped out, or its process restarted and lost its context and run
+        key). Then every site of the round and the key holder announce their
+        run keys again, the key holder checks them (and makes a new context if
+        it lost its own), and every site installs the public context the key
+        holder signed, so that all encrypt under the same keys.
         """
         missing = [s for s in roster if s not in self._installed]
         if not missing:
@@ -303,10 +470,10 @@ class HEServer:
             log.warning("he round %d: key holder '%s' is unavailable", run.rnd, self._holder)
             return [s for s in roster if s in self._installed]
         recipients = sorted(s for s in hello if s != self._holder)
-        request = Payload(
-            header={"round": run.rnd, "recipients": recipients},
-            blobs={f"pk/{s}": hello[s].blob("pk", where="he hello", size=32) for s in recipients},
-        )
+        blobs: dict[str, bytes] = {}
+        for site in recipients:
+            blobs.update({f"ann/{site}/{k[4:]}": v for k, v in hello[site].blobs.items()})
+        request = Payload(header={"round": run.rnd, "recipients": recipients}, blobs=blobs)
         keygen = run.stage(Stage.KEYGEN, {self._holder: request}).get(self._holder)
         if keygen is None:
             return [s for s in roster if s in self._installed]
@@ -317,81 +484,107 @@ class HEServer:
             return []
         self._public = context
         self.contexts.append(context)
-        self._installed.add(self._holder)
-        holder_pk = keygen.blob("holder_pk", where="he keygen", size=32)
+        self._installed = {self._holder}
+        refused = set(keygen.header.get("refused") or [])
+        for site in sorted(refused):
+            run.fail(site, ErrorCode.PROTOCOL_ERROR, "the key holder refused its run key")
+        holder = {f"holder/{k[4:]}": v for k, v in hello[self._holder].blobs.items()}
+        install_blobs = {
+            "public": keygen.blob("public", where="he keygen"),
+            "context_sig": keygen.blob("context_sig", where="he keygen"),
+            **holder,
+        }
         installs = {
-            s: Payload(
-                header={"round": run.rnd, "key_holder": self._holder},
-                blobs={"sealed": keygen.blob(f"to/{s}", where="he keygen"), "holder_pk": holder_pk},
-            )
+            s: Payload(header={"round": run.rnd}, blobs=install_blobs)
             for s in recipients
-            if f"to/{s}" in keygen.blobs
+            if s not in refused
         }
         for site, payload in run.stage(Stage.INSTALL, installs).items():
             if payload.header.get("installed") is True:
                 self._installed.add(site)
         return [s for s in roster if s in self._installed]
 
-    def _sum(
-        self, run: _HERound, roster: list[str], reference: Params
-    ) -> tuple[ClientUpdate | None, int]:
+    def collect(self, run: HERound, roster: list[str]) -> SignedSum | None:
+        """Commitments, then ciphertexts, then every listed site's signature of the sum."""
         assert self._public is not None
         request = {s: Payload(header={"round": run.rnd, "rule": self._rule.value}) for s in roster}
-        encrypted = run.stage(Stage.ENCRYPT, request)
+        committed = run.stage(Stage.ENCRYPT, request)
         for site in roster:
-            if site not in encrypted:  # dropped, or lost its context: key it again when seen
+            if site not in committed:  # dropped, or lost its context: key it again when seen
                 self._installed.discard(site)
         layouts: dict[str, Layout] = {}
-        for site, payload in sorted(encrypted.items()):
+        entries: list[Entry] = []
+        for site, payload in sorted(committed.items()):
             try:
                 layouts[site] = Layout.from_json(payload.header.get("layout"), where="he encrypt")
+                entries.append(Entry(site=site, digest=payload.field("digest", str, where=site)))
             except ProtocolError as exc:
                 run.fail(site, ErrorCode.PROTOCOL_ERROR, str(exc))
-        if len(layouts) < 2:
-            return None, 0
-        first = sorted(layouts)[0]
-        layout = layouts[first]
-        total: list[ts.CKKSVector] | None = None
-        contributors: list[str] = []
-        for site in sorted(layouts):
-            if layouts[site] != layout:
-                run.fail(site, ErrorCode.SCHEMA_MISMATCH, "update layout differs from the round's")
+        if len(entries) < 2:
+            return None
+        layout = layouts[entries[0].site]
+        for entry in list(entries):
+            if layouts[entry.site] != layout:
+                run.fail(
+                    entry.site, ErrorCode.SCHEMA_MISMATCH, "update layout differs from the round's"
+                )
+                entries.remove(entry)
+        listed = Payload(header={"round": run.rnd, "entries": entries_to_wire(entries)})
+        revealed = run.stage(Stage.REVEAL, {e.site: listed for e in entries})
+        parts: dict[str, dict[str, bytes]] = {}
+        for entry in entries:
+            shown = revealed.get(entry.site)
+            if shown is None:
                 continue
-            payload = encrypted[site]
+            if digest(shown.blobs) != entry.digest:
+                run.fail(entry.site, ErrorCode.PROTOCOL_ERROR, "revealed another ciphertext")
+                continue
+            parts[entry.site] = dict(shown.blobs)
+        chosen = [e for e in entries if e.site in parts]
+        for _ in range(ATTEST_ATTEMPTS):
+            if len(chosen) < 2:
+                return None
             try:
-                vectors = [
-                    ts.ckks_vector_from(self._public, payload.blobs[name])
-                    for name in sorted(payload.blobs)
-                ]
-            except Exception as exc:
-                run.fail(site, ErrorCode.PROTOCOL_ERROR, f"not CKKS ciphertexts ({exc})")
-                continue
-            if total is None:
-                total = vectors
-            elif len(vectors) != len(total):
-                run.fail(site, ErrorCode.PROTOCOL_ERROR, "wrong number of ciphertexts")
-                continue
-            else:
-                total = [a + b for a, b in zip(total, vectors, strict=True)]
-            contributors.append(site)
-        if total is None or len(contributors) < 2:
-            return None, 0
-        size = layout.num_floats + len(SCALARS)
-        blobs = {f"c/{i:06d}": v.serialize() for i, v in enumerate(total)}
-        order = [self._holder] if self._holder in contributors else []
-        order += [s for s in contributors if s != self._holder]
-        plain: Payload | None = None
-        for site in order:
-            header = {"round": run.rnd, "contributors": len(contributors), "size": size}
-            plain = run.stage(Stage.DECRYPT, {site: Payload(header=header, blobs=blobs)}).get(site)
-            if plain is not None:
-                break
+                chunks = add_ciphertexts(
+                    self._public, [parts[e.site] for e in chosen], where="he sum"
+                )
+            except ProtocolError as exc:
+                log.warning("he round %d: %s", run.rnd, exc)
+                return None
+            blobs = {
+                f"{part_prefix(i)}{name}": data
+                for i, e in enumerate(chosen)
+                for name, data in parts[e.site].items()
+            }
+            ask = Payload(
+                header={"round": run.rnd, "entries": entries_to_wire(chosen)}, blobs=blobs
+            )
+            attested = run.stage(Stage.ATTEST, {e.site: ask for e in chosen})
+            signatures = {s: p.blobs["sig"] for s, p in attested.items() if "sig" in p.blobs}
+            if len(signatures) == len(chosen):
+                return SignedSum(
+                    rnd=run.rnd,
+                    entries=chosen,
+                    chunks=chunks,
+                    signatures=signatures,
+                    layout=layout,
+                    parts={e.site: parts[e.site] for e in chosen},
+                )
+            chosen = [e for e in chosen if e.site in signatures]
+        return None
+
+    def _decrypt(
+        self, run: HERound, signed: SignedSum, reference: Params
+    ) -> tuple[ClientUpdate | None, int]:
+        plain = run.stage(Stage.DECRYPT, {self._holder: signed.decrypt_request()}).get(self._holder)
         if plain is None:
             return None, 0
+        size = signed.size
         values = np.frombuffer(plain.blob("sum", where="he decrypt", size=8 * size), dtype="<f8")
+        layout = signed.layout
         floats = layout.num_floats
         n_sum, n_tau_sum, count = (round(float(v)) for v in values[floats:])
-        if count != len(contributors):
+        if count != len(signed.entries):
             log.warning("he round %d: decrypted count %d is not the contributors'", run.rnd, count)
             return None, 0
         update = equivalent_update(
@@ -407,7 +600,7 @@ class HEServer:
         return update, count
 
 
-class _HERound:
+class HERound:
     """One round's stage traffic: sends, decodes replies, counts bytes, records failures."""
 
     def __init__(self, *, rnd: int, exchange: StagedExchange) -> None:
@@ -425,7 +618,12 @@ class _HERound:
         """Send one stage; the decoded replies of the sites that answered it."""
         if not payloads:
             return {}
-        encoded = {s: p.encode() for s, p in sorted(payloads.items())}
+        once: dict[int, bytes] = {}  # one payload sent to many sites is encoded once
+        encoded: dict[str, bytes] = {}
+        for site, payload in sorted(payloads.items()):
+            if id(payload) not in once:
+                once[id(payload)] = payload.encode()
+            encoded[site] = once[id(payload)]
         self.bytes_down += sum(len(b) for b in encoded.values())
         replies: Mapping[str, StageReply] = self._exchange.exchange(
             stage=stage, rnd=self.rnd, payloads=encoded

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from flmi.config import PrivacyConfig
+from flmi.config import FederationConfig, PrivacyConfig
 from flmi.core.errors import ConfigError
 from flmi.core.exchange import SecureAggregation
 from flmi.privacy.linear import Aggregation, LinearRule, linear_rule
@@ -17,6 +18,8 @@ from flmi.runtime.inprocess import SiteEndpoint
 
 if TYPE_CHECKING:
     from flmi.privacy.he import CkksSettings
+    from flmi.privacy.he_sums import HETrust
+    from flmi.privacy.identity import Authority, SiteCredential
 
 
 def key_holder(privacy: PrivacyConfig, site_names: Sequence[str]) -> str:
@@ -30,6 +33,39 @@ def key_holder(privacy: PrivacyConfig, site_names: Sequence[str]) -> str:
             f"the sites are {', '.join(names)}"
         )
     return privacy.he_key_holder
+
+
+def he_min_contributions(
+    privacy: PrivacyConfig, federation: FederationConfig, *, num_sites: int
+) -> int:
+    """``t``: ``privacy.he_min_contributions``, or a strict majority of the sites sampled a round.
+
+    Never below 2: a "sum" of one update is that update.
+    """
+    if privacy.he_min_contributions:
+        return privacy.he_min_contributions
+    f = federation
+    sampled = min(num_sites, max(f.min_sites, math.ceil(f.fraction * num_sites)))
+    return max(2, sampled // 2 + 1)
+
+
+def he_trust(
+    privacy: PrivacyConfig,
+    federation: FederationConfig,
+    *,
+    site_names: Sequence[str],
+    credential: SiteCredential,
+    authority: Authority,
+) -> HETrust:
+    """What a site believes under ``he``, from its own copy of the federation config."""
+    from flmi.privacy.he_sums import HETrust
+
+    return HETrust(
+        credential=credential,
+        authority=authority,
+        key_holder=key_holder(privacy, site_names),
+        min_contributions=he_min_contributions(privacy, federation, num_sites=len(site_names)),
+    )
 
 
 def build_secure(
@@ -68,11 +104,57 @@ def ckks_settings(privacy: PrivacyConfig) -> CkksSettings:
     )
 
 
-def protect_sites(privacy: PrivacyConfig, sites: Sequence[SiteEndpoint]) -> list[SiteEndpoint]:
-    """Wrap every site so its update leaves only masked or encrypted (unchanged for plain)."""
+def protect_sites(
+    privacy: PrivacyConfig, sites: Sequence[SiteEndpoint], *, federation: FederationConfig
+) -> list[SiteEndpoint]:
+    """Wrap every site so its update leaves only masked or encrypted (unchanged for plain).
+
+    Under ``he`` each site gets a certificate from a CA made for this
+    simulation alone (:func:`he_sites`).
+    """
     if privacy.aggregation == Aggregation.PLAIN.value:
         return list(sites)
     from flmi.privacy.site import SecureSite
 
-    settings = ckks_settings(privacy) if privacy.aggregation == Aggregation.HE.value else None
-    return [SecureSite(site=site, ckks=settings) for site in sites]
+    if privacy.aggregation != Aggregation.HE.value:
+        return [SecureSite(site=site) for site in sites]
+    names = [site.name for site in sites]
+    return he_sites(
+        sites,
+        key_holder=key_holder(privacy, names),
+        min_contributions=he_min_contributions(privacy, federation, num_sites=len(names)),
+        settings=ckks_settings(privacy),
+    )
+
+
+def he_sites(
+    sites: Sequence[SiteEndpoint],
+    *,
+    key_holder: str,
+    min_contributions: int,
+    settings: CkksSettings | None = None,
+) -> list[SiteEndpoint]:
+    """Sites under homomorphic aggregation, each with a certificate from a throwaway CA.
+
+    A CA is made for these sites alone and its key dropped at once, as a
+    deployment's sites hold their mutual-TLS certificates: nothing else can
+    then sign for a site.
+    """
+    from flmi.privacy.he_sums import HETrust
+    from flmi.privacy.identity import simulated_consortium
+    from flmi.privacy.site import SecureSite
+
+    authority, credentials = simulated_consortium(sorted(site.name for site in sites))
+    return [
+        SecureSite(
+            site=site,
+            ckks=settings,
+            he_trust=HETrust(
+                credential=credentials[site.name],
+                authority=authority,
+                key_holder=key_holder,
+                min_contributions=min_contributions,
+            ),
+        )
+        for site in sites
+    ]

@@ -34,6 +34,7 @@ from flmi.runtime.inprocess import SiteEndpoint
 
 if TYPE_CHECKING:
     from flmi.privacy.he import CkksSettings, HEClient
+    from flmi.privacy.he_sums import HETrust
 
 log = logging.getLogger("flmi.privacy.site")
 HE_STAGE_PREFIX = "he/"
@@ -61,6 +62,10 @@ class SecureSite:
         TenSEAL is imported only when a homomorphic stage arrives).
     policy
         The site's own bounds on secure aggregation rounds.
+    he_trust
+        What the site believes under homomorphic aggregation: its credential,
+        the consortium CA, the key holder and the fewest contributions a
+        decrypted sum holds (``None``: the site answers no homomorphic stage).
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class SecureSite:
         site: SiteEndpoint,
         ckks: CkksSettings | None = None,
         policy: secagg.SecAggPolicy | None = None,
+        he_trust: HETrust | None = None,
     ) -> None:
         self.name = site.name
         self._site = site
@@ -76,6 +82,7 @@ class SecureSite:
         self._held: _Held | None = None
         self._secagg: secagg.SecAggClient | None = None
         self._ckks = ckks
+        self._he_trust = he_trust
         self._he: HEClient | None = None
 
     @property
@@ -87,7 +94,14 @@ class SecureSite:
         if self._he is None:
             from flmi.privacy.he import CkksSettings, HEClient
 
-            self._he = HEClient(site=self.name, settings=self._ckks or CkksSettings())
+            if self._he_trust is None:
+                raise ProtocolError(
+                    f"site '{self.name}': homomorphic aggregation needs the site's certificate, "
+                    "the consortium CA and privacy.he_key_holder; this site was set up without"
+                )
+            self._he = HEClient(
+                site=self.name, settings=self._ckks or CkksSettings(), trust=self._he_trust
+            )
         return self._he
 
     def train(self, instruction: TrainInstruction) -> TrainReply:
@@ -182,8 +196,12 @@ class SecureSite:
             return client.install(request, rnd=rnd)
         if stage == Stage.ENCRYPT:
             reply = client.encrypt(self._terms(rnd, request, where=where), rnd=rnd)
-            self._held = None
+            self._held = None  # one ciphertext per round: this round's update is spent
             return reply
+        if stage == Stage.REVEAL:
+            return client.reveal(request, rnd=rnd)
+        if stage == Stage.ATTEST:
+            return client.attest(request, rnd=rnd)
         if stage == Stage.DECRYPT:
             return client.decrypt(request, rnd=rnd)
         raise ProtocolError(f"{where}: unknown stage")

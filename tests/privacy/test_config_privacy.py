@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,26 @@ def test_dp_noise_is_secure_unless_the_insecure_key_is_set() -> None:
 def test_insecure_reproducible_noise_without_dp_is_a_config_error_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"privacy\.insecure_reproducible_noise = true applies"):
         _config({"insecure_reproducible_noise": True})
+
+
+@pytest.mark.parametrize("t", [1, 9])
+def test_he_min_contributions_must_be_2_up_to_the_sampled_sites(t: int) -> None:
+    with pytest.raises(ConfigError, match=rf"privacy.he_min_contributions = {t} must be 2\.\."):
+        _config({"aggregation": "he", "he_min_contributions": t})
+
+
+def test_the_default_he_threshold_is_a_strict_majority_of_the_sampled_sites_at_least_2() -> None:
+    from flmi.privacy.setup import he_min_contributions
+
+    config = _config({"aggregation": "he"})
+    f = config.federation
+
+    # ceil(fraction * n) sites are sampled (at least min_sites); t = floor(sampled / 2) + 1.
+    assert he_min_contributions(config.privacy, f, num_sites=2) == 2
+    assert he_min_contributions(config.privacy, f, num_sites=3) == 2
+    assert he_min_contributions(config.privacy, f, num_sites=4) == 3
+    assert he_min_contributions(config.privacy, f, num_sites=7) == 4
+    half = dataclasses.replace(f, fraction=0.5, min_sites=1)
+    assert he_min_contributions(config.privacy, half, num_sites=10) == 3
+    explicit = dataclasses.replace(config.privacy, he_min_contributions=5)
+    assert he_min_contributions(explicit, f, num_sites=10) == 5

@@ -33,6 +33,7 @@ from flmi.privacy.he import CkksSettings, HEServer
 from flmi.privacy.linear import LinearRule, equivalent_update, linear_terms
 from flmi.privacy.noise_source import NoiseSource
 from flmi.privacy.secagg import FixedPoint, SecAggServer, Stage
+from flmi.privacy.setup import he_sites
 from flmi.privacy.site import SecureSite
 from flmi.privacy.site_noise import SiteNoise
 from flmi.privacy.strategies import ClientDP, ClientDPSettings
@@ -92,8 +93,14 @@ def _protocol(aggregation: str) -> SecureAggregation:
 
 def _one_noisy_round(aggregation: str, drop: str | None) -> tuple[np.ndarray, RoundRecord]:
     sites: list[SiteEndpoint] = []
-    for i, n in enumerate((1, 10, 100, 1000)):
-        secure = SecureSite(site=_NoiseOnly(name=f"site_{i}", n=n))
+    noisy = [_NoiseOnly(name=f"site_{i}", n=n) for i, n in enumerate((1, 10, 100, 1000))]
+    wrapped = (
+        he_sites(noisy, key_holder="site_0", min_contributions=3)
+        if aggregation == "he"
+        else [SecureSite(site=s) for s in noisy]
+    )
+    for secure in wrapped:
+        assert isinstance(secure, SecureSite)
         sites.append(DropAt(site=secure, stage=Stage.MASKED) if secure.name == drop else secure)
     start = {"w": np.zeros(SIZE, np.float32)}
     strategy = ClientDP(

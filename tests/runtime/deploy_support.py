@@ -84,15 +84,19 @@ class Deployment:
         return path
 
     def start_server(
-        self, *, out: Path, address: str = "127.0.0.1:0", resume: bool = False
+        self,
+        *,
+        out: Path,
+        address: str = "127.0.0.1:0",
+        resume: bool = False,
+        program: tuple[str, ...] = ("flmi.cli", "server"),
     ) -> tuple[subprocess.Popen[bytes], str]:
-        """Start ``flmi server`` and return it with the address it listens on."""
+        """Start ``flmi server`` (or ``python -m PROGRAM``) and return it with its address."""
         log = self.root / f"server-{len(self.processes)}.log"
         command = [
             sys.executable,
             "-m",
-            "flmi.cli",
-            "server",
+            *program,
             "--config",
             str(self.fed),
             "--certs",

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import numpy as np
@@ -54,6 +54,9 @@ from flmi.runtime.grpc.secure import (
 from flmi.runtime.grpc.siteconf import Bounds
 from flmi.runtime.grpc.transport import FederationStub
 from flmi.runtime.inprocess import SiteEndpoint
+
+if TYPE_CHECKING:
+    from flmi.privacy.he_sums import HETrust
 
 log = logging.getLogger("flmi.client")
 T = TypeVar("T")
@@ -109,6 +112,9 @@ class ClientSettings:
         Largest gRPC message sent or received.
     exit_at_stage
         Test-only fault injection (:mod:`flmi.runtime.grpc.secure`); ``None`` in a real run.
+    he_trust
+        What the site believes under homomorphic aggregation (its certificate,
+        the CA, the key holder, ``t``); ``None`` when its config does not ask for it.
     """
 
     server: str
@@ -118,6 +124,7 @@ class ClientSettings:
     reconnect_timeout_s: float = 300.0
     max_message_bytes: int = 64 << 20
     exit_at_stage: ExitAtStage | None = None
+    he_trust: HETrust | None = None
 
 
 class SiteClient:
@@ -231,7 +238,9 @@ class SiteClient:
         self._chunk_bytes = int(reply.chunk_bytes)
         self._heartbeat_s = float(reply.heartbeat_s)
         try:
-            self._site = protect(self._make_site(reply.completed_round), aggregation)
+            self._site = protect(
+                self._make_site(reply.completed_round), aggregation, he_trust=self._s.he_trust
+            )
         except ConfigError as exc:
             self._done(ErrorCode.HPARAM_REFUSED, str(exc))
             raise ClientExitError(2, f"this site refuses the training plan: {exc}") from None

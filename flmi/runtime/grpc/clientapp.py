@@ -16,7 +16,7 @@ from flmi.privacy.noise_source import refuse_in_deployment
 from flmi.runtime.grpc.audit import AuditLog
 from flmi.runtime.grpc.client import ClientSettings, SiteClient
 from flmi.runtime.grpc.provisioning import SITE_CERT, site_identity
-from flmi.runtime.grpc.secure import exit_at_stage
+from flmi.runtime.grpc.secure import exit_at_stage, site_he_trust
 from flmi.runtime.grpc.siteconf import SiteSettings, load_site_settings
 from flmi.runtime.grpc.sitedata import load_site_data, site_data_config
 from flmi.runtime.grpc.tls import site_credentials
@@ -76,6 +76,7 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
             reconnect_timeout_s=settings.reconnect_timeout_s,
             max_message_bytes=config.deploy.max_message_bytes,
             exit_at_stage=exit_at_stage(os.environ),
+            he_trust=site_he_trust(config, site=site, certs=certs),
         ),
         credentials=site_credentials(certs),
         make_site=make_site,

@@ -23,16 +23,21 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from flmi.config import PrivacyConfig
+from flmi.config import Config, PrivacyConfig
 from flmi.core.errors import ConfigError
 from flmi.core.exchange import SecureAggregation
 from flmi.core.federation import RoundRecord
 from flmi.privacy.wire import ProtocolError
 from flmi.report.summary import privacy_block
 from flmi.runtime.grpc import flmi_pb2 as pb
+from flmi.runtime.grpc.provisioning import CA_CERT, SITE_CERT, SITE_KEY
 from flmi.runtime.inprocess import SiteEndpoint
+
+if TYPE_CHECKING:
+    from flmi.privacy.he_sums import HETrust
 
 log = logging.getLogger("flmi.secure")
 
@@ -98,14 +103,61 @@ class AggregationPlan:
         )
 
 
-def protect(site: SiteEndpoint, plan: AggregationPlan) -> SiteEndpoint:
+def site_he_trust(config: Config, *, site: str, certs: Path) -> HETrust | None:
+    """What ``site`` believes under ``he``: its bundle's certificate, key and CA, its own config.
+
+    The key holder and the fewest contributions of a decrypted sum come from
+    the site's own copy of the federation config, never from the server
+    (``None`` when that config does not ask for ``he``).
+
+    Raises
+    ------
+    ConfigError
+        The bundle holds no key, or the config does not list the sites.
+    """
+    if config.privacy.aggregation != "he":
+        return None
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from flmi.privacy.identity import Authority, SiteCredential
+    from flmi.privacy.setup import he_trust
+
+    if not config.deploy.sites:
+        raise ConfigError(
+            "privacy.aggregation = 'he': deploy.sites is empty in this site's federation config; "
+            "list the sites, so that the site knows the key holder and how many must sign a sum"
+        )
+    paths = {name: certs / name for name in (SITE_CERT, SITE_KEY, CA_CERT)}
+    for path in paths.values():
+        if not path.is_file():
+            raise ConfigError(
+                f"--certs {certs}: no {path.name}; homomorphic aggregation signs with the site's "
+                "certificate key, so the bundle must hold it"
+            )
+    key = load_pem_private_key(paths[SITE_KEY].read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"--certs {certs}: {SITE_KEY} is not an ECDSA key")
+    return he_trust(
+        config.privacy,
+        config.federation,
+        site_names=config.deploy.sites,
+        credential=SiteCredential(site=site, certificate=paths[SITE_CERT].read_bytes(), key=key),
+        authority=Authority(ca_certificate=paths[CA_CERT].read_bytes()),
+    )
+
+
+def protect(
+    site: SiteEndpoint, plan: AggregationPlan, *, he_trust: HETrust | None = None
+) -> SiteEndpoint:
     """``site`` as the plan needs it: unchanged for plain, a :class:`SecureSite` otherwise.
 
     Raises
     ------
     ConfigError
-        The plan names an aggregation this site does not know, or CKKS
-        parameters out of range (the site refuses the plan).
+        The plan names an aggregation this site does not know, CKKS
+        parameters out of range, or ``he`` while this site's own config does
+        not ask for it (the site refuses the plan).
     """
     if plan.aggregation == "plain":
         return site
@@ -126,7 +178,12 @@ def protect(site: SiteEndpoint, plan: AggregationPlan) -> SiteEndpoint:
         )
     except ValueError as exc:
         raise ConfigError(f"the server's CKKS parameters are refused: {exc}") from None
-    return SecureSite(site=site, ckks=ckks)
+    if he_trust is None:
+        raise ConfigError(
+            "the server asks for privacy.aggregation = 'he', but this site's federation config "
+            "does not: set privacy.aggregation = 'he' (and privacy.he_key_holder) there too"
+        )
+    return SecureSite(site=site, ckks=ckks, he_trust=he_trust)
 
 
 @dataclass(frozen=True)
