@@ -1,24 +1,32 @@
-"""A privacy audit that attacks flmi's own updates, as the server could.
+"""A privacy audit that attacks a finished run's updates, as its server could.
 
-The attacker is the server. It sees exactly what the server receives: the
-global weights it sent, one site's update (made by the site code path under
-the run's settings: batch size, local steps, optimiser, DP), the update's
-step count and the learning rate it asked for. Under secure or homomorphic
-aggregation (``privacy.aggregation``) it holds no site's update, only the
-aggregate the protocol gives it: every site trains on a batch of its own, the
-real protocol runs in process (masking, fixed-point quantisation, unmasking;
-or encryption, addition and decryption by a site), and the attacker inverts
-that aggregate, reconstructing as many images as the sum holds, of which the
-attacked site's are scored against their best-matching reconstructions.
-From a random image it runs a
-gradient-inversion attack (Geiping et al., "Inverting Gradients", NeurIPS
-2020: cosine distance between gradients plus a total-variation prior), with
-labels recovered from the last layer's bias gradient as in iDLG (Zhao et al.
-2020). The report gives PSNR and SSIM of each reconstruction against its
-original (MONAI's metrics), the same for an unrelated image of the same data
-set as the floor to compare with, the label recovery rate, and a
-loss-threshold membership-inference AUC of the run's final model (Yeom et al.
-2018): training examples of every site against test examples.
+The attacker is the server, and knows what the server knows: the run's
+config (batch size, local steps, optimiser, learning rate, DP settings,
+seed), the global model it sent in every round (the run's checkpoints), and
+what each site sends back: its update, step count and example count. It
+attacks the update of the run's *last* round, made from the global model the
+server sent in that round (a trained model, not the initial one), by the site
+code path under the run's settings from one batch of the run's batch size.
+Under secure or homomorphic aggregation (``privacy.aggregation``) it holds no
+site's update, only the aggregate the protocol gives it: every site trains on
+a batch of its own, the real protocol runs in process (masking, fixed-point
+quantisation, unmasking; or encryption, addition and decryption by a site),
+and the attacker inverts that aggregate, reconstructing as many images as the
+sum holds, of which the attacked site's are scored against their
+best-matching reconstructions.
+
+From a random image it runs a gradient-inversion attack (Geiping et al.,
+"Inverting Gradients", NeurIPS 2020: cosine distance between gradients plus a
+total-variation prior), with labels recovered from the last layer's bias
+gradient as in iDLG (Zhao et al. 2020). The report gives PSNR and SSIM of
+each reconstruction against its original (MONAI's metrics) and, as the floor,
+the same for as many unrelated images of the data set put through the same
+best-match pairing; the label recovery rate; and a loss-threshold
+membership-inference AUC of the run's final model (Yeom et al. 2018):
+training examples of every site against test examples. The membership figure
+counts only if the same attack separates the members of a model overfit
+without DP (:func:`reference_membership`); otherwise the attack is too weak
+to say anything.
 """
 
 from __future__ import annotations

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flmi.core.messages import ScoreHistogram
+from flmi.core.messages import EvaluateInstruction, EvaluateResult, ScoreHistogram
+from flmi.data.arrays import ArraySplit, SiteSplits
 from flmi.report.curves import histogram_auc, roc_points, score_histogram
+from flmi.site.site import Site, SitePolicy
 from flmi.site.small_cells import merge_small_cells
+from flmi.tasks.classification import ClassificationTask
+from flmi.tasks.torch_params import params_copy
 
 
 def _histogram(positives: list[int], negatives: list[int]) -> ScoreHistogram:
@@ -97,3 +102,40 @@ def test_merged_cells_are_zero_or_at_least_min_count_and_keep_every_patient(
         (merged.negatives, raw.negatives),
     ):
         assert (np.cumsum(merged_counts) >= np.cumsum(raw_counts)).all()
+
+
+def _scored_site(min_count: int) -> Site:
+    rng = np.random.default_rng(0)
+    # 20 test patients of whom exactly 3 are labelled 1: too few to show at min_count 5.
+    data = ArraySplit(
+        x=rng.random((20, 1, 8, 8), dtype=np.float32),
+        y=np.array([1, 1, 1] + [0] * 17, dtype=np.int64),
+    )
+    task = ClassificationTask(num_classes=2, in_channels=1, spatial_dims=2, positive_label=1)
+    return Site(
+        name="h1",
+        data=SiteSplits(train=data, val=data, test=data),
+        task=task,
+        seed=0,
+        device=torch.device("cpu"),
+        policy=SitePolicy(min_count=min_count),
+    )
+
+
+def _evaluate(site: Site) -> EvaluateResult:
+    model = ClassificationTask(num_classes=2, in_channels=1, spatial_dims=2, positive_label=1)
+    params = params_copy(model.build_model(seed=1))
+    result = site.evaluate(
+        EvaluateInstruction(rnd=1, params=params, split="test", histogram_bins=10)
+    )
+    assert isinstance(result, EvaluateResult)
+    return result
+
+
+def test_a_site_withholds_its_histogram_when_a_class_has_fewer_than_its_min_count() -> None:
+    shown, withheld = _evaluate(_scored_site(1)), _evaluate(_scored_site(5))
+
+    assert shown.histogram is not None and int(shown.histogram.positives.sum()) == 3
+    assert not shown.histogram_withheld
+    assert withheld.histogram is None and withheld.histogram_withheld
+    assert withheld.metrics == shown.metrics  # the metrics themselves are unchanged
