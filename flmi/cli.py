@@ -350,9 +350,7 @@ def _certs(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from flmi.config import apply_overrides, config_from_dict, read_toml
-    from flmi.privacy.audit import AttackSettings, run_audit
-    from flmi.report.rundir import MODEL
-    from flmi.tensorio import load_tensors
+    from flmi.privacy.audit import MEMBERSHIP_SANITY_AUC, AttackSettings, run_audit
 
     settings = AttackSettings(batches=args.batches, iterations=args.iterations, seed=args.seed)
     if args.path.is_dir():
@@ -363,12 +361,14 @@ def _audit(args: argparse.Namespace) -> int:
         config = load_config(args.path, overrides=args.overrides)
         run_dir = args.out or _default_out(args.path.stem)
         _run(config, run_dir)
-    final = load_tensors(path=run_dir / MODEL)[0] if (run_dir / MODEL).is_file() else None
     report = run_audit(
-        config=config, final_params=final, out=run_dir / "audit", site=args.site, settings=settings
+        config=config, run_dir=run_dir, out=run_dir / "audit", site=args.site, settings=settings
     )
     summary = report.to_json()
-    table = Table(title=f"Privacy audit of site {report.site} (the server as attacker)")
+    table = Table(
+        title=f"Privacy audit of site {report.site}'s round-{report.attacked_round} update "
+        f"(the server as attacker; batch {report.batch_size})"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("PSNR of reconstructions (dB)", f"{summary['psnr_mean']:.2f}")
@@ -376,8 +376,18 @@ def _audit(args: argparse.Namespace) -> int:
     table.add_row("SSIM of reconstructions", f"{summary['ssim_mean']:.3f}")
     table.add_row("SSIM of an unrelated image", f"{summary['unrelated_ssim_mean']:.3f}")
     table.add_row("label recovery rate", f"{report.label_recovery_rate:.3f}")
-    table.add_row("membership-inference AUC", _fmt(report.membership_auc))
+    table.add_row("membership-inference AUC (final model)", _fmt(report.membership_auc))
+    table.add_row(
+        f"same attack on a model overfit without DP ({report.reference_members} members)",
+        _fmt(report.reference_membership_auc),
+    )
     console.print(table)
+    if not report.membership_meaningful:
+        console.print(
+            "[yellow]The membership attack does not separate the members of a model overfit "
+            f"without DP (AUC under {MEMBERSHIP_SANITY_AUC}): it is too weak, and its figure on "
+            "this run says nothing about privacy.[/yellow]"
+        )
     console.print(f"images and audit.json in {run_dir / 'audit'}")
     return 0
 

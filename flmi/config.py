@@ -340,9 +340,10 @@ class ReportConfig:
     ``bootstrap_seed``. ROC curves, confusion matrices and calibration come
     from each site's counts of positives and negatives in ``histogram_bins``
     equal bins of the predicted probability (no patient's score leaves a
-    site). The operating threshold is chosen on the sites' validation splits
-    only: Youden's J, or the highest threshold that reaches
-    ``target_sensitivity`` when it is set.
+    site; adjacent bins are merged at the site until no cell holds 1 to
+    ``min_count - 1`` patients). The operating threshold is chosen on the
+    sites' validation splits only: Youden's J, or the highest threshold that
+    reaches ``target_sensitivity`` when it is set.
     ``bootstrap_seed``.
 
     Before training each site describes its data (counts, label or target

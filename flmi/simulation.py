@@ -38,7 +38,7 @@ from flmi.core.federation import (
     run_federation,
 )
 from flmi.core.keys import Arm, HParam, Record, Split
-from flmi.core.messages import EvaluateResult, HParamValue, ScoreHistogram
+from flmi.core.messages import EvaluateResult, HParamValue
 from flmi.core.params import Params
 from flmi.core.strategy import (
     StateRecord,
@@ -65,7 +65,7 @@ from flmi.report.trackers import Tracker, check_trackers, close_all, open_tracke
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.runtime.registry import RUNTIMES
 from flmi.site.faults import Fault, FaultSpec, FaultySite, flip_labels
-from flmi.site.site import Site
+from flmi.site.site import Site, SitePolicy
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.per_site import PerSiteSettings
 from flmi.strategies.registry import BuildContext, build_strategy
@@ -162,13 +162,6 @@ class CentralEvaluator:
         """Metrics of ``params`` on the central test set."""
         load_params(self._model, params, where="central evaluation")
         return self._task.evaluate(model=self._model, data=self._data, device=self._device)
-
-    def histogram(self, params: Params, *, bins: int) -> ScoreHistogram | None:
-        """Counts per predicted-probability bin of ``params`` on the central test set."""
-        load_params(self._model, params, where="central evaluation")
-        return self._task.score_histogram(
-            model=self._model, data=self._data, device=self._device, bins=bins
-        )
 
     def confidence_intervals(
         self, params: Params, *, resamples: int, seed: int
@@ -329,8 +322,9 @@ def _final_evaluation(
     """``arm`` with what its final model gives beyond the metrics.
 
     Bootstrap 95 % intervals per site and central; each site's score
-    histograms on its test and validation splits (counts only); the operating
-    threshold, chosen on the validation histograms alone.
+    histograms on its test and validation splits (counts only, no cell under
+    ``[report] min_count``); the operating threshold, chosen on the validation
+    histograms alone.
     """
     resamples, seed = config.report.bootstrap_resamples, config.report.bootstrap_seed
     bins = config.report.histogram_bins
@@ -357,16 +351,15 @@ def _final_evaluation(
         if central is not None and scored_centrally and resamples > 0
         else None
     )
+    # No central histogram: the central test set is every site's test split, so its
+    # counts less the sites' would give back what a site merged or withheld.
     curves = arm_curves(
         test_per_site={s: r.histogram for s, r in test.items() if r.histogram is not None},
         val_per_site={s: r.histogram for s, r in val.items() if r.histogram is not None},
-        test_central=(
-            central.histogram(result.params, bins=bins)
-            if central is not None and scored_centrally
-            else None
-        ),
+        test_central=None,
         bins=bins,
         target_sensitivity=config.report.target_sensitivity,
+        withheld=sorted(s for s, r in test.items() if r.histogram_withheld),
     )
     return dataclasses.replace(
         arm,
@@ -492,10 +485,19 @@ def run_experiment(
     )
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
+    policy = SitePolicy(min_count=config.report.min_count)
 
     def make_sites() -> list[Site]:
         return [
-            Site(name=name, data=splits, task=task, seed=seed, device=device, model=workspace)
+            Site(
+                name=name,
+                data=splits,
+                task=task,
+                seed=seed,
+                device=device,
+                model=workspace,
+                policy=policy,
+            )
             for name, splits in sorted(data.sites.items())
         ]
 
@@ -517,6 +519,7 @@ def run_experiment(
                 seed=seed,
                 device=device,
                 model=workspace,
+                policy=policy,
                 state_dir=run.site_dir(name) if run is not None else None,
                 resume_round=resume_point.completed_round if resume_point else None,
                 noise=noise,
@@ -661,6 +664,7 @@ def run_experiment(
                 test_central=None,
                 bins=config.report.histogram_bins,
                 target_sensitivity=config.report.target_sensitivity,
+                withheld=sorted(w for c in local_curves for w in c.withheld),
             ),
         )
     summary: dict[str, Any] = {
@@ -676,7 +680,9 @@ def run_experiment(
         Record.VERSIONS: versions(),
         # Class counts for tasks with classes (segmentation: cases containing each class).
         Record.SITES: sites_json(
-            data, label_counts=config.task.name in ("classification", "segmentation")
+            data,
+            label_counts=config.task.name in ("classification", "segmentation"),
+            min_count=config.report.min_count,
         ),
         Record.DATA: data_report,
     }

@@ -122,9 +122,10 @@ class ScoreHistogram:
 
     This is an aggregate, and all a site sends for ROC curves, confusion
     matrices at a threshold and calibration plots: no score, image or
-    identifier of any patient. A count may be small (even 1) on a small split,
-    so it tells which bin one patient's score fell in together with that
-    patient's label; 100 bins place a score to within 0.01.
+    identifier of any patient. A raw count may be small (even 1) on a small
+    split, telling which bin one patient's score fell in together with that
+    patient's label, so a site merges such cells before sending
+    (:func:`flmi.site.small_cells.merge_small_cells`).
 
     Parameters
     ----------
@@ -172,7 +173,12 @@ class ScoreHistogram:
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    """Aggregate metrics of one site on one of its splits; no predictions, no data."""
+    """Aggregate metrics of one site on one of its splits; no predictions, no data.
+
+    ``histogram_withheld`` says the site was asked for a score histogram and
+    sent none: its positives or negatives on the split number fewer than its
+    ``min_count``, so even merged bins would point at single patients.
+    """
 
     site: str
     split: str
@@ -180,6 +186,7 @@ class EvaluateResult:
     metrics: Mapping[str, float]
     ci: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     histogram: ScoreHistogram | None = None
+    histogram_withheld: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,32 @@
-"""A privacy audit that attacks flmi's own updates, as the server could.
+"""A privacy audit that attacks a finished run's updates, as its server could.
 
-The attacker is the server. It sees exactly what the server receives: the
-global weights it sent, one site's update (made by the site code path under
-the run's settings: batch size, local steps, optimiser, DP), the update's
-step count and the learning rate it asked for. Under secure or homomorphic
-aggregation (``privacy.aggregation``) it holds no site's update, only the
-aggregate the protocol gives it: every site trains on a batch of its own, the
-real protocol runs in process (masking, fixed-point quantisation, unmasking;
-or encryption, addition and decryption by a site), and the attacker inverts
-that aggregate, reconstructing as many images as the sum holds, of which the
-attacked site's are scored against their best-matching reconstructions.
-From a random image it runs a
-gradient-inversion attack (Geiping et al., "Inverting Gradients", NeurIPS
-2020: cosine distance between gradients plus a total-variation prior), with
-labels recovered from the last layer's bias gradient as in iDLG (Zhao et al.
-2020). The report gives PSNR and SSIM of each reconstruction against its
-original (MONAI's metrics), the same for an unrelated image of the same data
-set as the floor to compare with, the label recovery rate, and a
-loss-threshold membership-inference AUC of the run's final model (Yeom et al.
-2018): training examples of every site against test examples.
+The attacker is the server, and knows what the server knows: the run's
+config (batch size, local steps, optimiser, learning rate, DP settings,
+seed), the global model it sent in every round (the run's checkpoints), and
+what each site sends back: its update, step count and example count. It
+attacks the update of the run's *last* round, made from the global model the
+server sent in that round (a trained model, not the initial one), by the site
+code path under the run's settings from one batch of the run's batch size.
+Under secure or homomorphic aggregation (``privacy.aggregation``) it holds no
+site's update, only the aggregate the protocol gives it: every site trains on
+a batch of its own, the real protocol runs in process (masking, fixed-point
+quantisation, unmasking; or encryption, addition and decryption by a site),
+and the attacker inverts that aggregate, reconstructing as many images as the
+sum holds, of which the attacked site's are scored against their
+best-matching reconstructions.
+
+From a random image it runs a gradient-inversion attack (Geiping et al.,
+"Inverting Gradients", NeurIPS 2020: cosine distance between gradients plus a
+total-variation prior), with labels recovered from the last layer's bias
+gradient as in iDLG (Zhao et al. 2020). The report gives PSNR and SSIM of
+each reconstruction against its original (MONAI's metrics) and, as the floor,
+the same for as many unrelated images of the data set put through the same
+best-match pairing; the label recovery rate; and a loss-threshold
+membership-inference AUC of the run's final model (Yeom et al. 2018):
+training examples of every site against test examples. The membership figure
+counts only if the same attack separates the members of a model overfit
+without DP (:func:`reference_membership`); otherwise the attack is too weak
+to say anything.
 """
 
 from __future__ import annotations
@@ -35,19 +43,22 @@ import torch
 
 from flmi.config import Config, site_groups, training_hparams
 from flmi.core.errors import ConfigError
-from flmi.core.keys import Split
+from flmi.core.keys import Arm, HParam, Split
 from flmi.core.messages import ClientError, ClientUpdate, TrainInstruction, UpdateKind
-from flmi.core.params import Params
+from flmi.core.params import Params, add_scaled
+from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
 from flmi.privacy.setup import build_secure, protect_sites
 from flmi.privacy.strategies import with_privacy
+from flmi.report.rundir import MODEL, RunDir
 from flmi.runtime.inprocess import InProcessRuntime
 from flmi.site.site import Site
 from flmi.strategies.registry import BuildContext, build_strategy
 from flmi.tasks.classification import ClassificationTask
 from flmi.tasks.device import resolve_device
 from flmi.tasks.torch_params import head_names, load_params, params_copy
+from flmi.tensorio import load_tensors
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,10 @@ class AttackSettings:
         Weight of the total-variation prior.
     seed
         Seeds the choice of attacked examples and the random starting images.
+    reference_members, reference_epochs
+        The membership attack's sanity check: a model overfit without DP for
+        ``reference_epochs`` epochs on ``reference_members`` training examples
+        (see :func:`reference_membership`).
     """
 
     batches: int = 4
@@ -73,9 +88,11 @@ class AttackSettings:
     lr: float = 0.1
     tv_weight: float = 0.05
     seed: int = 0
+    reference_members: int = 100
+    reference_epochs: int = 30
 
     def __post_init__(self) -> None:
-        if self.batches < 1 or self.iterations < 1:
+        if self.batches < 1 or self.iterations < 1 or self.reference_epochs < 1:
             raise ConfigError("audit: --batches and --iterations must be at least 1")
         if not self.lr > 0 or self.tv_weight < 0:
             raise ConfigError("audit: the attack's lr must be positive and tv_weight not negative")
@@ -212,7 +229,15 @@ def membership_auc(
 
 @dataclass(frozen=True)
 class AuditReport:
-    """What the audit found; :meth:`to_json` is written to ``audit.json``."""
+    """What the audit found; :meth:`to_json` is written to ``audit.json``.
+
+    ``attacked_round`` is the round whose update was attacked, made from the
+    global model the server sent in it. ``membership_auc`` is the attack on
+    the run's final model; ``reference_membership_auc`` the same attack on a
+    model overfit without DP on ``reference_members`` examples, which it must
+    separate (AUC at least :data:`MEMBERSHIP_SANITY_AUC`) for the run's figure to
+    mean anything: ``membership_meaningful``.
+    """
 
     site: str
     batch_size: int
@@ -227,13 +252,28 @@ class AuditReport:
     aggregation: str = "plain"
     sites_in_update: int = 1
     images_reconstructed: int = 0
+    attacked_round: int = 1
+    reference_membership_auc: float | None = None
+    reference_members: int = 0
+
+    @property
+    def membership_meaningful(self) -> bool:
+        """Whether the attack separates an overfit model's members: its figure means something."""
+        return (
+            self.reference_membership_auc is not None
+            and self.reference_membership_auc >= MEMBERSHIP_SANITY_AUC
+        )
 
     def to_json(self) -> dict[str, Any]:
         """Every number, plus their means."""
         out = dataclasses.asdict(self)
         for key in ("psnr", "ssim", "unrelated_psnr", "unrelated_ssim"):
             out[f"{key}_mean"] = float(np.mean(getattr(self, key)))
+        out["membership_meaningful"] = self.membership_meaningful
         return out
+
+
+MEMBERSHIP_SANITY_AUC = 0.6
 
 
 def audit_task(config: Config, data: FederatedData) -> ClassificationTask:
@@ -256,22 +296,68 @@ def audit_task(config: Config, data: FederatedData) -> ClassificationTask:
     )
 
 
+@dataclass(frozen=True)
+class AttackedRound:
+    """The round attacked, and what the server sent in it.
+
+    Parameters
+    ----------
+    rnd
+        The round (the finished run's last).
+    sent
+        The global model the server sent in it (round ``rnd - 1``'s result).
+    state
+        The strategy state the server configured the round from (``None``:
+        round 1, the initial state).
+    """
+
+    rnd: int
+    sent: Params
+    state: StateRecord | None
+
+
+def attacked_round(*, run_dir: Path, initial: Params) -> AttackedRound:
+    """The run's last round and the global model the server sent in it, from its checkpoints.
+
+    ``initial`` is the seeded starting model, sent in round 1.
+    """
+    run = RunDir(path=run_dir)
+    latest = run.latest_checkpoint(arm=Arm.FEDERATED)
+    if latest is None:
+        raise ConfigError(
+            f"audit: {run_dir} holds no checkpoint of the federated arm; "
+            "audit a finished run directory, or pass a config to run first"
+        )
+    last = latest[0]
+    if last == 1:
+        return AttackedRound(rnd=1, sent=initial, state=None)
+    before = run.checkpoint(arm=Arm.FEDERATED, rnd=last - 1)
+    if before is None:
+        raise ConfigError(
+            f"audit: {run_dir} no longer holds round {last - 1}'s checkpoint, the model the "
+            f"server sent in round {last}"
+        )
+    _, params, state = before
+    return AttackedRound(rnd=last, sent=params, state=state)
+
+
 def run_audit(
     *,
     config: Config,
-    final_params: Params | None,
+    run_dir: Path,
     out: Path,
     site: str | None = None,
     settings: AttackSettings | None = None,
 ) -> AuditReport:
-    """Attack one site's round-1 updates as the server would; write ``audit.json`` and images.
+    """Attack one site's update of the run's last round as its server would; write the report.
 
     Parameters
     ----------
     config
         The run's configuration (its batch size, local steps, optimiser and DP are used).
-    final_params
-        The run's final model, for membership inference (``None``: skipped).
+    run_dir
+        The finished run: its checkpoints give the global model the server sent
+        in the last round, its final model is attacked for membership.
     out
         Folder for ``audit.json`` and ``reconstructions.png``.
     site
@@ -287,14 +373,71 @@ def run_audit(
     name = site or sorted(data.sites)[0]
     if name not in data.sites:
         raise ConfigError(f"audit --site {name}: no such site; the sites are {sorted(data.sites)}")
-    train = data.sites[name].train
+    model = task.build_model(seed=config.federation.seed).to(device)
+    target = attacked_round(run_dir=run_dir, initial=params_copy(model))
+    found = _invert_round(
+        config=config,
+        data=data,
+        task=task,
+        model=model,
+        victim=name,
+        target=target,
+        settings=settings,
+        device=device,
+    )
+    final = load_tensors(path=run_dir / MODEL)[0] if (run_dir / MODEL).is_file() else None
+    auc = None if final is None else _final_membership(task, model, data, final, device)
+    reference, members = reference_membership(
+        config=config, task=task, data=data, settings=settings, device=device
+    )
+    report = AuditReport(
+        site=name,
+        batch_size=found.batch,
+        local_steps=found.steps,
+        privacy={k: v for k, v in dataclasses.asdict(config.privacy).items() if v is not None},
+        psnr=found.psnr,
+        ssim=found.ssim,
+        unrelated_psnr=found.unrelated_psnr,
+        unrelated_ssim=found.unrelated_ssim,
+        label_recovery_rate=found.labels_right / max(found.attacked, 1),
+        membership_auc=auc,
+        aggregation=config.privacy.aggregation,
+        sites_in_update=found.sites_in_update,
+        images_reconstructed=found.reconstructed,
+        attacked_round=target.rnd,
+        reference_membership_auc=reference,
+        reference_members=members,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    save_pictures(found.shown, out / "reconstructions.png", title=_title(report))
+    return report
+
+
+@dataclass
+class _Inversions:
+    """What the inversion of every attacked batch gave (filled batch by batch)."""
+
+    batch: int
+    steps: int = 0
+    sites_in_update: int = 1
+    reconstructed: int = 0
+    attacked: int = 0
+    labels_right: int = 0
+    psnr: list[float] = dataclasses.field(default_factory=list)
+    ssim: list[float] = dataclasses.field(default_factory=list)
+    unrelated_psnr: list[float] = dataclasses.field(default_factory=list)
+    unrelated_ssim: list[float] = dataclasses.field(default_factory=list)
+    shown: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
+
+
+def _audit_strategy(config: Config, data: FederatedData) -> Strategy[Any]:
+    """The run's strategy, wrapped in its privacy settings, as the server built it."""
     f = config.federation
-    hparams = training_hparams(config)
-    batch = min(f.batch_size, len(train))
-    strategy = with_privacy(
+    return with_privacy(
         build_strategy(
             name=config.strategy.name,
-            hparams=hparams,
+            hparams=training_hparams(config),
             options=config.strategy.options,
             context=BuildContext(
                 num_sites=len(data.sites),
@@ -308,91 +451,172 @@ def run_audit(
         sites_per_round=len(data.sites),
         seed=f.seed,
     )
-    model = task.build_model(seed=f.seed).to(device)
-    sent = params_copy(model)
+
+
+def _invert_round(
+    *,
+    config: Config,
+    data: FederatedData,
+    task: ClassificationTask,
+    model: torch.nn.Module,
+    victim: str,
+    target: AttackedRound,
+    settings: AttackSettings,
+    device: torch.device,
+) -> _Inversions:
+    """Invert the victim's update of ``target.rnd`` on ``settings.batches`` batches."""
+    strategy = _audit_strategy(config, data)
     names = sorted(data.sites)
-    instructions = strategy.configure(1, strategy.init(sent), names)
-    lr = float(instructions[name].hparams["lr"])
+    state = (
+        strategy.init(target.sent)
+        if target.state is None
+        else strategy.state_from_record(target.state)
+    )
+    instructions = strategy.configure(target.rnd, state, names)
+    lr = float(instructions[victim].hparams["lr"])
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     trainable = [n for n, _ in model.named_parameters()]
     bias = next(n for n in sorted(head_names(model)) if n.endswith("bias"))
-    psnr, ssim, un_psnr, un_ssim, right, steps = [], [], [], [], 0, 0
-    in_update, reconstructed = 1, 0
-    shown: list[tuple[np.ndarray, np.ndarray]] = []
+    found = _Inversions(batch=min(config.federation.batch_size, len(data.sites[victim].train)))
     for b in range(settings.batches):
         # Every site's batch is drawn under every setting, so each attacks the same images.
-        batches = {s: _pick(data.sites[s].train, batch, rng) for s in names}
+        batches = {s: _pick(data.sites[s].train, found.batch, rng) for s in names}
         view = server_view(
             config=config,
             task=task,
             batches={s: data.sites[s].train.take(c) for s, c in batches.items()},
-            victim=name,
+            victim=victim,
             instructions=instructions,
-            sent=sent,
-            seed=f.seed + b,
+            sent=target.sent,
+            seed=config.federation.seed + b,
             device=device,
         )
-        steps, in_update = view.update.num_steps, view.sites
-        targets = data.sites[name].train.take(batches[name])
+        found.steps, found.sites_in_update = view.update.num_steps, view.sites
         count = sum(len(batches[s]) for s in view.summed)
-        target = observed_gradient(sent=sent, update=view.update, lr=lr, names=trainable)
-        labels = recover_labels(target[bias], count)
-        load_params(model, sent, where="audit")
+        gradient = observed_gradient(sent=target.sent, update=view.update, lr=lr, names=trainable)
+        labels = recover_labels(gradient[bias], count)
+        load_params(model, target.sent, where="audit")
         images = invert(
             task=task,
             model=model,
-            target=target,
+            target=gradient,
             labels=labels,
-            shape=(count, *targets.x.shape[1:]),
+            shape=(count, *data.sites[victim].train.x.shape[1:]),
             settings=settings,
             generator=generator,
             device=device,
         )
-        reconstructed += count
-        pairing = match_reconstructions(targets.x, images)
-        truth = sorted(int(v) for v in targets.y)
-        guessed = [labels[i] for i in pairing]
-        right += sum(min(guessed.count(c), truth.count(c)) for c in set(truth))
-        others = np.setdiff1d(np.arange(len(train)), batches[name])
-        for j, i in enumerate(pairing):
-            p, s = image_scores(images[i], targets.x[j])
-            psnr.append(p)
-            ssim.append(s)
-            unrelated = train.x[int(rng.choice(others))] if len(others) else images[i]
-            p, s = image_scores(unrelated, targets.x[j])
-            un_psnr.append(p)
-            un_ssim.append(s)
-            shown.append((targets.x[j], images[i]))
-    auc: float | None = None
-    if final_params is not None:
-        load_params(model, final_params, where="the run's final model")
-        auc = membership_auc(
-            task=task,
-            model=model,
-            members=concat_splits([data.sites[s].train for s in names]),
-            others=concat_splits([getattr(data.sites[s], Split.TEST.value) for s in names]),
-            device=device,
-        )
-    report = AuditReport(
-        site=name,
-        batch_size=batch,
-        local_steps=steps,
-        privacy={k: v for k, v in dataclasses.asdict(config.privacy).items() if v is not None},
-        psnr=psnr,
-        ssim=ssim,
-        unrelated_psnr=un_psnr,
-        unrelated_ssim=un_ssim,
-        label_recovery_rate=right / (batch * settings.batches),
-        membership_auc=auc,
-        aggregation=config.privacy.aggregation,
-        sites_in_update=in_update,
-        images_reconstructed=reconstructed,
+        _score(found, data.sites[victim].train.take(batches[victim]), images, labels, data, rng)
+    return found
+
+
+def _score(
+    found: _Inversions,
+    targets: ArraySplit,
+    images: np.ndarray,
+    labels: Sequence[int],
+    data: FederatedData,
+    rng: np.random.Generator,
+) -> None:
+    """Score one batch's reconstructions, and as the floor as many unrelated images.
+
+    The floor goes through the same matching as the reconstructions: as many
+    images of the central test set (no site's training image) as were
+    reconstructed, each original paired with its best-matching one, so the
+    attacker's best-case pairing is no advantage over it.
+    """
+    found.reconstructed += len(images)
+    found.attacked += len(targets)
+    pairing = match_reconstructions(targets.x, images)
+    truth = sorted(int(v) for v in targets.y)
+    guessed = [labels[i] for i in pairing]
+    found.labels_right += sum(min(guessed.count(c), truth.count(c)) for c in set(truth))
+    pool = data.central_test.x
+    drawn = rng.choice(len(pool), size=len(images), replace=len(pool) < len(images))
+    unrelated = pool[drawn]
+    floor = match_reconstructions(targets.x, unrelated)
+    for j, (i, u) in enumerate(zip(pairing, floor, strict=True)):
+        p, s = image_scores(images[i], targets.x[j])
+        found.psnr.append(p)
+        found.ssim.append(s)
+        p, s = image_scores(unrelated[u], targets.x[j])
+        found.unrelated_psnr.append(p)
+        found.unrelated_ssim.append(s)
+        found.shown.append((targets.x[j], images[i]))
+
+
+def _final_membership(
+    task: ClassificationTask,
+    model: torch.nn.Module,
+    data: FederatedData,
+    final: Params,
+    device: torch.device,
+) -> float:
+    """Membership inference on the run's final model: every site's training examples vs test."""
+    names = sorted(data.sites)
+    load_params(model, final, where="the run's final model")
+    return membership_auc(
+        task=task,
+        model=model,
+        members=concat_splits([data.sites[s].train for s in names]),
+        others=concat_splits([getattr(data.sites[s], Split.TEST.value) for s in names]),
+        device=device,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    save_pictures(shown, out / "reconstructions.png", title=_title(report))
-    return report
+
+
+def reference_membership(
+    *,
+    config: Config,
+    task: ClassificationTask,
+    data: FederatedData,
+    settings: AttackSettings,
+    device: torch.device,
+) -> tuple[float, int]:
+    """The attack's sanity check: membership AUC on a model overfit without DP.
+
+    A fresh model trains through the site code path, without DP and with the
+    run's optimiser, learning rate and batch size, for
+    ``settings.reference_epochs`` epochs on ``settings.reference_members``
+    training examples (drawn from every site); the attack then scores those
+    against as many test examples. An attack that cannot separate these
+    cannot measure privacy on the run.
+
+    Returns
+    -------
+    tuple
+        The AUC and the number of members.
+    """
+    pooled_train = concat_splits([data.sites[s].train for s in sorted(data.sites)])
+    pooled_test = data.central_test
+    rng = np.random.default_rng(settings.seed)
+    n = min(settings.reference_members, len(pooled_train), len(pooled_test))
+    members = pooled_train.take(np.sort(rng.choice(len(pooled_train), size=n, replace=False)))
+    others = pooled_test.take(np.sort(rng.choice(len(pooled_test), size=n, replace=False)))
+    model = task.build_model(seed=settings.seed).to(device)
+    hparams = {
+        **training_hparams(config),
+        HParam.LOCAL_EPOCHS: settings.reference_epochs,
+        HParam.LOCAL_STEPS: 0,
+    }
+    site = Site(
+        name="reference",
+        data=SiteSplits(train=members, val=members, test=others),
+        task=task,
+        seed=settings.seed,
+        device=device,
+        model=model,
+    )
+    sent = params_copy(model)
+    update = site.train(TrainInstruction(rnd=1, params=sent, hparams=hparams, extras={}))
+    if isinstance(update, ClientError):
+        raise ConfigError(f"audit: the reference model did not train: {update.message}")
+    trained = (
+        update.params if update.kind is UpdateKind.FULL else add_scaled(sent, update.params, 1.0)
+    )
+    load_params(model, trained, where="the reference model")
+    auc = membership_auc(task=task, model=model, members=members, others=others, device=device)
+    return auc, n
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,11 @@ def model_card(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _count(value: int | None) -> str:
+    """A count, or "suppressed" for one under ``[report] min_count``."""
+    return "suppressed" if value is None else str(value)
+
+
 def _fmt(entry: Mapping[str, Any] | None) -> str:
     if not entry or entry.get("value") is None:
         return "-"
@@ -155,7 +160,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         "| site | train | val | test |",
         "| --- | ---: | ---: | ---: |",
         *[
-            f"| {s} | {v['n_train']} | {v['n_val']} | {v['n_test']} |"
+            f"| {s} | {_count(v['n_train'])} | {_count(v['n_val'])} | {_count(v['n_test'])} |"
             for s, v in card["sites"].items()
         ],
         "",

@@ -1,12 +1,16 @@
 """One arm's final score histograms, its operating threshold, and what they give at it.
 
 The threshold is chosen on the sites' validation histograms summed over sites,
-and only then applied to the test histograms (central and per site).
+and only then applied to the test histograms (central and per site). Every
+histogram has had its small cells merged at its site
+(:mod:`flmi.site.small_cells`); a site whose test split has too few positives
+or negatives to merge sends none and is listed as ``withheld``; ``overall``
+then sums the sites that sent one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +38,16 @@ class ArmCurves:
         The central test set's histogram (simulation only; ``None`` otherwise).
     threshold
         The operating threshold, chosen on ``val_per_site`` alone.
+    withheld
+        Sites that sent no test histogram (a class with 1 to ``min_count - 1``
+        patients on their test split).
     """
 
     test_per_site: Mapping[str, ScoreHistogram]
     val_per_site: Mapping[str, ScoreHistogram]
     test_central: ScoreHistogram | None
     threshold: Threshold
+    withheld: tuple[str, ...] = ()
 
 
 def arm_curves(
@@ -49,6 +57,7 @@ def arm_curves(
     test_central: ScoreHistogram | None,
     bins: int,
     target_sensitivity: float | None,
+    withheld: Sequence[str] = (),
 ) -> ArmCurves:
     """Collect an arm's histograms and choose its threshold on the validation ones only."""
     with_val = {s: h for s, h in val_per_site.items() if int(h.positives.sum() + h.negatives.sum())}
@@ -58,6 +67,7 @@ def arm_curves(
         val_per_site=with_val,
         test_central=test_central,
         threshold=choose_threshold(val=val, bins=bins, target_sensitivity=target_sensitivity),
+        withheld=tuple(sorted(withheld)),
     )
 
 
@@ -93,4 +103,5 @@ def curves_json(curves: ArmCurves) -> dict[str, Any]:
             "per_site": {s: histogram_json(h) for s, h in sorted(curves.val_per_site.items())},
         },
         "at_threshold": at_threshold_json(curves),
+        "withheld": list(curves.withheld),
     }

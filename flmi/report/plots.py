@@ -180,7 +180,7 @@ def label_histograms(summary: Mapping[str, Any], *, positive_label: int | None) 
                 by_split = info.get("label_counts_by_split", {}).get(split)
                 if by_split is None and split == "train":
                     by_split = info.get("label_counts", {})
-                counts.append(int((by_split or {}).get(str(c), 0)))
+                counts.append(int((by_split or {}).get(str(c)) or 0))  # None: suppressed
             name = f"class {c}" + (" (positive)" if c == positive_label else "")
             ax.bar(x + (i - (len(classes) - 1) / 2) * width, counts, width, label=name)
         ax.set_xticks(x, sites, rotation=20, fontsize=8)
@@ -189,7 +189,7 @@ def label_histograms(summary: Mapping[str, Any], *, positive_label: int | None) 
         ax.set_title(f"{split} split")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Labels per site")
+    fig.suptitle("Labels per site (a count under [report] min_count is suppressed: no bar)")
     return fig
 
 

@@ -85,7 +85,16 @@ class RunDir:
         if not pointer.is_file():
             return None
         latest = json.loads(pointer.read_text())
-        tensors, meta = load_tensors(path=self.path / CHECKPOINTS / str(latest["file"]))
+        return self._read_checkpoint(self.path / CHECKPOINTS / str(latest["file"]))
+
+    def checkpoint(self, *, arm: str, rnd: int) -> tuple[int, Params, StateRecord] | None:
+        """Round ``rnd``'s checkpoint of ``arm`` (``None``: not kept; only the last few are)."""
+        path = self.path / CHECKPOINTS / f"{arm}-round-{rnd:05d}.safetensors"
+        return self._read_checkpoint(path) if path.is_file() else None
+
+    @staticmethod
+    def _read_checkpoint(path: Path) -> tuple[int, Params, StateRecord]:
+        tensors, meta = load_tensors(path=path)
         params = {k[len("params/") :]: v for k, v in tensors.items() if k.startswith("params/")}
         state = {k[len("state/") :]: v for k, v in tensors.items() if k.startswith("state/")}
         return int(meta["round"]), params, StateRecord(tensors=state, meta=meta["strategy_meta"])

@@ -19,6 +19,7 @@ from flmi.data.arrays import FederatedData
 from flmi.data.partition import site_label_summary
 from flmi.privacy.noise_source import FROM_OS, FROM_SEED, NO_GUARANTEE
 from flmi.report.operating import ArmCurves, at_threshold_json
+from flmi.site.qa import Count, suppress, with_secondary
 
 
 @dataclass(frozen=True)
@@ -85,28 +86,41 @@ def arm_json(arm: ArmResult) -> dict[str, Any]:
     }
 
 
-def sites_json(data: FederatedData, *, label_counts: bool = True) -> dict[str, Any]:
-    """Split sizes per site, and label counts where labels are classes.
+def sites_json(data: FederatedData, *, label_counts: bool = True, min_count: int) -> dict[str, Any]:
+    """Split sizes per site, and label counts where labels are classes, small counts suppressed.
 
-    A regression or survival target is a number per patient: counting its
-    values would list them, so only the sizes are written (the ``data``
-    section summarises targets with small counts suppressed).
+    Every count from 1 to ``min_count - 1`` is written as ``None``, as the data
+    report does (:mod:`flmi.site.qa`); when that hides exactly one class of a
+    split, the next smallest is hidden too, so the split size does not give it
+    back by subtraction. A regression or survival target is a number per
+    patient: counting its values would list them, so only the sizes are
+    written (the ``data`` section summarises targets with small counts
+    suppressed).
     """
+
+    def hide(n: object) -> Count:
+        assert isinstance(n, int)
+        return suppress(n, min_count=min_count)
+
+    def classes(counts: Mapping[str, int]) -> dict[str, Count]:
+        return with_secondary({k: hide(v) for k, v in counts.items()}, dict(counts))
+
     out: dict[str, Any] = {}
     for site, info in site_label_summary(data=data).items():
         by_split = info["label_counts"]
         assert isinstance(by_split, dict)
         out[site] = {
-            Record.N_TRAIN: info["n_train"],
-            "n_val": info["n_val"],
-            "n_test": info["n_test"],
+            Record.N_TRAIN: hide(info["n_train"]),
+            "n_val": hide(info["n_val"]),
+            "n_test": hide(info["n_test"]),
         }
         if label_counts:
-            out[site][Record.LABEL_COUNTS] = by_split["train"]
-            out[site]["label_counts_by_split"] = by_split
+            hidden = {split: classes(counts) for split, counts in by_split.items()}
+            out[site][Record.LABEL_COUNTS] = hidden["train"]
+            out[site]["label_counts_by_split"] = hidden
         unlabeled = data.sites[site].num_unlabeled
         if unlabeled:
-            out[site]["n_unlabeled"] = unlabeled  # a count; there are no labels to count
+            out[site]["n_unlabeled"] = hide(unlabeled)  # a count; there are no labels to count
     return out
 
 

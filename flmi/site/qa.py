@@ -119,7 +119,7 @@ def describe_site(
         inner = np.clip(y.astype(np.float64), label_edges[0], label_edges[-1])
         hist, _ = np.histogram(inner, bins=np.asarray(label_edges))
         labels = {str(i): int(c) for i, c in enumerate(hist)}
-    hidden_labels = _with_secondary({k: hide(v) for k, v in labels.items()}, labels)
+    hidden_labels = with_secondary({k: hide(v) for k, v in labels.items()}, labels)
     intensity: tuple[Count, ...] = ()
     # Every training image, labeled or not: an unlabeled site's scanner shows too.
     images = [x for x in (train.x, data.unlabeled) if x is not None and x.ndim >= 3 and len(x)]
@@ -129,7 +129,7 @@ def describe_site(
         for x in images:
             hist += np.histogram(np.clip(x.astype(np.float64).ravel(), 0.0, 1.0), bins=edges)[0]
         raw = {str(i): int(c) for i, c in enumerate(hist)}
-        cells = _with_secondary({k: hide(v) for k, v in raw.items()}, raw)
+        cells = with_secondary({k: hide(v) for k, v in raw.items()}, raw)
         intensity = tuple(cells[str(i)] for i in range(len(hist)))
     return DataReport(
         site=site,
@@ -146,7 +146,7 @@ def describe_site(
     )
 
 
-def _with_secondary(hidden: dict[str, Count], raw: dict[str, int]) -> dict[str, Count]:
+def with_secondary(hidden: dict[str, Count], raw: dict[str, int]) -> dict[str, Count]:
     """Suppress the smallest remaining non-zero cell when exactly one was suppressed."""
     if sum(v is None for v in hidden.values()) != 1:
         return hidden

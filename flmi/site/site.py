@@ -53,6 +53,7 @@ from flmi.site.hooks import (
     proximal_penalty,
     server_variate,
 )
+from flmi.site.small_cells import merge_small_cells
 from flmi.site.state import SiteState
 from flmi.tasks.base import (
     FitHooks,
@@ -88,10 +89,21 @@ class SitePolicy:
         Most local epochs the site accepts (``None``: no bound).
     max_local_steps
         Most local optimiser steps the site accepts (``None``: no bound).
+    min_count
+        Smallest non-zero count of patients a cell of a score histogram the
+        site sends may hold (``[report] min_count``); smaller cells are merged
+        with their neighbours at the site (see :mod:`flmi.site.small_cells`).
     """
 
     max_local_epochs: int | None = None
     max_local_steps: int | None = None
+    min_count: int = 5
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1:
+            raise ValueError(
+                f"min_count must be at least 1, got {self.min_count}; set [report] min_count"
+            )
 
     def check(self, training: LocalTraining) -> None:
         """Raise :class:`HParamError` if ``training`` exceeds a bound."""
@@ -536,12 +548,16 @@ class Site:
                 seed=instruction.ci_seed, party=self.name, rnd=instruction.rnd, purpose="ci"
             ),
         )
-        histogram = (
+        raw = (
             self._task.score_histogram(
                 model=self._model, data=data, device=self._device, bins=instruction.histogram_bins
             )
             if instruction.histogram_bins > 0
             else None
+        )
+        # No cell under min_count leaves the site: small cells are merged here, or none is sent.
+        histogram = (
+            merge_small_cells(raw, min_count=self._policy.min_count) if raw is not None else None
         )
         return EvaluateResult(
             site=self.name,
@@ -550,4 +566,5 @@ class Site:
             metrics=metrics,
             ci=ci,
             histogram=histogram,
+            histogram_withheld=raw is not None and histogram is None,
         )

@@ -11,20 +11,26 @@ import torch
 
 from flmi.cli import main
 from flmi.config import Config, config_from_dict, training_hparams
+from flmi.core.errors import ConfigError
 from flmi.core.messages import ClientUpdate, TrainInstruction, UpdateKind
 from flmi.core.params import Params
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits
 from flmi.data.sources import load_data
 from flmi.privacy.audit import (
+    MEMBERSHIP_SANITY_AUC,
     AttackSettings,
+    AuditReport,
+    attacked_round,
     audit_task,
     image_scores,
     membership_auc,
     observed_gradient,
     recover_labels,
+    reference_membership,
     run_audit,
     server_view,
 )
+from flmi.report.rundir import RunDir
 from flmi.simulation import run_experiment
 from flmi.site.site import Site
 from flmi.strategies.registry import build_strategy
@@ -89,15 +95,15 @@ def test_audit_of_an_undefended_batch_of_one_recovers_every_label_and_writes_its
         report={"bootstrap_resamples": 0},
     )
     config = config_from_dict(tables)
-    result = run_experiment(config=config, out=tmp_path / "run")
+    run_experiment(config=config, out=tmp_path / "run")
     report = run_audit(
         config=config,
-        final_params=dict(result.params),
+        run_dir=tmp_path / "run",
         out=tmp_path / "run" / "audit",
-        settings=AttackSettings(batches=3, iterations=20),
+        settings=AttackSettings(batches=3, iterations=20, reference_epochs=2),
     )
     assert report.label_recovery_rate == 1.0
-    assert report.local_steps == 1 and report.batch_size == 1
+    assert report.local_steps == 1 and report.batch_size == 1 and report.attacked_round == 1
     assert len(report.psnr) == len(report.unrelated_psnr) == 3
     assert report.membership_auc is not None and 0.0 <= report.membership_auc <= 1.0
     written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
@@ -198,3 +204,68 @@ def test_flmi_audit_under_secure_aggregation_reconstructs_every_image_of_the_sum
     assert written["aggregation"] == "secagg" and written["sites_in_update"] == 4
     assert written["images_reconstructed"] == 8  # 4 sites x batch 1, twice
     assert len(written["psnr"]) == len(written["unrelated_psnr"]) == 2  # the victim's images
+
+
+def test_the_audit_attacks_the_last_round_from_the_model_the_server_sent_in_it(
+    tmp_path: Path,
+) -> None:
+    tables = tiny_tables(
+        federation={"batch_size": 2, "local_steps": 1, "momentum": 0.0, "rounds": 3},
+        report={"bootstrap_resamples": 0},
+    )
+    run_experiment(config=config_from_dict(tables), out=tmp_path / "run")
+    initial = {"w": np.zeros(1, np.float32)}
+
+    target = attacked_round(run_dir=tmp_path / "run", initial=initial)
+
+    round_2 = RunDir(path=tmp_path / "run").checkpoint(arm="federated", rnd=2)
+    assert round_2 is not None
+    assert target.rnd == 3 and target.state is not None
+    assert sorted(target.sent) == sorted(round_2[1])
+    for k, v in round_2[1].items():
+        np.testing.assert_array_equal(target.sent[k], v)
+
+
+def test_an_audit_of_a_run_without_checkpoints_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no checkpoint of the federated arm"):
+        attacked_round(run_dir=tmp_path, initial={})
+
+
+def test_the_membership_sanity_check_separates_an_overfit_models_members() -> None:
+    tables = tiny_tables(federation={"batch_size": 8, "lr": 0.01, "optimizer": "adam"})
+    config = config_from_dict(tables)
+    data = load_data(config)
+    task = audit_task(config, data)
+
+    auc, members = reference_membership(
+        config=config,
+        task=task,
+        data=data,
+        settings=AttackSettings(reference_members=24, reference_epochs=30),
+        device=torch.device("cpu"),
+    )
+
+    assert members == 24
+    assert auc >= MEMBERSHIP_SANITY_AUC
+
+
+def test_a_membership_figure_is_meaningful_only_when_the_overfit_check_passes() -> None:
+    def report(reference: float | None) -> AuditReport:
+        return AuditReport(
+            site="a",
+            batch_size=1,
+            local_steps=1,
+            privacy={},
+            psnr=[1.0],
+            ssim=[0.0],
+            unrelated_psnr=[1.0],
+            unrelated_ssim=[0.0],
+            label_recovery_rate=1.0,
+            membership_auc=0.5,
+            reference_membership_auc=reference,
+        )
+
+    assert report(0.9).membership_meaningful
+    assert not report(0.55).membership_meaningful
+    assert not report(None).membership_meaningful
+    assert report(0.55).to_json()["membership_meaningful"] is False

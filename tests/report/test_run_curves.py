@@ -18,7 +18,13 @@ from tests.conftest import tiny_tables, write_config
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("curves")
-    tables = tiny_tables(baselines={"pooled": False, "local": True}, federation={"rounds": 3})
+    # min_count = 1: these tests check the curves' arithmetic on raw counts (suppression of
+    # small cells, on by default, is tested in tests/site/test_small_cells.py).
+    tables = tiny_tables(
+        baselines={"pooled": False, "local": True},
+        federation={"rounds": 3},
+        report={"bootstrap_resamples": 20, "min_count": 1},
+    )
     run_experiment(config=load_config(write_config(tmp / "c.toml", tables)), out=tmp / "run")
     return tmp / "run"
 
@@ -32,10 +38,12 @@ def test_each_sites_histogram_auc_agrees_with_its_reported_auc_within_the_binnin
 ) -> None:
     summary, curves = _json(run_dir / "summary.json"), _json(run_dir / "curves.json")
     fed, arm = summary["arms"]["federated"], curves["arms"]["federated"]
-    pairs = [(fed["global"]["auc"], arm["test"]["global"]["roc"])]
-    pairs += [
+    pairs = [
         (fed["per_site"][s]["auc"], arm["test"]["per_site"][s]["roc"]) for s in fed["per_site"]
     ]
+    # No central histogram is written: the central test set is the sites' test splits, whose
+    # counts less the sites' own would give back what a site suppressed.
+    assert arm["test"]["global"] is None and fed["at_threshold"]["global"] is None
     for exact, roc in pairs:
         assert abs(roc["auc"] - exact) <= roc["auc_binning_bound"] + 1e-9
 
@@ -68,7 +76,7 @@ def test_sensitivity_and_specificity_at_the_threshold_are_reported_per_site_on_t
     fed = _json(run_dir / "summary.json")["arms"]["federated"]
     at = fed["at_threshold"]
     assert set(at["per_site"]) == set(fed["per_site"])
-    for counts in [at["global"], at["overall"], *at["per_site"].values()]:
+    for counts in [at["overall"], *at["per_site"].values()]:
         assert set(counts) == {"tp", "fn", "fp", "tn", "sensitivity", "specificity"}
     assert isinstance(fed["global"]["auc"], float)  # the metrics themselves stay plain numbers
 
@@ -105,7 +113,8 @@ def test_a_run_without_validation_splits_records_the_default_threshold(tmp_path:
 
 def test_a_target_sensitivity_is_reached_on_validation(tmp_path: Path) -> None:
     tables = tiny_tables(
-        federation={"rounds": 1}, report={"bootstrap_resamples": 0, "target_sensitivity": 0.9}
+        federation={"rounds": 1},
+        report={"bootstrap_resamples": 0, "target_sensitivity": 0.9, "min_count": 1},
     )
 
     run_experiment(

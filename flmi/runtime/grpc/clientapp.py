@@ -53,6 +53,7 @@ def build_client(*, server: str, site: str, certs: Path, data: Path) -> SiteClie
     policy = SitePolicy(
         max_local_epochs=settings.bounds.max_local_epochs or None,
         max_local_steps=settings.bounds.max_local_steps or None,
+        min_count=config.report.min_count,
     )
 
     def make_site(resume_round: int | None) -> SiteEndpoint:
