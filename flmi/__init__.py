@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     )
     from flmi.core.params import Params
     from flmi.core.strategy import Capabilities, StateRecord, Strategy, capabilities_of
-    from flmi.data.source_registry import DataSourceSpec
     from flmi.data.source_registry import SOURCES as DATA_SOURCES
+    from flmi.data.source_registry import DataSourceSpec
     from flmi.registry import Origin, PluginError, Registry
     from flmi.runtime.registry import RUNTIMES, RuntimeSpec
     from flmi.simulation import RunResult, run_experiment
@@ -120,12 +120,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Capabilities",
     "DATA_SOURCES",
     "MODELS",
     "RUNTIMES",
     "STRATEGIES",
     "TASKS",
+    "Capabilities",
     "ClientError",
     "ClientUpdate",
     "Config",
@@ -145,9 +145,9 @@ __all__ = [
     "Origin",
     "Params",
     "PartitionError",
-    "RoundFailedError",
     "PluginError",
     "Registry",
+    "RoundFailedError",
     "RoundRecord",
     "RunDirError",
     "RunResult",
