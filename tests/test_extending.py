@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from flmi.config import config_from_dict
+from flmi.config import config_from_dict, training_hparams
 from flmi.core.errors import ConfigError
 from flmi.core.federation import Runtime
 from flmi.core.messages import EvaluateInstruction, EvaluateReply, TrainInstruction, TrainReply
@@ -171,7 +171,10 @@ def test_run_experiment_takes_strategy_and_task_objects_and_records_them(tmp_pat
     )
 
     result = run_experiment(
-        config=config, out=tmp_path / "run", strategy=NamedFedAvg(hparams={}), task=task
+        config=config,
+        out=tmp_path / "run",
+        strategy=NamedFedAvg(hparams=training_hparams(config)),
+        task=task,
     )
 
     assert result.summary["strategy"] == "my_fedavg"
