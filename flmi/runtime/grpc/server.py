@@ -200,11 +200,6 @@ def serve(
     except StopRequestedError:
         stopped = True
         log.warning("stopped by SIGTERM; resume with --resume")
-    except RoundFailedError:
-        # The run ends here, loudly: tell the connected sites so they exit instead of waiting.
-        coordinator.finish()
-        coordinator.wait_until_all_done(DONE_GRACE_S)
-        raise
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
@@ -298,16 +293,22 @@ def _federate(
     coordinator.wait_for_sites(
         minimum=config.federation.min_sites, timeout_s=config.deploy.wait_for_sites_s
     )
-    result = _run_rounds(
-        config=config,
-        strategy=strategy,
-        coordinator=coordinator,
-        initial=initial,
-        run=run,
-        progress=progress,
-        resume_point=resume_point,
-        secure=secure,
-    )
+    try:
+        result = _run_rounds(
+            config=config,
+            strategy=strategy,
+            coordinator=coordinator,
+            initial=initial,
+            run=run,
+            progress=progress,
+            resume_point=resume_point,
+            secure=secure,
+        )
+    except RoundFailedError:
+        # The run ends here, loudly: tell the connected sites so they exit instead of waiting.
+        coordinator.finish()
+        coordinator.wait_until_all_done(DONE_GRACE_S)
+        raise
     _write_results(
         config=config, run=run, task=task, strategy=strategy.name, secure=secure, result=result
     )
