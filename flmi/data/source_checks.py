@@ -31,26 +31,25 @@ def check_csv(c: Config) -> None:
     )
 
 
+def _own_sites(c: Config, *, source: str, title: str, sites: int, unit: str) -> None:
+    """A collection that comes split into its own ``sites``: a path and that natural split."""
+    d, p = c.data, c.partition
+    _require(bool(d.path), f"data.path is required when data.source = '{source}'")
+    _require(
+        p.method == "natural" and p.num_sites == sites,
+        f"{title} has its own {sites} {unit}: set partition.method = 'natural' "
+        f"and partition.num_sites = {sites}",
+    )
+
+
 def check_tcga_brca(c: Config) -> None:
     """FLamby's Fed-TCGA-BRCA: its own 6 regions."""
-    d, p = c.data, c.partition
-    _require(bool(d.path), "data.path is required when data.source = 'tcga_brca'")
-    _require(
-        p.method == "natural" and p.num_sites == 6,
-        "Fed-TCGA-BRCA has its own 6 regions: set partition.method = 'natural' "
-        "and partition.num_sites = 6",
-    )
+    _own_sites(c, source="tcga_brca", title="Fed-TCGA-BRCA", sites=6, unit="regions")
 
 
 def check_heart_disease(c: Config) -> None:
     """FLamby's Fed-Heart-Disease: its own 4 hospitals."""
-    d, p = c.data, c.partition
-    _require(bool(d.path), "data.path is required when data.source = 'heart_disease'")
-    _require(
-        p.method == "natural" and p.num_sites == 4,
-        "Fed-Heart-Disease has its own 4 hospitals: set partition.method = 'natural' "
-        "and partition.num_sites = 4",
-    )
+    _own_sites(c, source="heart_disease", title="Fed-Heart-Disease", sites=4, unit="hospitals")
 
 
 def check_medmnist(c: Config) -> None:
