@@ -14,6 +14,7 @@ from flmi.strategies.cyclic import Cyclic, CyclicOptions
 from flmi.strategies.ditto import Ditto, DittoOptions
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.fedbn import FedBN, build_fedpxn
+from flmi.strategies.feddyn import FedDyn, FedDynOptions
 from flmi.strategies.fednorm import FedNorm
 from flmi.strategies.fednova import FedNova
 from flmi.strategies.fedopt import (
@@ -28,6 +29,7 @@ from flmi.strategies.fedopt import (
 from flmi.strategies.fedprox import FedProx, ProxOptions
 from flmi.strategies.finetune import FineTune, FinetuneOptions
 from flmi.strategies.ifca import Ifca, IfcaOptions
+from flmi.strategies.moon import Moon, MoonOptions
 from flmi.strategies.options import Option, OptionValue, check_type, options_of
 from flmi.strategies.robust import (
     GeometricMedian,
@@ -259,6 +261,18 @@ STRATEGIES: Mapping[str, StrategySpec] = {
         summary="Geometric median by Weiszfeld (RFA), robust (Pillutla et al. 2022)",
         options=options_of(GeometricMedianOptions),
         build=lambda h, o, _c: GeometricMedian(hparams=h, options=GeometricMedianOptions(**o)),
+    ),
+    "feddyn": StrategySpec(
+        summary="FedDyn: dynamic regularisation of local training (Acar et al. 2021)",
+        options=options_of(FedDynOptions),
+        build=lambda h, o, c: FedDyn(hparams=h, options=FedDynOptions(**o), num_sites=c.num_sites),
+        linear=True,
+    ),
+    "moon": StrategySpec(
+        summary="MOON: FedAvg plus a model-contrastive local loss (Li et al. 2021)",
+        options=options_of(MoonOptions),
+        build=lambda h, o, _c: Moon(hparams=h, options=MoonOptions(**o)),
+        linear=True,
     ),
 }
 
