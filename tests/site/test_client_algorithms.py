@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -202,7 +203,7 @@ def test_feddyn_refuses_a_non_positive_alpha() -> None:
 
 
 class _Counting(PassStep):
-    closed: list[str] = []
+    closed: ClassVar[list[str]] = []
 
     def __init__(self, count: float) -> None:
         self._count = count

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from flmi.core.errors import ConfigError
 from flmi.core.messages import UpdateKind
+from flmi.core.params import Params
 from flmi.strategies.feddyn import FedDyn, FedDynOptions
 from flmi.strategies.registry import BuildContext, build_strategy
 from tests.strategies.support import HPARAMS, params_of_shapes, update, vec
@@ -69,7 +70,7 @@ def test_registry_builds_it_with_the_federation_size() -> None:
     strategy = build_strategy(
         name="feddyn", hparams=HPARAMS, options={"alpha": 0.1}, context=BuildContext(num_sites=4)
     )
-    state, params = strategy.aggregate(1, strategy.init(vec(1.0)), [update("a", vec(3.0))])
+    _, params = strategy.aggregate(1, strategy.init(vec(1.0)), [update("a", vec(3.0))])
     # one of four sites: h = -0.1 * 0.25 * 2 = -0.05; w = 3 + 0.5
     np.testing.assert_allclose(params["w"], [3.5])
 
@@ -90,7 +91,9 @@ def test_the_state_record_round_trips() -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(x=params_of_shapes(), data=st.data())
-def test_property_sites_that_send_the_global_weights_back_move_nothing(x, data) -> None:  # type: ignore[no-untyped-def]
+def test_property_sites_that_send_the_global_weights_back_move_nothing(
+    x: Params, data: st.DataObject
+) -> None:
     # w_i = w for every site: the mean is w, h stays 0, and w is its own fixed point.
     count = data.draw(st.integers(1, 6))
     strategy = _feddyn(alpha=data.draw(st.floats(1e-3, 10.0)), num_sites=6)
@@ -103,7 +106,9 @@ def test_property_sites_that_send_the_global_weights_back_move_nothing(x, data) 
 
 @settings(max_examples=30, deadline=None)
 @given(tensors=st.lists(params_of_shapes(), min_size=1, max_size=5), data=st.data())
-def test_property_site_order_and_example_counts_change_nothing(tensors, data) -> None:  # type: ignore[no-untyped-def]
+def test_property_site_order_and_example_counts_change_nothing(
+    tensors: list[Params], data: st.DataObject
+) -> None:
     strategy = _feddyn(num_sites=5)
     state = strategy.init({k: np.zeros_like(v) for k, v in tensors[0].items()})
     updates = [update(f"s{i}", t, data.draw(st.integers(1, 50))) for i, t in enumerate(tensors)]
