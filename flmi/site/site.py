@@ -196,10 +196,10 @@ class Site:
         except HParamError as exc:
             log.warning("site %s refused round %d: %s", self.name, instruction.rnd, exc)
             return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
-        refused = self._refuse_data(training)
-        if refused is not None:
-            return refused
         try:
+            refused = self._refuse_data(training)
+            if refused is not None:
+                return refused
             return self._train_with(instruction, training, steps=steps, site_noise=site_noise)
         finally:
             for step in steps:
