@@ -210,8 +210,8 @@ def test_imports_are_resolved_to_submodules_relative_imports_and_function_bodies
 
 @pytest.mark.xfail(
     strict=True,
-    reason="run_experiment, check_config, check_strategy, Site.train, run_audit and "
-    "run_federation are still being split; remove this mark once they are",
+    reason="simulation.run_experiment, config.check_config, Site.train and "
+    "federation.run_federation are still to be split; remove this mark once they are",
 )
 def test_no_function_in_flmi_is_longer_than_80_lines() -> None:
     # Arrange / Act
@@ -224,12 +224,6 @@ def test_no_function_in_flmi_is_longer_than_80_lines() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flmi.config -> flmi.tasks.registry -> flmi.tasks.image_tasks -> flmi.config "
-    "(config's task check imports the registry in a function); remove this mark once the "
-    "registries no longer reach back into the config",
-)
 def test_flmi_modules_import_one_another_without_cycles() -> None:
     # Arrange / Act
     cycles = import_cycles(import_graph(_sources()))
