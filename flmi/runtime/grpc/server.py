@@ -25,7 +25,7 @@ import grpc
 import torch
 
 from flmi.config import Config, training_hparams
-from flmi.core.errors import ConfigError
+from flmi.core.errors import ConfigError, RoundFailedError
 from flmi.core.exchange import SecureAggregation
 from flmi.core.federation import (
     FederationPlan,
@@ -200,6 +200,11 @@ def serve(
     except StopRequestedError:
         stopped = True
         log.warning("stopped by SIGTERM; resume with --resume")
+    except RoundFailedError:
+        # The run ends here, loudly: tell the connected sites so they exit instead of waiting.
+        coordinator.finish()
+        coordinator.wait_until_all_done(DONE_GRACE_S)
+        raise
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
