@@ -120,6 +120,9 @@ class HParam(StrEnum):
     DP_CLIP_NORM = "dp_clip_norm"
     DP_NUM_SITES = "dp_num_sites"
     DP_COUNT_NOISE = "dp_count_noise"
+    FEDDYN_ALPHA = "feddyn_alpha"
+    MOON_MU = "moon_mu"
+    MOON_TEMPERATURE = "moon_temperature"
 
 
 class SemiSupervised(StrEnum):
@@ -203,6 +206,8 @@ class ClientAlgorithm(StrEnum):
     STANDARD = "standard"
     SCAFFOLD = "scaffold"
     IFCA = "ifca"
+    FEDDYN = "feddyn"
+    MOON = "moon"
 
 
 class Extra(StrEnum):
@@ -215,3 +220,5 @@ class Extra(StrEnum):
     CLUSTER = "cluster/"
     NORM = "norm/"
     DP_UNCLIPPED = "dp.unclipped"
+    FEDDYN_GRAD = "feddyn.grad/"
+    MOON_PREVIOUS = "moon.previous/"

@@ -71,6 +71,7 @@ LINEAR: Mapping[str, LinearRule] = {
     "ditto": LinearRule.WEIGHTED_MEAN,
     "finetune": LinearRule.WEIGHTED_MEAN,
     "fednova": LinearRule.STEP_NORMALISED,
+    "moon": LinearRule.WEIGHTED_MEAN,
 }
 
 _OWN = "which needs each site's own update, and a hidden sum shows only the total"
@@ -94,6 +95,10 @@ REFUSED: Mapping[str, str] = {
     "cyclic": (
         "cyclic training sends one site's model on at a time, so the 'sum' is that "
         "site's own update and masking hides nothing"
+    ),
+    "feddyn": (
+        "FedDyn's server step needs the unweighted mean and the number of sites that "
+        "answered, which the hidden example-weighted sum does not carry"
     ),
 }
 

@@ -13,21 +13,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from flmi.core.errors import NonFiniteError, SchemaError
-from flmi.core.keys import (
-    ClientAlgorithm,
-    Extra,
-    HParam,
-    KeepLocal,
-    Personal,
-    PrivacyKey,
-    SemiSupervised,
-    Split,
-    TrainMetric,
-)
+from flmi.core.keys import Extra, HParam, SemiSupervised, Split, TrainMetric
 from flmi.core.messages import (
     ClientError,
     ClientUpdate,
@@ -39,20 +28,16 @@ from flmi.core.messages import (
     TrainReply,
     UpdateKind,
 )
-from flmi.core.params import Params, check_finite, check_same_schema, subtract
+from flmi.core.params import Params, check_finite, subtract
 from flmi.core.rng import derive_seed
 from flmi.data.arrays import SiteSplits
-from flmi.privacy.accounting import Ledger
-from flmi.privacy.dp_sgd import DPSGD, SampleDPSettings
+from flmi.privacy.dp_sgd import SampleDPSettings
 from flmi.privacy.noise_source import NoiseSource
 from flmi.privacy.site_noise import SiteNoise
-from flmi.site.hooks import (
-    ScaffoldCorrection,
-    merge_hooks,
-    params_view_trainable,
-    proximal_penalty,
-    server_variate,
-)
+from flmi.site.algorithms.base import ClientStep, LocalUpdate, RoundContext
+from flmi.site.algorithms.local_layers import restore_local
+from flmi.site.algorithms.registry import start_round
+from flmi.site.hooks import merge_hooks
 from flmi.site.small_cells import merge_small_cells
 from flmi.site.state import SiteState
 from flmi.tasks.base import (
@@ -66,10 +51,8 @@ from flmi.tasks.base import (
 from flmi.tasks.semisup import SemiSupervisedTask
 from flmi.tasks.torch_params import (
     float_entries,
-    head_names,
     integer_buffers,
     load_params,
-    normalisation_names,
     params_copy,
     restore_integer_buffers,
 )
@@ -220,15 +203,35 @@ class Site:
         return ClientError(site=self.name, code=code, message=message)
 
     def train(self, instruction: TrainInstruction) -> TrainReply:
-        """Run one round of local training and return the update, or an error."""
+        """Run one round of local training and return the update, or an error.
+
+        The common path: parse and check the instruction, start the client
+        algorithms it needs (:mod:`flmi.site.algorithms`), train once with
+        their hooks, let them post-process the update, validate it, keep the
+        site's new state and send the update.
+        """
         try:
             training = LocalTraining.from_hparams(instruction.hparams)
             self._policy.check(training)
-            dp_sgd = self._dp_sgd(instruction, training)
+            context = RoundContext(
+                instruction=instruction, training=training, state=self.state, noise=self._noise
+            )
+            steps = start_round(context)
             site_noise = SiteNoise.from_hparams(instruction.hparams)
         except HParamError as exc:
             log.warning("site %s refused round %d: %s", self.name, instruction.rnd, exc)
             return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
+        try:
+            refused = self._refuse_data(training)
+            if refused is not None:
+                return refused
+            return self._train_with(instruction, training, steps=steps, site_noise=site_noise)
+        finally:
+            for step in steps:
+                step.close()
+
+    def _refuse_data(self, training: LocalTraining) -> ClientError | None:
+        """An error when this site's data cannot serve the round's training, else ``None``."""
         if self._examples(training) == 0:
             return self._error(
                 ErrorCode.DATA_ERROR,
@@ -247,37 +250,25 @@ class Site:
                 self.name,
                 self.num_unlabeled,
             )
-        cluster: int | None = None
+        return None
+
+    def _train_with(
+        self,
+        instruction: TrainInstruction,
+        training: LocalTraining,
+        *,
+        steps: list[ClientStep],
+        site_noise: SiteNoise | None,
+    ) -> TrainReply:
+        """Load, train with the steps' hooks, post-process, validate, keep the state."""
+        view = _RoundView(site=self, training=training, rnd=instruction.rnd)
         try:
             self._load(instruction.params, where="instruction from the server")
-            if training.client_algorithm == ClientAlgorithm.IFCA:
-                cluster = self._choose_cluster(instruction)
+            hooks = [h for step in steps if (h := step.before_fit(view)) is not None]
         except SchemaError as exc:
             return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
-        kept = self._kept_names(training.keep_local)
-        if kept and training.keep_local != KeepLocal.GROUP_NORM:
-            self._restore_local()
-        scaffold: ScaffoldCorrection | None = None
-        hooks: list[FitHooks] = []
-        if training.prox_mu > 0:
-            hooks.append(proximal_penalty(model=self._model, mu=training.prox_mu))
-        if training.client_algorithm == ClientAlgorithm.SCAFFOLD:
-            server_c = server_variate(instruction.extras)
-            trainable = params_view_trainable(self._model)
-            try:
-                check_same_schema(
-                    expected=trainable,
-                    actual={k: v for k, v in server_c.items() if k in trainable},
-                    where="SCAFFOLD server control variate",
-                )
-            except SchemaError as exc:
-                return self._error(ErrorCode.SCHEMA_MISMATCH, str(exc))
-            scaffold = ScaffoldCorrection(
-                model=self._model, server_c=server_c, site_c=self._prefixed(Extra.SCAFFOLD_C)
-            )
-            hooks.append(scaffold.hooks())
-        if dp_sgd is not None:
-            hooks.append(FitHooks(private=dp_sgd))
+        except HParamError as exc:
+            return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
         try:
             result = self._fit(
                 training,
@@ -296,42 +287,43 @@ class Site:
                 "no unlabeled image got a pseudo-label this round (pseudo_label_threshold, "
                 "or pseudo_label_quota too small for the site): nothing learnt",
             )
-        params = params_copy(self._model)
-        extras: Params = {}
-        tensors = {k: v for k, v in self.state.tensors.items() if not k.startswith(Extra.LOCAL)}
-        if training.keep_local == KeepLocal.GROUP_NORM:
-            # FedNorm: normalisation tensors travel apart, to be averaged within the site's group.
-            extras.update({Extra.NORM + k: v for k, v in params.items() if k in kept})
-        else:
-            tensors.update({Extra.LOCAL + k: v for k, v in params.items() if k in kept})
-        params = {k: v for k, v in params.items() if k not in kept}
-        if training.personal == Personal.DITTO:
-            try:
-                personal = self._train_personal(instruction, training)
-            except Exception:  # reported as data, like the global training above
-                log.exception("site %s: personal training failed", self.name)
-                return self._error(
-                    ErrorCode.TRAINING_FAILED, "personal training failed; see the site log"
-                )
-            tensors.update({Extra.PERSONAL + k: v for k, v in personal.items()})
-        if scaffold is not None:
-            variates = scaffold.finish(
-                model=self._model, num_steps=result.num_steps, lr=training.lr
+        update = LocalUpdate(
+            params=params_copy(self._model),
+            extras={},
+            tensors=dict(self.state.tensors),
+            meta=dict(self.state.meta),
+            metrics=dict(result.metrics),
+        )
+        try:
+            for step in steps:
+                update = step.after_fit(view, update, result)
+        except Exception:  # reported as data, like the training above
+            log.exception("site %s: a client algorithm failed after training", self.name)
+            return self._error(
+                ErrorCode.TRAINING_FAILED,
+                "a client algorithm failed after training; see the site log",
             )
-            extras.update({Extra.SCAFFOLD_DELTA_C + k: v for k, v in variates.delta_c.items()})
-            tensors.update({Extra.SCAFFOLD_C + k: v for k, v in variates.site_c.items()})
+        return self._send(instruction, update, result=result, site_noise=site_noise)
+
+    def _send(
+        self,
+        instruction: TrainInstruction,
+        update: LocalUpdate,
+        *,
+        result: FitResult,
+        site_noise: SiteNoise | None,
+    ) -> TrainReply:
+        """Noise the update if asked, check it is finite, keep the new state, send it."""
+        params, extras = update.params, dict(update.extras)
         kind = UpdateKind.FULL
-        metrics = dict(result.metrics)
-        meta = dict(self.state.meta)
-        if dp_sgd is not None or site_noise is not None:
+        metrics = dict(update.metrics)
+        if site_noise is not None or SampleDPSettings.from_hparams(instruction.hparams) is not None:
             # Under DP the training loss and rates are un-noised functions of the data that
             # epsilon does not cover: they stay in the site's log. The two counts add nothing
-            # to num_examples (labeled = the split's size, unlabeled = num_examples - it).
+            # to num_examples (labeled = the split's size, unlabeled = num_examples - it); the
+            # DP-SGD report (data-independent accounting) stays.
             log.info("site %s round %d training metrics: %s", self.name, instruction.rnd, metrics)
-            metrics = {k: v for k, v in metrics.items() if k in _COUNTS}
-        if dp_sgd is not None:
-            metrics.update(dp_sgd.report(steps_this_round=result.num_steps))
-            meta[PrivacyKey.LEDGER.value] = dp_sgd.ledger.to_json()
+            metrics = {k: v for k, v in metrics.items() if k in _COUNTS or k not in result.metrics}
         if site_noise is not None:
             # An untrusted server: only the clipped, noised change leaves the site.
             sent = {k: v for k, v in instruction.params.items() if k in params}
@@ -346,7 +338,9 @@ class Site:
             log.error("site %s refuses to send round %d: %s", self.name, instruction.rnd, exc)
             return self._error(ErrorCode.NON_FINITE_UPDATE, str(exc))
         self._int_buffers = integer_buffers(self._model)
-        self.state = SiteState(tensors=tensors, meta={**meta, "round": instruction.rnd})
+        self.state = SiteState(
+            tensors=dict(update.tensors), meta={**update.meta, "round": instruction.rnd}
+        )
         if self._state_dir is not None:
             self.state.save(self._state_dir)
         return ClientUpdate(
@@ -355,27 +349,9 @@ class Site:
             kind=kind,
             num_examples=self._trained_on(result),
             num_steps=result.num_steps,
-            metrics=metrics if cluster is None else {**metrics, "cluster": cluster},
+            metrics=metrics,
             extras=extras,
         )
-
-    def _dp_sgd(self, instruction: TrainInstruction, training: LocalTraining) -> DPSGD | None:
-        """DP-SGD for this round, with this site's ledger so far, if the instruction asks."""
-        settings = SampleDPSettings.from_hparams(instruction.hparams)
-        if settings is None:
-            return None
-        if (
-            training.prox_mu > 0
-            or training.client_algorithm != ClientAlgorithm.STANDARD
-            or training.keep_local in (KeepLocal.NORM, KeepLocal.GROUP_NORM)
-            or training.personal != Personal.NONE
-        ):
-            raise HParamError(
-                "DP-SGD runs only plain local training: no proximal term, SCAFFOLD, IFCA, "
-                "local normalisation layers or personal model"
-            )
-        ledger = Ledger.from_json(self.state.meta.get(PrivacyKey.LEDGER.value, []))
-        return DPSGD(settings=settings, ledger=ledger, noise=self._noise)
 
     def _finetune(self, instruction: EvaluateInstruction, epochs: int) -> ClientError | None:
         """Fine-tune the loaded weights on this site's training split before scoring them."""
@@ -392,40 +368,6 @@ class Site:
             return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
         self._fit(training, rnd=instruction.rnd, purpose="finetune", hooks=None)
         return None
-
-    def _choose_cluster(self, instruction: TrainInstruction) -> int:
-        """IFCA: load the cluster model with the lowest loss on this site's training data."""
-        models: dict[int, Params] = {}
-        for key, value in instruction.extras.items():
-            if key.startswith(Extra.CLUSTER):
-                label, name = key[len(Extra.CLUSTER) :].split("/", 1)
-                models.setdefault(int(label), {})[name] = value
-        if not models:
-            raise SchemaError("IFCA instruction carries no cluster models")
-        losses: dict[int, float] = {}
-        for index, params in sorted(models.items()):
-            self._load(params, where=f"IFCA cluster model {index}")
-            metrics = self._task.evaluate(
-                model=self._model, data=self._data.train, device=self._device
-            )
-            losses[index] = metrics["loss"]
-        chosen = min(sorted(losses), key=lambda j: losses[j])
-        self._load(models[chosen], where=f"IFCA cluster model {chosen}")
-        return chosen
-
-    def _train_personal(self, instruction: TrainInstruction, training: LocalTraining) -> Params:
-        """Ditto: train this site's own model, pulled toward the received global weights.
-
-        Li et al., "Ditto: Fair and Robust Federated Learning Through
-        Personalization", ICML 2021. The personal model never leaves the site.
-        """
-        start = self._prefixed(Extra.PERSONAL) or instruction.params
-        self._load(start, where="personal model")
-        hooks = proximal_penalty(
-            model=self._model, mu=training.ditto_lambda, anchor_params=instruction.params
-        )
-        self._fit(training, rnd=instruction.rnd, purpose="personal", hooks=hooks)
-        return params_copy(self._model)
 
     def _fit(
         self,
@@ -494,23 +436,6 @@ class Site:
             hooks=hooks,
         )
 
-    def _kept_names(self, keep_local: str) -> set[str]:
-        """Names of the tensors this site keeps to itself under ``keep_local``."""
-        if keep_local in (KeepLocal.NORM, KeepLocal.GROUP_NORM):
-            return normalisation_names(self._model)
-        if keep_local == KeepLocal.HEAD:
-            return head_names(self._model)
-        return set()
-
-    def _restore_local(self) -> None:
-        """Put the tensors this site keeps local back into the working model."""
-        local = self._prefixed(Extra.LOCAL)
-        if local:
-            entries = float_entries(self._model)
-            with torch.no_grad():
-                for name, value in local.items():
-                    entries[name].copy_(torch.from_numpy(np.array(value, copy=True)))
-
     def _prefixed(self, prefix: str) -> Params:
         """This site's state tensors under ``prefix``, with the prefix removed."""
         return {k[len(prefix) :]: v for k, v in self.state.tensors.items() if k.startswith(prefix)}
@@ -532,7 +457,7 @@ class Site:
             personal = self._prefixed(Extra.PERSONAL)
             if personal:
                 self._load(personal, where="personal model")
-            self._restore_local()
+            restore_local(self._model, self._prefixed(Extra.LOCAL))
         epochs = int(instruction.hparams.get(HParam.FINETUNE_EPOCHS, 0))
         if epochs > 0:
             refused = self._finetune(instruction, epochs)
@@ -568,3 +493,31 @@ class Site:
             histogram=histogram,
             histogram_withheld=raw is not None and histogram is None,
         )
+
+
+class _RoundView:
+    """The site as its client algorithms see it during one round (:class:`LocalSite`)."""
+
+    def __init__(self, *, site: Site, training: LocalTraining, rnd: int) -> None:
+        self._site = site
+        self._training = training
+        self._rnd = rnd
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The site's working model."""
+        return self._site._model
+
+    def load(self, params: Params, *, where: str) -> None:
+        """Load ``params`` and the site's own integer buffers into the working model."""
+        self._site._load(params, where=where)
+
+    def fit(self, *, purpose: str, hooks: FitHooks | None) -> FitResult:
+        """Train the working model on the labeled training split with the round's settings."""
+        return self._site._fit(self._training, rnd=self._rnd, purpose=purpose, hooks=hooks)
+
+    def train_loss(self) -> float:
+        """The working model's mean loss on the training split."""
+        site = self._site
+        metrics = site._task.evaluate(model=site._model, data=site._data.train, device=site._device)
+        return float(metrics["loss"])

@@ -20,6 +20,7 @@ from flmi.strategies.cyclic import Cyclic, CyclicOptions
 from flmi.strategies.ditto import Ditto, DittoOptions
 from flmi.strategies.fedavg import FedAvg
 from flmi.strategies.fedbn import FedBN, build_fedpxn
+from flmi.strategies.feddyn import FedDyn, FedDynOptions
 from flmi.strategies.fednorm import FedNorm
 from flmi.strategies.fednova import FedNova
 from flmi.strategies.fedopt import (
@@ -34,6 +35,7 @@ from flmi.strategies.fedopt import (
 from flmi.strategies.fedprox import FedProx, ProxOptions
 from flmi.strategies.finetune import FineTune, FinetuneOptions
 from flmi.strategies.ifca import Ifca, IfcaOptions
+from flmi.strategies.moon import Moon, MoonOptions
 from flmi.strategies.options import options_of
 from flmi.strategies.robust import (
     GeometricMedian,
@@ -282,3 +284,24 @@ def build_strategy(
     return spec.build(
         hparams, spec.resolve_options(options), context if context is not None else BuildContext()
     )
+
+
+_builtin(
+    "feddyn",
+    StrategySpec(
+        summary="FedDyn: dynamic regularisation of local training (Acar et al. 2021)",
+        options=options_of(FedDynOptions),
+        build=lambda h, o, c: FedDyn(hparams=h, options=FedDynOptions(**o), num_sites=c.num_sites),
+        linear=True,
+    ),
+)
+
+_builtin(
+    "moon",
+    StrategySpec(
+        summary="MOON: FedAvg plus a model-contrastive local loss (Li et al. 2021)",
+        options=options_of(MoonOptions),
+        build=lambda h, o, _c: Moon(hparams=h, options=MoonOptions(**o)),
+        linear=True,
+    ),
+)

@@ -50,7 +50,10 @@ class LocalTraining:
     prox_mu
         FedProx's proximal coefficient (0: none).
     client_algorithm
-        ``"standard"`` or ``"scaffold"`` (see :class:`flmi.core.keys.ClientAlgorithm`).
+        ``"standard"``, or the name of a registered client algorithm that
+        shapes local training (``"scaffold"``, ``"ifca"``, ``"feddyn"``,
+        ``"moon"``; see :mod:`flmi.site.algorithms`), which checks its own
+        settings.
     keep_local
         ``"none"``; ``"norm"``: normalisation layers stay at the site (FedBN);
         ``"head"``: the last layer stays at the site (``cusfl``).
@@ -174,17 +177,6 @@ class LocalTraining:
             raise HParamError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.prox_mu < 0:
             raise HParamError(f"prox_mu must not be negative, got {self.prox_mu}")
-        algorithms = [a.value for a in ClientAlgorithm]
-        if self.client_algorithm not in algorithms:
-            raise HParamError(
-                f"client_algorithm must be one of {algorithms}, got '{self.client_algorithm}'"
-            )
-        if self.client_algorithm == ClientAlgorithm.SCAFFOLD and (
-            self.optimizer != "sgd" or self.momentum != 0.0
-        ):
-            raise HParamError(
-                "client_algorithm 'scaffold' needs plain SGD: optimizer = 'sgd', momentum = 0"
-            )
         if self.keep_local not in [k.value for k in KeepLocal]:
             raise HParamError(
                 f"keep_local must be one of {[k.value for k in KeepLocal]}, got '{self.keep_local}'"

@@ -36,6 +36,8 @@ EXPECTED = {
     "trimmed_mean",
     "krum",
     "geometric_median",
+    "feddyn",
+    "moon",
 }
 LINEAR = {
     "fedavg",
@@ -52,6 +54,8 @@ LINEAR = {
     "fedyogi",
     "fedadagrad",
     "fednova",
+    "feddyn",
+    "moon",
 }
 
 

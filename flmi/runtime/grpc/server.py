@@ -200,6 +200,11 @@ def serve(
     except StopRequestedError:
         stopped = True
         log.warning("stopped by SIGTERM; resume with --resume")
+    except RoundFailedError:
+        # The run ends here, loudly: tell the connected sites so they exit instead of waiting.
+        coordinator.finish()
+        coordinator.wait_until_all_done(DONE_GRACE_S)
+        raise
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
