@@ -33,6 +33,7 @@ from flmi.core.messages import (
     TrainReply,
 )
 from flmi.runtime.inprocess import InProcessRuntime
+from flmi.runtime.registry import RUNTIMES, RuntimeSpec
 from tests.conftest import REPO, SHARED_DATA, tiny_tables, write_config
 from tests.data.dicom_factory import Patient, write_series, write_slice
 
@@ -157,7 +158,6 @@ def _marked_study(root: Path) -> Path:
 
 def test_header_and_path_markers_leave_no_site_and_reach_no_log_and_no_run_file(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -175,15 +175,18 @@ def test_header_and_path_markers_leave_no_site_and_reach_no_log_and_no_run_file(
         partition={"method": "natural", "num_sites": 2, "min_examples_per_site": 1},
         federation={"rounds": 3, "batch_size": 4},
         report={"bootstrap_resamples": 5},
+        runtime={"name": "recording", "device": "cpu"},
     )
     config = write_config(tmp_path / "run.toml", tables)
     out = tmp_path / "run"
     RecordingRuntime.sent = []
-    monkeypatch.setattr("flmi.simulation.InProcessRuntime", RecordingRuntime)
-
-    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.DEBUG):
-        warnings.simplefilter("always")
-        assert main(["run", str(config), "--out", str(out)]) == 0
+    RUNTIMES.register("recording", RuntimeSpec(summary="records", build=RecordingRuntime))
+    try:
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.DEBUG):
+            warnings.simplefilter("always")
+            assert main(["run", str(config), "--out", str(out)]) == 0
+    finally:
+        RUNTIMES.unregister("recording")
 
     # The federation ran and its messages were captured.
     sent = RecordingRuntime.sent
