@@ -55,6 +55,12 @@ class DataSourceSpec:
     scanner_shift
         Whether ``partition.scanner_shift`` may pass its 2D images through
         per-site scanners.
+    input_shape
+        ``(channels, spatial_dims)`` when known without reading any data (a
+        deployment server holds none); ``None``: ``[task]`` must give them.
+    at_site
+        Whether a hospital may name it in its own ``SITE.toml`` ``[data]``
+        (the source describes one hospital's own files).
     """
 
     summary: str
@@ -62,6 +68,8 @@ class DataSourceSpec:
     check: Callable[[Config], None] = _no_check
     tasks: tuple[str, ...] = ()
     scanner_shift: bool = False
+    input_shape: tuple[int, int] | None = None
+    at_site: bool = False
 
 
 SOURCES: Registry[DataSourceSpec] = Registry(
@@ -97,6 +105,7 @@ _builtin(
         summary="a CSV table whose site column names each row's hospital",
         load=_builtin_loader("csv"),
         check=source_checks.check_csv,
+        at_site=True,
     ),
 )
 _builtin(
@@ -114,6 +123,7 @@ _builtin(
         load=_builtin_loader("manifest"),
         check=source_checks.check_manifest,
         scanner_shift=True,
+        at_site=True,
     ),
 )
 _builtin(
@@ -123,6 +133,7 @@ _builtin(
         load=_builtin_loader("medmnist"),
         check=source_checks.check_medmnist,
         scanner_shift=True,
+        at_site=True,
     ),
 )
 _builtin(
@@ -131,6 +142,7 @@ _builtin(
         summary="generated hospitals with scanner shift, label skew and unequal sizes",
         load=_builtin_loader("synthetic"),
         check=source_checks.check_generated,
+        input_shape=(1, 2),
     ),
 )
 _builtin(

@@ -38,6 +38,7 @@ from flmi.core.keys import Arm, Record
 from flmi.core.messages import HParamValue
 from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
+from flmi.data.source_registry import source_for
 from flmi.privacy.noise_source import refuse_in_deployment
 from flmi.privacy.setup import build_secure
 from flmi.report.resume import open_run, record_from_line
@@ -75,9 +76,9 @@ def deployment_task(config: Config) -> Task:
     """The task as the server builds it, without data: shape from ``[task]``."""
     t = config.task
     in_channels, spatial_dims = t.in_channels, t.spatial_dims
-    if config.data.source == "synthetic":
-        in_channels = 1 if in_channels is None else in_channels
-        spatial_dims = 2 if spatial_dims is None else spatial_dims
+    if (known := source_for(config.data.source).input_shape) is not None:
+        in_channels = known[0] if in_channels is None else in_channels
+        spatial_dims = known[1] if spatial_dims is None else spatial_dims
     if in_channels is None or spatial_dims is None:
         raise ConfigError(
             "the server holds no data, so it cannot read the input shape: set task.in_channels "

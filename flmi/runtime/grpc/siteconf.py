@@ -43,10 +43,10 @@ from typing import Any
 from flmi.config import DataConfig, read_toml
 from flmi.core.errors import ConfigError
 from flmi.core.messages import HParamValue
+from flmi.data.source_registry import SOURCES
 from flmi.runtime.grpc.codes import WireError
 
 DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
-SITE_SOURCES = ("manifest", "medmnist", "csv")
 TABLES = {
     "data": ("federation_config", *DATA_KEYS),
     "site": ("state_dir", "device", "torch_threads", "reconnect_timeout_s", "audit_log"),
@@ -195,10 +195,11 @@ def _own_data(
     if not own:
         return {}
     source = own.get("source")
-    if source not in SITE_SOURCES:
+    site_sources = [name for name in SOURCES.names() if SOURCES[name].at_site]
+    if source not in site_sources:
         raise ConfigError(
             f"{path}: data.source = {source!r}: a hospital's own data is one of "
-            f"{', '.join(repr(s) for s in SITE_SOURCES)}; or leave [data] to "
+            f"{', '.join(repr(s) for s in site_sources)}; or leave [data] to "
             "federation_config alone to take this site's split of the federation's data"
         )
     for key in ("path", "cache_dir"):
