@@ -194,6 +194,17 @@ class Registry(Mapping[str, T], Generic[T]):
             assert self._pending is not None
             return sorted({*self._parts, *self._pending})
 
+    def loaded(self) -> list[tuple[str, T]]:
+        """The parts imported so far, in the order they were registered.
+
+        Entry points not yet used are left out and stay unimported: a
+        registry whose parts all take part in every run (the client
+        algorithms a site asks each round) imports a plug-in only when a run
+        names it.
+        """
+        with self._lock:
+            return list(self._parts.items())
+
     def origin(self, name: str) -> Origin:
         """Where ``name`` came from (raises like :meth:`lookup` for an unknown name)."""
         with self._lock:

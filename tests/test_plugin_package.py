@@ -91,3 +91,25 @@ def test_example_plugin_runs_resumes_and_predicts_from_the_cli(
         assert (
             "strategy 'equal_weight'" in text and "network" not in text
         ) or "model 'tiny_cnn'" in text
+
+
+@pytest.mark.slow
+def test_example_plugin_client_algorithm_runs_at_the_sites_from_its_entry_point(
+    installed: Path, tmp_path: Path
+) -> None:
+    # Arrange: one round with the plug-in's clip_grad at a tiny norm, one without it.
+    config, with_plugin = PLUGIN / "blobs.toml", [REPO, installed]
+    runs = {}
+    for label, norm in (("clipped", "0.001"), ("plain", "0")):
+        out = tmp_path / label
+        ran = _flmi(
+            ["run", str(config), "--out", str(out), "--set", "federation.rounds=1",
+             "--set", f"strategy.clip_grad_norm={norm}", "--set", "baselines.pooled=false",
+             "--set", "baselines.local=false"],
+            path=with_plugin,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        runs[label] = (out / "checkpoints" / "federated-round-00001.safetensors").read_bytes()
+
+    # Assert: the sites loaded clip_grad through its entry point and it changed their training.
+    assert runs["clipped"] != runs["plain"]

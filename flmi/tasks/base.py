@@ -117,10 +117,23 @@ class LocalTraining:
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, HParamValue]) -> LocalTraining:
-        """Parse and sanity-check an instruction's hyperparameters."""
+        """Parse and sanity-check an instruction's hyperparameters.
+
+        Besides flmi's own keys (:class:`flmi.core.keys.HParam`), an
+        instruction may carry keys ``"<algorithm>.<key>"`` for the client
+        algorithm it names in ``client_algorithm`` (a plug-in's own settings,
+        read and checked by that algorithm); any other key is refused.
+        """
+        named = str(hparams.get(HParam.CLIENT_ALGORITHM, ClientAlgorithm.STANDARD))
         known = {h.value for h in HParam}
-        unknown = sorted(set(hparams) - known)
+        unknown = sorted(k for k in set(hparams) - known if not k.startswith(f"{named}."))
         if unknown:
+            owner, dot, _ = unknown[0].partition(".")
+            if dot:
+                raise HParamError(
+                    f"hyperparameter '{unknown[0]}' belongs to client algorithm '{owner}', "
+                    f"but this round's client_algorithm is '{named}'"
+                )
             raise HParamError(f"unknown hyperparameter '{unknown[0]}'")
         try:
             training = cls(
@@ -132,9 +145,7 @@ class LocalTraining:
                 momentum=float(hparams.get(HParam.MOMENTUM, 0.0)),
                 weight_decay=float(hparams.get(HParam.WEIGHT_DECAY, 0.0)),
                 prox_mu=float(hparams.get(HParam.PROX_MU, 0.0)),
-                client_algorithm=str(
-                    hparams.get(HParam.CLIENT_ALGORITHM, ClientAlgorithm.STANDARD)
-                ),
+                client_algorithm=named,
                 keep_local=str(hparams.get(HParam.KEEP_LOCAL, KeepLocal.NONE)),
                 personal=str(hparams.get(HParam.PERSONAL, Personal.NONE)),
                 ditto_lambda=float(hparams.get(HParam.DITTO_LAMBDA, 0.0)),

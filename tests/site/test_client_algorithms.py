@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,7 +16,9 @@ from flmi.core.keys import Extra
 from flmi.core.messages import ClientError, ClientUpdate, ErrorCode, TrainInstruction
 from flmi.core.params import Params
 from flmi.data.arrays import ArraySplit, SiteSplits
+from flmi.registry import PluginError, Registry
 from flmi.site.algorithms import (
+    ClientAlgorithm,
     ClientStep,
     LocalSite,
     LocalUpdate,
@@ -226,14 +230,16 @@ class _CountingAlgorithm:
         if context.training.client_algorithm != self.name:
             return None
         before = context.kept("counting/").get("n", np.zeros(1))
-        return _Counting(float(before[0]) + 1)
+        step = context.instruction.hparams.get("counting.step", 1)  # its own setting
+        return _Counting(float(before[0]) + float(step))
 
 
 @pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_registry, "_ALGORITHMS", dict(client_registry._ALGORITHMS))
+def registered() -> Iterator[None]:
     register_client_algorithm(_CountingAlgorithm())
     _Counting.closed.clear()
+    yield
+    client_registry.CLIENT_ALGORITHMS.unregister("counting")
 
 
 @pytest.mark.usefixtures("registered")
@@ -261,11 +267,86 @@ def test_steps_are_closed_when_local_training_fails(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.usefixtures("registered")
 def test_a_name_cannot_be_registered_twice() -> None:
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(PluginError, match="'counting' is registered twice"):
         register_client_algorithm(_CountingAlgorithm())
+
+
+@pytest.mark.usefixtures("registered")
+def test_a_client_algorithm_reads_its_own_dotted_hyperparameter() -> None:
+    site = _site()
+    instruction = _instruction(client_algorithm="counting")
+    own = TrainInstruction(
+        rnd=1, params=instruction.params, hparams={**instruction.hparams, "counting.step": 5}
+    )
+    reply = site.train(own)
+    assert isinstance(reply, ClientUpdate) and reply.metrics["rounds_here"] == 5
+
+
+@pytest.mark.usefixtures("registered")
+def test_a_dotted_hyperparameter_of_an_algorithm_the_round_does_not_run_is_refused() -> None:
+    instruction = _instruction()  # client_algorithm = standard
+    stray = TrainInstruction(
+        rnd=1, params=instruction.params, hparams={**instruction.hparams, "counting.step": 5}
+    )
+    reply = _site().train(stray)
+    assert isinstance(reply, ClientError) and reply.code == ErrorCode.HPARAM_REFUSED
+    assert "'counting.step' belongs to client algorithm 'counting'" in reply.message
+    assert "'standard'" in reply.message
+
+
+@pytest.mark.parametrize(
+    ("name", "part", "message"),
+    [
+        ("standard", _CountingAlgorithm(), "'standard' means no client algorithm"),
+        ("counting", object(), "must have a 'name' and a 'start"),
+        ("other", _CountingAlgorithm(), "names itself 'counting'"),
+    ],
+)
+def test_what_is_not_a_client_algorithm_under_its_own_name_is_refused(
+    name: str, part: object, message: str
+) -> None:
+    with pytest.raises(PluginError, match=message):
+        client_registry.CLIENT_ALGORITHMS.register(name, part)  # type: ignore[arg-type]
+
+
+def test_an_installed_client_algorithm_is_imported_only_when_an_instruction_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: a fake installed package declaring one client algorithm, and a fresh
+    # registry holding the built-ins (the session's one has listed its entry points).
+    module = "fake_client_algorithm_mod"
+    (tmp_path / f"{module}.py").write_text(
+        "class Noop:\n"
+        "    name = 'noop'\n"
+        "    def start(self, context):\n"
+        "        return None\n"
+        "NOOP = Noop()\n"
+    )
+    info = tmp_path / "fake_client_plugin-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fake-client-plugin\nVersion: 2.0\n"
+    )
+    (info / "entry_points.txt").write_text(f"[flmi.client_algorithms]\nnoop = {module}:NOOP\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fresh = Registry[ClientAlgorithm](
+        kind="client algorithm", group="flmi.client_algorithms", field="client_algorithm"
+    )
+    for name, algorithm in client_registry.CLIENT_ALGORITHMS.loaded():
+        fresh.register(name, algorithm, origin=client_registry.CLIENT_ALGORITHMS.origin(name))
+    monkeypatch.setattr(client_registry, "CLIENT_ALGORITHMS", fresh)
+
+    # Act / Assert: a standard round leaves the package unimported; a round naming it loads it.
+    site = _site()
+    assert isinstance(site.train(_instruction()), ClientUpdate)
+    assert module not in sys.modules
+    assert isinstance(site.train(_instruction(2, client_algorithm="noop")), ClientUpdate)
+    assert module in sys.modules
+    assert fresh.origin("noop").distribution == "fake-client-plugin"
 
 
 def test_an_unknown_client_algorithm_is_refused_listing_the_known_ones() -> None:
     reply = _site().train(_instruction(client_algorithm="fedmagic"))
     assert isinstance(reply, ClientError) and reply.code == ErrorCode.HPARAM_REFUSED
     assert "'fedmagic'" in reply.message and "feddyn" in reply.message and "moon" in reply.message
+    assert "flmi.client_algorithms" in reply.message  # where a plug-in would come from

@@ -1,1 +1,2 @@
-"""An example flmi plug-in: the ``equal_weight`` strategy, ``tiny_cnn`` network, ``blobs`` data."""
+"""An example flmi plug-in: the ``equal_weight`` strategy and its ``clip_grad`` client algorithm,
+the ``tiny_cnn`` network and ``blobs`` data."""
