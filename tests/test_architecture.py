@@ -210,7 +210,7 @@ def test_imports_are_resolved_to_submodules_relative_imports_and_function_bodies
 
 @pytest.mark.xfail(
     strict=True,
-    reason="simulation.run_experiment, config.check_config, Site.train and "
+    reason="simulation.run_experiment, server.serve and "
     "federation.run_federation are still to be split; remove this mark once they are",
 )
 def test_no_function_in_flmi_is_longer_than_80_lines() -> None:

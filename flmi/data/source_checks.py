@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flmi.core.errors import ConfigError
+from flmi.data.download import medmnist_file
 
 if TYPE_CHECKING:
     from flmi.config import Config
@@ -53,8 +54,10 @@ def check_heart_disease(c: Config) -> None:
 
 
 def check_medmnist(c: Config) -> None:
-    """A MedMNIST file, by path or by name."""
+    """A MedMNIST file, by path or by name (an unknown name is an error now, not after start-up)."""
     d, p = c.data, c.partition
+    if d.name:
+        medmnist_file(d.name)
     _require(
         bool(d.path) or bool(d.name),
         "data.source = 'medmnist' needs data.path (a .npz file) or data.name "
@@ -86,7 +89,7 @@ def check_generated(c: Config) -> None:
 
 
 def check_manifest(c: Config) -> None:
-    """A CSV of image paths and its ``[data.transforms]``."""
+    """A CSV of image paths (``[data.transforms]`` checks its own values)."""
     d, p = c.data, c.partition
     _require(bool(d.path), "data.path is required when data.source = 'manifest' (the CSV file)")
     _require(bool(d.image_column), "data.image_column must name the column of image paths")
@@ -111,40 +114,6 @@ def check_manifest(c: Config) -> None:
             f"partition.method = '{p.method}' needs data.site_column; without one, use "
             "'iid', 'dirichlet' or 'quantity'",
         )
-    t = d.transforms
-    _require(
-        len(t.spatial_size) in (0, 2, 3) and all(v >= 1 for v in t.spatial_size),
-        f"data.transforms.spatial_size must hold 2 (images) or 3 (volumes) positive sizes, "
-        f"got {t.spatial_size}",
-    )
-    _require(
-        len(t.spacing) in (0, 2, 3) and all(v > 0 for v in t.spacing),
-        f"data.transforms.spacing must hold 2 or 3 positive voxel sizes in mm, got {t.spacing}",
-    )
-    _require(
-        not (t.spatial_size and t.spacing) or len(t.spatial_size) == len(t.spacing),
-        f"data.transforms.spacing {t.spacing} and spatial_size {t.spatial_size} must have "
-        "one value per spatial axis each",
-    )
-    if t.orientation:
-        _require(
-            len(t.orientation) == 3 and set(t.orientation.upper()) <= set("LRAPSI"),
-            f"data.transforms.orientation must be three axis codes such as 'RAS', "
-            f"got {t.orientation!r}",
-        )
-        _require(
-            len(t.spatial_size) != 2 and len(t.spacing) != 2,
-            "data.transforms.orientation applies to volumes: give spatial_size (or spacing) "
-            "3 values, or leave orientation out",
-        )
-    _require(
-        t.channels in (0, 1, 3),
-        f"data.transforms.channels must be 0 (keep), 1 or 3, got {t.channels}",
-    )
-    _require(
-        t.window_width > 0,
-        f"data.transforms.window_width must be positive, got {t.window_width}",
-    )
 
 
 def check_synthetic_lesions(c: Config) -> None:

@@ -1,0 +1,153 @@
+"""Checks across tables, and against the registries, each naming the key to change.
+
+A table's own values are checked when it is made (:mod:`flmi.config.schema`);
+a data source checks its own ``[data]`` keys through its registry entry
+(:attr:`flmi.data.source_registry.DataSourceSpec.check`), and a strategy its
+options when it is built. :func:`check_config` runs them all, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from flmi.config.derived import site_groups, training_hparams
+from flmi.config.privacy_checks import check_dp, check_privacy
+from flmi.core.errors import ConfigError
+from flmi.data.source_registry import SOURCES, source_for
+from flmi.runtime.registry import RUNTIMES
+from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
+from flmi.tasks.model_registry import MODELS
+from flmi.tasks.registry import TASKS
+
+if TYPE_CHECKING:
+    from flmi.config.schema import Config
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_config(c: Config) -> None:
+    """Every check across tables, each naming the key to change."""
+    f, p = c.federation, c.partition
+    _require(
+        f.min_sites <= p.num_sites,
+        f"federation.min_sites = {f.min_sites} exceeds partition.num_sites = {p.num_sites}",
+    )
+    check_task_fits(c)
+    _check_task(c)
+    check_strategy_fits(c)
+    check_privacy(c)
+    RUNTIMES.lookup(c.runtime.name)
+    check_dp(c)
+    source_for(c.data.source).check(c)
+
+
+def check_site_names(config: Config, names: Sequence[str]) -> None:
+    """Every ``[sites.NAME]`` table must name a site of the federation."""
+    for name in sorted(config.sites):
+        if name not in names:
+            raise ConfigError(
+                f"[sites.{name}]: no site is named '{name}'; "
+                f"the sites are {', '.join(sorted(names))}"
+            )
+
+
+def check_strategy_fits(c: Config) -> None:
+    """The strategy's options, their fit with local training, and the updates a round needs."""
+    f = c.federation
+    # Building the strategy range-checks its options and their fit with local training.
+    build_strategy(
+        name=c.strategy.name,
+        hparams=training_hparams(c),
+        options=c.strategy.options,
+        context=BuildContext(
+            num_sites=c.partition.num_sites, seed=f.seed, site_groups=site_groups(c)
+        ),
+    )
+    spec = STRATEGIES[c.strategy.name]
+    needed = spec.min_updates(spec.resolve_options(c.strategy.options))
+    _require(
+        f.min_sites >= needed,
+        f"strategy '{c.strategy.name}' needs at least {needed} updates a round with these "
+        f"options; raise federation.min_sites to {needed} if the federation has that many "
+        "sites, or change the strategy's options (for krum, lower strategy.num_byzantine)",
+    )
+    if spec.max_updates is not None:
+        _require(
+            f.min_sites <= spec.max_updates,
+            f"strategy '{c.strategy.name}' receives {spec.max_updates} update(s) a round; "
+            f"set federation.min_sites = {spec.max_updates}",
+        )
+
+
+def check_task_fits(c: Config) -> None:
+    """The task, its model and its data must go together; each message names the key."""
+    t, d = c.task, c.data
+    network = MODELS.lookup(t.model)
+    segmenting = [name for name in MODELS.names() if MODELS[name].serves("segmentation")]
+    if t.name == "segmentation":
+        _require(
+            network.serves("segmentation"),
+            f"task.model = '{t.model}' cannot segment; for task.name = 'segmentation' "
+            f"choose one of {segmenting}",
+        )
+        _require(
+            d.source == "synthetic_lesions",
+            f"task.name = 'segmentation' needs masks, which data.source = '{d.source}' does "
+            "not have; use data.source = 'synthetic_lesions'",
+        )
+        _require(not t.multi_label, "task.multi_label applies to classification only")
+    else:
+        _require(
+            network.serves(t.name) or not network.serves("segmentation"),
+            f"task.model = '{t.model}' is a segmentation network; set task.name = "
+            "'segmentation', or choose 'small_cnn' or 'densenet121' to classify",
+        )
+        _require(
+            not t.patch_size,
+            "task.patch_size applies to segmentation only; remove it or set "
+            "task.name = 'segmentation'",
+        )
+        if t.multi_label:
+            _require(
+                d.source == "synthetic_lesions",
+                f"task.multi_label needs one label per finding, which data.source = "
+                f"'{d.source}' does not have; use data.source = 'synthetic_lesions'",
+            )
+        elif d.source == "synthetic_lesions":
+            _require(
+                t.num_classes == 2,
+                "data.source = 'synthetic_lesions' labels images lesion present or not: set "
+                "task.num_classes = 2, or task.multi_label = true for one label per lesion class",
+            )
+    _require(
+        t.norm == "auto" or network.takes_norm,
+        f"task.norm applies to MONAI networks; task.model = '{t.model}' has its own "
+        "normalisation: leave task.norm = 'auto'",
+    )
+
+
+def _check_task(c: Config) -> None:
+    """The task exists and fits the data source, and every site's fault suits it.
+
+    A task fits a source when the task lists the source or the source lists the task.
+    """
+    t = c.task
+    task = TASKS.lookup(t.name)
+    source_for(c.data.source)  # an unknown source is named before the fit is checked
+    fitting = [n for n in SOURCES.names() if n in task.sources or t.name in SOURCES[n].tasks]
+    _require(
+        c.data.source in fitting,
+        f"task.name = '{t.name}' does not fit data.source = '{c.data.source}'; "
+        f"use one of {fitting}",
+    )
+    if t.name != "classification":
+        for name, site in sorted(c.sites.items()):
+            _require(
+                site.fault != "label_flip",
+                f"sites.{name}.fault = 'label_flip' needs class labels; "
+                f"task.name = '{t.name}' has none: choose another fault",
+            )
