@@ -20,13 +20,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from flmi.config import load_config
+from flmi.report.rundir import SUMMARY
+from flmi.report.summary_schema import read_summary
 from flmi.simulation import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +54,10 @@ def run(seed: int, *, epsilon: float | None, accountant: str) -> tuple[float, fl
     config = load_config(CONFIG, overrides=overrides)
     with tempfile.TemporaryDirectory() as tmp:
         result = run_experiment(config=config, out=Path(tmp) / "run")
-        summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+        summary = read_summary(Path(tmp) / "run" / SUMMARY)
     per_site = result.arms["federated"].per_site
     accuracy = statistics.fmean(m["accuracy"] for m in per_site.values())
-    spent = summary.get("privacy", {}).get("epsilon")
+    spent = summary.privacy.get("epsilon")
     return accuracy, spent
 
 

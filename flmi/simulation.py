@@ -37,7 +37,7 @@ from flmi.core.federation import (
     mean_metrics,
     run_federation,
 )
-from flmi.core.keys import Arm, HParam, Record, Split
+from flmi.core.keys import Arm, HParam, Split
 from flmi.core.messages import EvaluateResult, HParamValue
 from flmi.core.params import Params
 from flmi.core.strategy import (
@@ -60,7 +60,8 @@ from flmi.report.operating import ArmCurves, arm_curves, curves_json
 from flmi.report.plugins import plugin_record
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
-from flmi.report.summary import ArmResult, arm_json, privacy_block, sites_json, versions
+from flmi.report.summary import ArmResult, arm_summary, privacy_block, sites_json, versions
+from flmi.report.summary_schema import Summary
 from flmi.report.trackers import Tracker, check_trackers, close_all, open_trackers
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.runtime.registry import RUNTIMES
@@ -667,39 +668,44 @@ def run_experiment(
                 withheld=sorted(w for c in local_curves for w in c.withheld),
             ),
         )
-    summary: dict[str, Any] = {
-        Record.ARMS: {arm: arm_json(result) for arm, result in arms.items()},
-        Record.ROUNDS: f.rounds,
-        Record.WALL_S: round(time.perf_counter() - started, 3),
-        Record.SEED: seed,
-        Record.TORCH_THREADS: torch.get_num_threads(),
-        "device": str(device),
-        "strategy": strategy.name,
-        "plugins": plugins,
-        Record.PRIVACY: dataclasses.asdict(config.privacy),
-        Record.VERSIONS: versions(),
+    summary = Summary(
+        arms={arm: arm_summary(result) for arm, result in arms.items()},
+        rounds=f.rounds,
+        wall_s=round(time.perf_counter() - started, 3),
+        seed=seed,
+        torch_threads=torch.get_num_threads(),
+        device=str(device),
+        strategy=strategy.name,
+        plugins=plugins,
+        privacy=(
+            privacy_block(config.privacy, history)
+            if config.privacy.dp != "none"
+            else dataclasses.asdict(config.privacy)
+        ),
+        versions=versions(),
         # Class counts for tasks with classes (segmentation: cases containing each class).
-        Record.SITES: sites_json(
+        sites=sites_json(
             data,
             label_counts=config.task.name in ("classification", "segmentation"),
             min_count=config.report.min_count,
         ),
-        Record.DATA: data_report,
-    }
-    if left_out:
-        summary["sites_left_out"] = {s: "no_labeled_training_data" for s in left_out}
-    if data.unreadable:
-        summary[Record.UNREADABLE] = {k: dict(v) for k, v in sorted(data.unreadable.items())}
-    if config.partition.scanner_shift:
-        summary["site_scanners"] = {
-            name: scanner_json(profile)
-            for name, profile in site_scanners(
-                site_names=list(data.sites), seed=partition_seed(config)
-            ).items()
-        }
+        data=data_report,
+        sites_left_out=dict.fromkeys(left_out, "no_labeled_training_data") if left_out else None,
+        unreadable=(
+            {k: dict(v) for k, v in sorted(data.unreadable.items())} if data.unreadable else None
+        ),
+        site_scanners=(
+            {
+                name: scanner_json(profile)
+                for name, profile in site_scanners(
+                    site_names=list(data.sites), seed=partition_seed(config)
+                ).items()
+            }
+            if config.partition.scanner_shift
+            else None
+        ),
+    )
     fed_curves = arms[Arm.FEDERATED].curves
-    if config.privacy.dp != "none":
-        summary[Record.PRIVACY] = privacy_block(config.privacy, history)
     if run is not None:
         run.write_model(
             params=federated.params,
@@ -714,4 +720,4 @@ def run_experiment(
         if not (run.path / CARD_MD).exists():  # a resumed run keeps a card already edited
             write_model_card(run.path)
     close_all(trackers)
-    return RunResult(path=out, arms=arms, params=federated.params, summary=summary)
+    return RunResult(path=out, arms=arms, params=federated.params, summary=summary.to_json())

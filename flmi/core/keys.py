@@ -83,6 +83,14 @@ class Record(StrEnum):
     UNREADABLE = "unreadable"
     PRIVACY = "privacy"
     DATA = "data"
+    SCHEMA_VERSION = "schema_version"
+    DEVICE = "device"
+    PLUGINS = "plugins"
+    RUNTIME = "runtime"
+    SITES_LEFT_OUT = "sites_left_out"
+    SITE_SCANNERS = "site_scanners"
+    THRESHOLD = "threshold"
+    AT_THRESHOLD = "at_threshold"
 
 
 class HParam(StrEnum):

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from flmi.core.errors import RunDirError
 from flmi.report import plots
 from flmi.report.rundir import CONFIG, CURVES, METRICS, SUMMARY
+from flmi.report.summary_schema import read_summary
 from flmi.tensorio import atomic_write_bytes
 
 REPORT = "report.html"
@@ -46,13 +47,14 @@ SECTIONS = (
 )
 
 
-def _read_json(path: Path) -> Any:
+def _read_summary(path: Path) -> dict[str, Any]:
+    """``summary.json`` as JSON, checked against its layout (errors name the field)."""
     if not path.is_file():
         raise RunDirError(
             f"{path} is missing; point `flmi report` at a finished run directory (it needs "
             f"{SUMMARY} and {METRICS})"
         )
-    return json.loads(path.read_text())
+    return read_summary(path).to_json()
 
 
 def _image(png: bytes, alt: str) -> str:
@@ -214,7 +216,7 @@ def build_report(run_dir: Path) -> Path:
     RunDirError
         ``run_dir`` lacks ``summary.json`` or ``metrics.jsonl``.
     """
-    summary = _read_json(run_dir / SUMMARY)
+    summary = _read_summary(run_dir / SUMMARY)
     metrics_path = run_dir / METRICS
     if not metrics_path.is_file():
         raise RunDirError(f"{metrics_path} is missing; point `flmi report` at a run directory")

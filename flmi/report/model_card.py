@@ -16,6 +16,7 @@ from typing import Any
 from flmi.core.errors import RunDirError
 from flmi.core.keys import Arm
 from flmi.report.rundir import CONFIG, MODEL, SUMMARY
+from flmi.report.summary_schema import ArmIntervals, Interval, read_summary
 from flmi.tensorio import atomic_write_bytes, atomic_write_json
 
 CARD_MD = "model_card.md"
@@ -38,11 +39,17 @@ TEMPLATE = {
 
 
 def _metrics_with_ci(
-    values: Mapping[str, float | None] | None, intervals: Mapping[str, Any] | None
+    values: Mapping[str, float | None] | None, intervals: Mapping[str, Interval] | None
 ) -> dict[str, dict[str, Any]] | None:
     if values is None:
         return None
-    return {k: {"value": v, "ci95": (intervals or {}).get(k)} for k, v in sorted(values.items())}
+    return {
+        k: {"value": v, "ci95": _pair((intervals or {}).get(k))} for k, v in sorted(values.items())
+    }
+
+
+def _pair(interval: Interval | None) -> list[float | None] | None:
+    return None if interval is None else list(interval)
 
 
 def model_card(run_dir: Path) -> dict[str, Any]:
@@ -58,10 +65,17 @@ def model_card(run_dir: Path) -> dict[str, Any]:
         if not path.is_file():
             raise RunDirError(f"{path} is missing: a model card needs a finished run directory")
     config = tomllib.loads(files[CONFIG].read_text())
-    summary = json.loads(files[SUMMARY].read_text())
+    summary = read_summary(files[SUMMARY])
     model_meta = json.loads(files["model.json"].read_text()).get("meta", {})
-    task, fed = config["task"], summary["arms"][Arm.FEDERATED]
-    ci = fed.get("ci", {})
+    if Arm.FEDERATED not in summary.arms:
+        raise RunDirError(f"{files[SUMMARY]}: field 'arms.federated' is missing")
+    task, fed = config["task"], summary.arms[Arm.FEDERATED]
+    ci = fed.ci if fed.ci is not None else ArmIntervals(global_intervals=None)
+    if isinstance(summary.sites, tuple):
+        raise RunDirError(
+            f"{files[SUMMARY]}: field 'sites' lists site names only (a deployment's summary); "
+            "a model card needs each site's split sizes"
+        )
     strategy = dict(config.get("strategy", {}))
     return {
         "model": {
@@ -86,36 +100,38 @@ def model_card(run_dir: Path) -> dict[str, Any]:
                 "n_test": info.get("n_test"),
                 "label_counts": info.get("label_counts_by_split", info.get("label_counts")),
             }
-            for name, info in sorted(summary["sites"].items())
+            for name, info in sorted(summary.sites.items())
         },
         "training": {
-            "algorithm": strategy.pop("name", summary.get("strategy")),
+            "algorithm": strategy.pop("name", summary.strategy),
             "strategy_options": strategy,
             "federation": config["federation"],
             "partition": config.get("partition", {}),
-            "rounds": summary["rounds"],
-            "device": summary.get("device"),
-            "torch_threads": summary.get("torch_threads"),
+            "rounds": summary.rounds,
+            "device": summary.device,
+            "torch_threads": summary.torch_threads,
         },
-        "privacy": summary.get("privacy") or PRIVACY_NONE,
+        "privacy": dict(summary.privacy) or PRIVACY_NONE,
         "metrics": {
             "test_set": "final round; central = the simulation's central test set",
-            "global": _metrics_with_ci(fed.get("global"), ci.get("global")),
+            "global": _metrics_with_ci(fed.global_metrics, ci.global_intervals),
             "per_site": {
-                s: _metrics_with_ci(m, (ci.get("per_site") or {}).get(s))
-                for s, m in sorted(fed.get("per_site", {}).items())
+                s: _metrics_with_ci(m, ci.per_site.get(s)) for s, m in sorted(fed.per_site.items())
             },
-            "site_mean": fed.get("site_mean"),
+            "site_mean": dict(fed.site_mean),
         },
         "baselines": {
-            arm: {"global": v.get("global"), "site_mean": v.get("site_mean")}
-            for arm, v in sorted(summary["arms"].items())
+            arm: {
+                "global": None if v.global_metrics is None else dict(v.global_metrics),
+                "site_mean": dict(v.site_mean),
+            }
+            for arm, v in sorted(summary.arms.items())
             if arm != Arm.FEDERATED
         },
-        "threshold": fed.get("threshold"),
-        "at_threshold": fed.get("at_threshold"),
-        "seed": summary["seed"],
-        "versions": summary["versions"],
+        "threshold": None if fed.threshold is None else dict(fed.threshold),
+        "at_threshold": None if fed.at_threshold is None else dict(fed.at_threshold),
+        "seed": summary.seed,
+        "versions": dict(summary.versions),
         **TEMPLATE,
     }
 

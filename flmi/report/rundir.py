@@ -27,6 +27,7 @@ from flmi.core.errors import RunDirError
 from flmi.core.federation import RoundRecord
 from flmi.core.params import Params, schema_hash
 from flmi.core.strategy import StateRecord
+from flmi.report.summary_schema import Summary
 from flmi.tensorio import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
 
 CONFIG = "config.toml"
@@ -172,6 +173,6 @@ class RunDir:
         text = json.dumps(curves, sort_keys=True, separators=(",", ":"), allow_nan=False)
         atomic_write_bytes(self.path / CURVES, (text + "\n").encode())
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
+    def write_summary(self, summary: Summary) -> None:
         """Write ``summary.json`` (NaN is not JSON: callers pass ``None`` instead)."""
-        atomic_write_json(self.path / SUMMARY, summary)
+        atomic_write_json(self.path / SUMMARY, summary.to_json())

@@ -19,6 +19,7 @@ from flmi.data.arrays import FederatedData
 from flmi.data.partition import site_label_summary
 from flmi.privacy.noise_source import FROM_OS, FROM_SEED, NO_GUARANTEE
 from flmi.report.operating import ArmCurves, at_threshold_json
+from flmi.report.summary_schema import ArmIntervals, ArmSummary, Interval
 from flmi.site.qa import Count, suppress, with_secondary
 
 
@@ -51,16 +52,21 @@ def versions() -> dict[str, str]:
 
 def json_intervals(
     intervals: Mapping[str, tuple[float, float]] | None,
-) -> dict[str, list[float | None]] | None:
+) -> dict[str, Interval] | None:
+    """Intervals ready for JSON: sorted, a NaN end written as ``None``."""
     if intervals is None:
         return None
     return {
-        k: [None if np.isnan(v) else float(v) for v in pair]
+        k: (_finite_or_none(pair[0]), _finite_or_none(pair[1]))
         for k, pair in sorted(intervals.items())
     }
 
 
-def arm_json(arm: ArmResult) -> dict[str, Any]:
+def _finite_or_none(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def arm_summary(arm: ArmResult) -> ArmSummary:
     """One arm's entry in ``summary.json``.
 
     Beside the metrics and their intervals: the operating ``threshold`` (chosen
@@ -68,22 +74,34 @@ def arm_json(arm: ArmResult) -> dict[str, Any]:
     specificity there, central (``global``), all sites together (``overall``)
     and ``per_site``.
     """
-    extra: dict[str, Any] = {}
-    if arm.curves is not None:
-        extra = {
-            "threshold": arm.curves.threshold.to_json(),
-            "at_threshold": at_threshold_json(arm.curves),
-        }
-    return {
-        **extra,
-        Record.GLOBAL: json_metrics(arm.global_metrics),
-        Record.PER_SITE: {s: json_metrics(m) for s, m in sorted(arm.per_site.items())},
-        Record.SITE_MEAN: json_metrics(arm.site_mean),
-        Record.CI: {
-            Record.GLOBAL: json_intervals(arm.ci_global),
-            Record.PER_SITE: {s: json_intervals(c) for s, c in sorted(arm.ci_per_site.items())},
-        },
-    }
+    return ArmSummary(
+        per_site={s: _metrics(m) for s, m in sorted(arm.per_site.items())},
+        site_mean=_metrics(arm.site_mean),
+        global_metrics=json_metrics(arm.global_metrics),
+        ci=ArmIntervals(
+            global_intervals=json_intervals(arm.ci_global),
+            per_site={s: _intervals(c) for s, c in sorted(arm.ci_per_site.items())},
+        ),
+        threshold=arm.curves.threshold.to_json() if arm.curves is not None else None,
+        at_threshold=at_threshold_json(arm.curves) if arm.curves is not None else None,
+    )
+
+
+def _metrics(metrics: Metrics) -> dict[str, float | None]:
+    out = json_metrics(metrics)
+    assert out is not None
+    return out
+
+
+def _intervals(intervals: Mapping[str, tuple[float, float]]) -> dict[str, Interval]:
+    out = json_intervals(intervals)
+    assert out is not None
+    return out
+
+
+def arm_json(arm: ArmResult) -> dict[str, Any]:
+    """One arm's entry in ``summary.json``, as JSON (see :func:`arm_summary`)."""
+    return arm_summary(arm).to_json()
 
 
 def sites_json(data: FederatedData, *, label_counts: bool = True, min_count: int) -> dict[str, Any]:

@@ -10,11 +10,11 @@ from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import Metric
 from flmi.core.messages import ScoreHistogram
 from flmi.data.arrays import ArraySplit
-from flmi.report.bootstrap import bootstrap_ci
 from flmi.report.curves import score_histogram
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
-from flmi.tasks.loop import train_local
+from flmi.tasks.common import SupervisedTask
+from flmi.tasks.loop import BatchTransform
 from flmi.tasks.metrics import classification_metrics
 from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
 from flmi.tasks.networks import DenseNetSettings
@@ -39,7 +39,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_BATCH = 512
 
 
-class ClassificationTask:
+class ClassificationTask(SupervisedTask):
     """Classify whole images into ``num_classes`` classes.
 
     Parameters
@@ -157,28 +157,24 @@ class ClassificationTask:
                 "set [task] num_classes to cover every label, or fix the labels"
             )
 
-    def fit(
+    def training_tensors(self, data: ArraySplit) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in the task's dtype and class labels."""
+        return as_tensor(data.x, self.dtype), torch.from_numpy(data.y)
+
+    def training_loss(
         self,
-        *,
         model: torch.nn.Module,
-        data: ArraySplit,
-        training: LocalTraining,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
         generator: torch.Generator,
-        device: torch.device,
-        hooks: FitHooks | None = None,
-    ) -> FitResult:
-        """Minimise cross-entropy over seeded mini-batches."""
-        return train_local(
-            model=model,
-            x=as_tensor(data.x, self.dtype),
-            y=torch.from_numpy(data.y),
-            training=training,
-            generator=generator,
-            device=device,
-            loss_fn=lambda m, xb, yb: self._loss(m(xb), yb),
-            transform=_augment if self.augment else None,
-            hooks=hooks,
-        )
+    ) -> torch.Tensor:
+        """Cross-entropy (binary with one logit) of one batch."""
+        return self._loss(model(x), y)
+
+    def training_transform(self) -> BatchTransform | None:
+        """Random flips and shifts with ``augment``."""
+        return _augment if self.augment else None
 
     def fit_semi_supervised(
         self,
@@ -225,32 +221,25 @@ class ClassificationTask:
         out = torch.cat(logits) if logits else torch.zeros(0, self.num_classes)
         return self._probs(out).numpy(), out
 
-    def confidence_intervals(
-        self,
-        *,
-        model: torch.nn.Module,
-        data: ArraySplit,
-        device: torch.device,
-        resamples: int,
-        seed: int,
-    ) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap 95 % intervals of every metric, resampling patients."""
-        if len(data) == 0 or resamples < 1:
-            return {}
-        probs, _ = self.predict_proba(model=model, x=data.x, device=device)
+    def scored(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and class probabilities ``(N, C)``."""
+        return data.y, self.predict_proba(model=model, x=data.x, device=device)[0]
 
-        def metrics(labels: np.ndarray, p: np.ndarray) -> dict[str, float]:
-            picked = np.clip(p[np.arange(labels.shape[0]), labels], 1e-12, 1.0)
-            return classification_metrics(
-                labels=labels,
-                probs=p,
-                loss=float(-np.log(picked).mean()),
-                positive_label=self.positive_label,
-            )
-
-        return bootstrap_ci(
-            labels=data.y, scores=probs, metrics=metrics, resamples=resamples, seed=seed
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """Every metric from labels and probabilities, the loss from the probabilities."""
+        picked = np.clip(predictions[np.arange(targets.shape[0]), targets], 1e-12, 1.0)
+        return classification_metrics(
+            labels=targets,
+            probs=predictions,
+            loss=float(-np.log(picked).mean()),
+            positive_label=self.positive_label,
         )
+
+    def empty_metrics(self, data: ArraySplit) -> dict[str, float]:
+        """NaN for every metric."""
+        return {m.value: float("nan") for m in METRICS}
 
     def score_histogram(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int
@@ -276,9 +265,13 @@ class ClassificationTask:
     def evaluate(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
     ) -> dict[str, float]:
-        """Loss, accuracy, balanced accuracy, AUC, sensitivity and specificity."""
+        """Loss, accuracy, balanced accuracy, AUC, sensitivity and specificity.
+
+        The loss is torch's, from the logits (the bootstrap's, from the
+        probabilities, can differ in the last digits).
+        """
         if len(data) == 0:
-            return {m.value: float("nan") for m in METRICS}
+            return self.empty_metrics(data)
         probs, logits = self.predict_proba(model=model, x=data.x, device=device)
         loss = float(self._loss(logits, torch.from_numpy(data.y)))
         return classification_metrics(

@@ -16,15 +16,19 @@ import torch.nn.functional as F
 from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import MultiLabelMetric
 from flmi.data.arrays import ArraySplit
-from flmi.report.bootstrap import bootstrap_ci
 from flmi.tasks.augment import random_flip_shift
-from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
-from flmi.tasks.loop import train_local
+from flmi.tasks.base import NoScoreHistogram
+from flmi.tasks.common import SupervisedTask
+from flmi.tasks.loop import BatchTransform
 from flmi.tasks.metrics import binary_auc
 from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
 from flmi.tasks.networks import DenseNetSettings
 
 EVAL_BATCH = 256
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return random_flip_shift(x, generator=generator)
 
 
 def multilabel_metrics(*, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -54,7 +58,7 @@ def multilabel_metrics(*, labels: np.ndarray, probs: np.ndarray) -> dict[str, fl
     return out
 
 
-class MultiLabelTask(NoScoreHistogram):
+class MultiLabelTask(SupervisedTask, NoScoreHistogram):
     """Predict ``num_classes`` independent labels per image.
 
     Parameters
@@ -142,35 +146,24 @@ class MultiLabelTask(NoScoreHistogram):
                 f"{sorted(set(np.unique(data.y).tolist()) - {0, 1})[:3]}"
             )
 
-    def fit(
+    def training_tensors(self, data: ArraySplit) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and ``(N, num_classes)`` indicators."""
+        return torch.from_numpy(data.x), torch.from_numpy(data.y)
+
+    def training_loss(
         self,
-        *,
         model: torch.nn.Module,
-        data: ArraySplit,
-        training: LocalTraining,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
         generator: torch.Generator,
-        device: torch.device,
-        hooks: FitHooks | None = None,
-    ) -> FitResult:
-        """Minimise the mean binary cross-entropy over labels and images."""
+    ) -> torch.Tensor:
+        """The mean binary cross-entropy over labels and images of one batch."""
+        return F.binary_cross_entropy_with_logits(model(x), y.to(x.dtype))
 
-        def loss(m: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            return F.binary_cross_entropy_with_logits(m(xb), yb.to(xb.dtype))
-
-        def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-            return random_flip_shift(x, generator=g)
-
-        return train_local(
-            model=model,
-            x=torch.from_numpy(data.x),
-            y=torch.from_numpy(data.y),
-            training=training,
-            generator=generator,
-            device=device,
-            loss_fn=loss,
-            transform=augment if self.augment else None,
-            hooks=hooks,
-        )
+    def training_transform(self) -> BatchTransform | None:
+        """Random flips and shifts with ``augment``."""
+        return _augment if self.augment else None
 
     @torch.no_grad()
     def predict_proba(
@@ -186,30 +179,16 @@ class MultiLabelTask(NoScoreHistogram):
             return np.zeros((0, self.num_classes))
         return torch.cat(parts).numpy().astype(np.float64)
 
-    def evaluate(
+    def scored(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
-    ) -> dict[str, float]:
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Indicators and label probabilities ``(N, num_classes)``."""
+        return data.y, self.predict_proba(model=model, x=data.x, device=device)
+
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
         """Loss, macro AUC, per-label AUC and mean per-label accuracy."""
-        probs = self.predict_proba(model=model, x=data.x, device=device)
-        return multilabel_metrics(labels=data.y, probs=probs)
+        return multilabel_metrics(labels=targets, probs=predictions)
 
-    def confidence_intervals(
-        self,
-        *,
-        model: torch.nn.Module,
-        data: ArraySplit,
-        device: torch.device,
-        resamples: int,
-        seed: int,
-    ) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap 95 % intervals of every metric, resampling images."""
-        if len(data) == 0 or resamples < 1:
-            return {}
-        probs = self.predict_proba(model=model, x=data.x, device=device)
-
-        def metrics(labels: np.ndarray, p: np.ndarray) -> dict[str, float]:
-            return multilabel_metrics(labels=labels, probs=p)
-
-        return bootstrap_ci(
-            labels=data.y, scores=probs, metrics=metrics, resamples=resamples, seed=seed
-        )
+    def empty_metrics(self, data: ArraySplit) -> dict[str, float]:
+        """NaN for every metric, one AUC per label included."""
+        return multilabel_metrics(labels=data.y, probs=np.zeros((0, self.num_classes)))

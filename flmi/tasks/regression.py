@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from flmi.core.errors import ConfigError, LabelError
 from flmi.data.arrays import ArraySplit
-from flmi.report.bootstrap import bootstrap_ci
 from flmi.tasks.augment import random_flip_shift
-from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
-from flmi.tasks.loop import train_local
+from flmi.tasks.base import NoScoreHistogram
+from flmi.tasks.common import SupervisedTask
+from flmi.tasks.loop import BatchTransform
 from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
 from flmi.tasks.regression_metrics import regression_metrics
 from flmi.tasks.torch_params import as_tensor
@@ -27,7 +27,7 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return random_flip_shift(x, generator=generator)
 
 
-class RegressionTask(NoScoreHistogram):
+class RegressionTask(SupervisedTask, NoScoreHistogram):
     """Predict one real number per example, trained with MSE or L1 loss.
 
     The network's output ``z`` is read as ``target_offset + target_scale * z``,
@@ -124,28 +124,24 @@ class RegressionTask(NoScoreHistogram):
         if len(data) and not np.isfinite(data.y.astype(np.float64)).all():
             raise LabelError(f"{where}: a target is NaN or infinite; fix or drop that row")
 
-    def fit(
+    def training_tensors(self, data: ArraySplit) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs in the task's dtype and targets in standard units."""
+        return as_tensor(data.x, self.dtype), self._standard(as_tensor(data.y, self.dtype))
+
+    def training_loss(
         self,
-        *,
         model: torch.nn.Module,
-        data: ArraySplit,
-        training: LocalTraining,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
         generator: torch.Generator,
-        device: torch.device,
-        hooks: FitHooks | None = None,
-    ) -> FitResult:
-        """Minimise the loss over seeded mini-batches."""
-        return train_local(
-            model=model,
-            x=as_tensor(data.x, self.dtype),
-            y=self._standard(as_tensor(data.y, self.dtype)),
-            training=training,
-            generator=generator,
-            device=device,
-            loss_fn=lambda m, xb, zb: self._objective(m(xb)[:, 0], zb),
-            transform=_augment if self.augment else None,
-            hooks=hooks,
-        )
+    ) -> torch.Tensor:
+        """The configured loss of one batch, in standard units."""
+        return self._objective(model(x)[:, 0], y)
+
+    def training_transform(self) -> BatchTransform | None:
+        """Random flips and shifts with ``augment``."""
+        return _augment if self.augment else None
 
     @torch.no_grad()
     def predict(self, *, model: torch.nn.Module, x: np.ndarray, device: torch.device) -> np.ndarray:
@@ -158,32 +154,18 @@ class RegressionTask(NoScoreHistogram):
         z = torch.cat(outs).numpy() if outs else np.zeros(0)
         return self.target_offset + self.target_scale * z
 
-    def _metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    def scored(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Targets and predictions ``(N,)`` in the target's units."""
+        return data.y, self.predict(model=model, x=data.x, device=device)
+
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """Loss (standard units), MAE, RMSE (target units) and R²."""
         error = (predictions - targets.astype(np.float64)) / self.target_scale
         loss = np.abs(error).mean() if self.loss_name == "l1" else (error**2).mean()
         return regression_metrics(targets=targets, predictions=predictions, loss=float(loss))
 
-    def evaluate(
-        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
-    ) -> dict[str, float]:
-        """Loss (standard units), MAE, RMSE (target units) and R²."""
-        if len(data) == 0:
-            return regression_metrics(targets=data.y, predictions=data.y, loss=float("nan"))
-        return self._metrics(data.y, self.predict(model=model, x=data.x, device=device))
-
-    def confidence_intervals(
-        self,
-        *,
-        model: torch.nn.Module,
-        data: ArraySplit,
-        device: torch.device,
-        resamples: int,
-        seed: int,
-    ) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap 95 % intervals of every metric, resampling patients."""
-        if len(data) == 0 or resamples < 1:
-            return {}
-        predictions = self.predict(model=model, x=data.x, device=device)
-        return bootstrap_ci(
-            labels=data.y, scores=predictions, metrics=self._metrics, resamples=resamples, seed=seed
-        )
+    def empty_metrics(self, data: ArraySplit) -> dict[str, float]:
+        """NaN for every metric."""
+        return regression_metrics(targets=data.y, predictions=data.y, loss=float("nan"))

@@ -19,9 +19,8 @@ from monai.losses.dice import DiceCELoss
 from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import SegmentationMetric
 from flmi.data.arrays import ArraySplit
-from flmi.report.bootstrap import bootstrap_ci
-from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
-from flmi.tasks.loop import train_local
+from flmi.tasks.base import NoScoreHistogram
+from flmi.tasks.common import SupervisedTask
 from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
 from flmi.tasks.networks import NORMS, SEGMENTATION_DOWNSAMPLING
 from flmi.tasks.segmentation_metrics import CaseScores, aggregate, case_scores
@@ -33,7 +32,7 @@ SW_BATCH = 4
 MIN_PATCH = 2 * SEGMENTATION_DOWNSAMPLING
 
 
-class SegmentationTask(NoScoreHistogram):
+class SegmentationTask(SupervisedTask, NoScoreHistogram):
     """Label every pixel (2D) or voxel (3D) with one of ``num_classes`` classes.
 
     Parameters
@@ -202,33 +201,22 @@ class SegmentationTask(NoScoreHistogram):
             x, y = torch.stack(xs), torch.stack(ys)
         return x, y
 
-    def fit(
+    def training_tensors(self, data: ArraySplit) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and masks."""
+        return torch.from_numpy(data.x), torch.from_numpy(data.y)
+
+    def training_loss(
         self,
-        *,
         model: torch.nn.Module,
-        data: ArraySplit,
-        training: LocalTraining,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
         generator: torch.Generator,
-        device: torch.device,
-        hooks: FitHooks | None = None,
-    ) -> FitResult:
-        """Minimise Dice + cross-entropy over seeded mini-batches of random patches."""
-
-        def loss(m: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            xb, yb = self._crop_and_flip(xb, yb, generator)
-            out: torch.Tensor = self._loss_fn(m(xb), yb.unsqueeze(1))
-            return out
-
-        return train_local(
-            model=model,
-            x=torch.from_numpy(data.x),
-            y=torch.from_numpy(data.y),
-            training=training,
-            generator=generator,
-            device=device,
-            loss_fn=loss,
-            hooks=hooks,
-        )
+    ) -> torch.Tensor:
+        """Dice + cross-entropy of one batch of random patches (flipped with ``augment``)."""
+        x, y = self._crop_and_flip(x, y, generator)
+        out: torch.Tensor = self._loss_fn(model(x), y.unsqueeze(1))
+        return out
 
     @torch.no_grad()
     def predict_logits(
@@ -276,35 +264,23 @@ class SegmentationTask(NoScoreHistogram):
             )
         return CaseScores.concat(parts, num_classes=self.num_classes)
 
-    def evaluate(
+    def scored(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
-    ) -> dict[str, float]:
-        """Mean loss, Dice and HD95 (over foreground classes, and per class)."""
-        return aggregate(self.case_scores(model=model, data=data, device=device))
-
-    def confidence_intervals(
-        self,
-        *,
-        model: torch.nn.Module,
-        data: ArraySplit,
-        device: torch.device,
-        resamples: int,
-        seed: int,
-    ) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap 95 % intervals of every metric, resampling cases."""
-        if len(data) == 0 or resamples < 1:
-            return {}
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per case: Dice of each class; then HD95 of each class and the loss, side by side."""
         scores = self.case_scores(model=model, data=data, device=device)
-        classes = scores.dice.shape[1]
-        # Per case: Dice of each class, then HD95 of each class, then the loss.
-        table = np.concatenate([scores.hd95, scores.loss[:, None]], axis=1)
+        return scores.dice, np.concatenate([scores.hd95, scores.loss[:, None]], axis=1)
 
-        def metrics(dice: np.ndarray, rest: np.ndarray) -> dict[str, float]:
-            return aggregate(CaseScores(dice=dice, hd95=rest[:, :classes], loss=rest[:, classes]))
-
-        return bootstrap_ci(
-            labels=scores.dice, scores=table, metrics=metrics, resamples=resamples, seed=seed
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """Mean loss, Dice and HD95 (over foreground classes, and per class) of :meth:`scored`."""
+        classes = targets.shape[1]
+        return aggregate(
+            CaseScores(dice=targets, hd95=predictions[:, :classes], loss=predictions[:, classes])
         )
+
+    def empty_metrics(self, data: ArraySplit) -> dict[str, float]:
+        """The metrics of no cases (NaN)."""
+        return aggregate(CaseScores.concat([], num_classes=self.num_classes))
 
 
 def _check_patch(patch: tuple[int, ...], *, spatial_dims: int) -> None:

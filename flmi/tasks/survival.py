@@ -16,9 +16,8 @@ import torch
 from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import Metric
 from flmi.data.arrays import ArraySplit
-from flmi.report.bootstrap import bootstrap_ci
-from flmi.tasks.base import FitHooks, FitResult, LocalTraining, NoScoreHistogram
-from flmi.tasks.loop import train_local
+from flmi.tasks.base import NoScoreHistogram
+from flmi.tasks.common import SupervisedTask
 from flmi.tasks.torch_params import as_tensor
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -62,7 +61,7 @@ def c_index(*, target: np.ndarray, risk: np.ndarray) -> float:
         return float("nan")
 
 
-class CoxTask(NoScoreHistogram):
+class CoxTask(SupervisedTask, NoScoreHistogram):
     """A linear Cox model on feature vectors (FLamby's Fed-TCGA-BRCA baseline).
 
     Parameters
@@ -116,27 +115,20 @@ class CoxTask(NoScoreHistogram):
                 f"{where}: a follow-up time is missing or negative; fix the time column"
             )
 
-    def fit(
+    def training_tensors(self, data: ArraySplit) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and ``[event, time]`` rows, both in the task's dtype."""
+        return as_tensor(data.x, self.dtype), as_tensor(data.y, self.dtype)
+
+    def training_loss(
         self,
-        *,
         model: torch.nn.Module,
-        data: ArraySplit,
-        training: LocalTraining,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
         generator: torch.Generator,
-        device: torch.device,
-        hooks: FitHooks | None = None,
-    ) -> FitResult:
-        """Minimise the Cox loss over seeded mini-batches."""
-        return train_local(
-            model=model,
-            x=as_tensor(data.x, self.dtype),
-            y=as_tensor(data.y, self.dtype),
-            training=training,
-            generator=generator,
-            device=device,
-            loss_fn=lambda m, xb, yb: cox_loss(m(xb)[:, 0], yb),
-            hooks=hooks,
-        )
+    ) -> torch.Tensor:
+        """The Cox loss of one batch."""
+        return cox_loss(model(x)[:, 0], y)
 
     @torch.no_grad()
     def risk(self, *, model: torch.nn.Module, x: np.ndarray, device: torch.device) -> np.ndarray:
@@ -147,31 +139,17 @@ class CoxTask(NoScoreHistogram):
         out: np.ndarray = model(as_tensor(x, self.dtype).to(device))[:, 0].double().cpu().numpy()
         return out
 
-    def _metrics(self, target: np.ndarray, risk: np.ndarray) -> dict[str, float]:
-        loss = cox_loss(torch.from_numpy(risk), torch.from_numpy(target.astype(np.float64)))
-        return {Metric.LOSS: float(loss), Metric.C_INDEX: c_index(target=target, risk=risk)}
-
-    def evaluate(
+    def scored(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
-    ) -> dict[str, float]:
-        """Cox loss on the whole split and Harrell's C-index."""
-        if len(data) == 0:
-            return {Metric.LOSS: math.nan, Metric.C_INDEX: math.nan}
-        return self._metrics(data.y, self.risk(model=model, x=data.x, device=device))
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``[event, time]`` rows and risk scores ``(N,)``."""
+        return data.y, self.risk(model=model, x=data.x, device=device)
 
-    def confidence_intervals(
-        self,
-        *,
-        model: torch.nn.Module,
-        data: ArraySplit,
-        device: torch.device,
-        resamples: int,
-        seed: int,
-    ) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap 95 % intervals, resampling patients."""
-        if len(data) == 0 or resamples < 1:
-            return {}
-        risk = self.risk(model=model, x=data.x, device=device)
-        return bootstrap_ci(
-            labels=data.y, scores=risk, metrics=self._metrics, resamples=resamples, seed=seed
-        )
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """Cox loss on the whole split and Harrell's C-index."""
+        loss = cox_loss(torch.from_numpy(predictions), torch.from_numpy(targets.astype(np.float64)))
+        return {Metric.LOSS: float(loss), Metric.C_INDEX: c_index(target=targets, risk=predictions)}
+
+    def empty_metrics(self, data: ArraySplit) -> dict[str, float]:
+        """NaN for both metrics."""
+        return {Metric.LOSS: math.nan, Metric.C_INDEX: math.nan}

@@ -34,7 +34,7 @@ from flmi.core.federation import (
     RoundRecord,
     run_federation,
 )
-from flmi.core.keys import Arm, Record
+from flmi.core.keys import Arm
 from flmi.core.messages import HParamValue
 from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
@@ -44,6 +44,7 @@ from flmi.privacy.setup import build_secure
 from flmi.report.resume import open_run, record_from_line
 from flmi.report.rundir import RunDir
 from flmi.report.summary import versions
+from flmi.report.summary_schema import ArmSummary, Summary
 from flmi.runtime.grpc.audit import AuditLog
 from flmi.runtime.grpc.coordinator import Coordinator, GrpcRuntime, StopRequestedError
 from flmi.runtime.grpc.interceptor import RevocationList, SiteAuthInterceptor
@@ -375,22 +376,22 @@ def _write_results(
     run.write_model(params=result.params, meta=model_meta(config, task, strategy))
     last = history[-1]
     run.write_summary(
-        {
-            Record.ARMS: {
-                Arm.FEDERATED: {
-                    "per_site": {s: dict(m) for s, m in sorted(last.per_site.items())},
-                    "site_mean": dict(last.site_mean),
-                }
+        Summary(
+            arms={
+                Arm.FEDERATED: ArmSummary(
+                    per_site={s: dict(m) for s, m in sorted(last.per_site.items())},
+                    site_mean=dict(last.site_mean),
+                )
             },
-            Record.ROUNDS: config.federation.rounds,
-            Record.SEED: config.federation.seed,
-            Record.TORCH_THREADS: torch.get_num_threads(),
-            "strategy": strategy,
-            "runtime": "grpc",
-            "sites": list(config.deploy.sites),
-            Record.PRIVACY: privacy_summary(config.privacy, secure, history),
-            Record.VERSIONS: versions(),
-        }
+            rounds=config.federation.rounds,
+            seed=config.federation.seed,
+            torch_threads=torch.get_num_threads(),
+            strategy=strategy,
+            runtime="grpc",
+            sites=tuple(config.deploy.sites),
+            privacy=privacy_summary(config.privacy, secure, history),
+            versions=versions(),
+        )
     )
 
 
