@@ -51,10 +51,10 @@ from flmi.runtime.grpc.secure import AggregationPlan, privacy_summary
 from flmi.runtime.grpc.service import FederationService, ServiceSettings
 from flmi.runtime.grpc.tls import server_credentials
 from flmi.runtime.grpc.transport import add_federation_service
-from flmi.simulation import make_strategy, model_meta, site_overrides
 from flmi.tasks.base import Task
 from flmi.tasks.registry import task_for_shape
 from flmi.tasks.torch_params import params_copy
+from flmi.wiring import make_strategy, model_meta, site_overrides
 
 log = logging.getLogger("flmi.server")
 AUDIT_LOG = "audit.jsonl"
