@@ -343,7 +343,7 @@ def run_experiment(
         arms[Arm.POOLED] = _pooled_arm(prepared, eval_runtime=federated.runtime)
     if config.baselines.local:
         arms[Arm.LOCAL] = _local_arm(prepared)
-    summary = _write_outputs(prepared, arms=arms, federated=federated, started=started)
+    summary = _write_outputs(prepared, arms=arms, outcome=federated, started=started)
     return RunResult(path=out, arms=arms, params=federated.result.params, summary=summary)
 
 
@@ -676,12 +676,12 @@ def _local_final(
 
 
 def _write_outputs(
-    p: _Prepared, *, arms: Mapping[str, ArmResult], federated: _Federated, started: float
+    p: _Prepared, *, arms: Mapping[str, ArmResult], outcome: _Federated, started: float
 ) -> dict[str, Any]:
     """The run's summary; with a run directory, the model, summary, curves and card."""
     config, data, task, strategy, run = p.config, p.data, p.task, p.strategy, p.run
     seed, f, device = config.federation.seed, config.federation, p.device
-    history = federated.history
+    federated, history = outcome.result, outcome.history
     plugins, data_report, left_out, trackers = p.plugins, p.data_report, p.left_out, p.trackers
     summary: dict[str, Any] = {
         Record.ARMS: {arm: arm_json(result) for arm, result in arms.items()},
@@ -718,7 +718,7 @@ def _write_outputs(
         summary[Record.PRIVACY] = privacy_block(config.privacy, history)
     if run is not None:
         run.write_model(
-            params=federated.result.params,
+            params=federated.params,
             meta={
                 **model_meta(config, task, strategy.name),
                 "input_shape": list(data.central_test.x.shape[1:]),
