@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,13 +22,13 @@ from flmi.config import (
     Config,
     check_site_names,
     partition_seed,
-    site_groups,
     training_hparams,
 )
-from flmi.core.errors import ConfigError
+from flmi.core.exchange import SecureAggregation
 from flmi.core.federation import (
     FederationPlan,
     FederationResult,
+    ResumePoint,
     RoundRecord,
     Runtime,
     evaluate_strategy_sites,
@@ -43,7 +42,6 @@ from flmi.core.params import Params
 from flmi.core.strategy import (
     StateRecord,
     Strategy,
-    capabilities_of,
 )
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.scanner_shift import scanner_json, site_scanners
@@ -52,7 +50,6 @@ from flmi.data.unlabeled import semi_supervised_data
 from flmi.privacy.dp_sgd import check_dp_model
 from flmi.privacy.noise_source import NoiseSource, warn_if_insecure
 from flmi.privacy.setup import build_secure, protect_sites
-from flmi.privacy.strategies import with_privacy
 from flmi.report.before_training import describe_sites, survival_curves
 from flmi.report.km_report import write_km
 from flmi.report.model_card import CARD_MD, write_model_card
@@ -65,85 +62,18 @@ from flmi.report.summary_schema import Summary
 from flmi.report.trackers import Tracker, check_trackers, close_all, open_trackers
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.runtime.registry import RUNTIMES
-from flmi.site.faults import Fault, FaultSpec, FaultySite, flip_labels
+from flmi.site.faults import Fault, FaultySite, flip_labels
 from flmi.site.site import Site, SitePolicy
 from flmi.strategies.fedavg import FedAvg
-from flmi.strategies.per_site import PerSiteSettings
-from flmi.strategies.registry import BuildContext, build_strategy
-from flmi.strategies.unlabeled_added import UnlabeledAdded
-from flmi.strategies.unlabeled_weight import UnlabeledWeight
 from flmi.tasks.base import Task
 from flmi.tasks.device import resolve_device
 from flmi.tasks.registry import build_task, check_task
 from flmi.tasks.torch_params import load_params, params_copy
-from flmi.tasks.transfer import frozen_names, load_init_weights
+from flmi.wiring import fault_of, initial_model, make_strategy, model_meta
 
 log = logging.getLogger("flmi.simulation")
 
 ProgressFn = Callable[[RoundRecord, int], None]
-
-
-def make_strategy(
-    config: Config, site_names: Sequence[str], *, base: Strategy[Any] | None = None
-) -> Strategy[Any]:
-    """The configured strategy for ``site_names``: ``[sites.NAME]`` overrides, then DP.
-
-    The one place the server's strategy is built, for ``flmi run`` and ``flmi server``.
-    ``base`` replaces the strategy ``[strategy] name`` selects (a strategy
-    object passed to :func:`run_experiment`); the same wrappers go around it.
-    """
-    strategy = (
-        base
-        if base is not None
-        else build_strategy(
-            name=config.strategy.name,
-            hparams=training_hparams(config),
-            options=config.strategy.options,
-            context=BuildContext(
-                num_sites=len(site_names),
-                seed=config.federation.seed,
-                site_groups=site_groups(config),
-                site_names=tuple(sorted(site_names)),
-            ),
-        )
-    )
-    # Sites left out (unlabeled sites without semi-supervised training) get no overrides.
-    overrides = {s: v for s, v in site_overrides(config).items() if s in site_names}
-    if overrides:
-        strategy = PerSiteSettings(inner=strategy, overrides=overrides)
-    f, n = config.federation, len(site_names)
-    added = f.unlabeled_aggregation == "add" and f.semi_supervised != "none"
-    if f.unlabeled_weight < 1.0 or added:
-        if not capabilities_of(strategy).one_global_model:
-            key = "unlabeled_aggregation = 'add'" if added else "unlabeled_weight"
-            raise ConfigError(
-                f"federation.{key} applies to strategies with one global model; "
-                f"'{strategy.name}' keeps models per site: leave unlabeled_weight at 1 "
-                "and unlabeled_aggregation at 'mean'"
-            )
-        if added:
-            strategy = UnlabeledAdded(inner=strategy, weight=f.unlabeled_weight)
-        else:
-            strategy = UnlabeledWeight(inner=strategy, weight=f.unlabeled_weight)
-    return with_privacy(
-        strategy,
-        privacy=config.privacy,
-        rounds=f.rounds,
-        sites_per_round=min(n, max(f.min_sites, math.ceil(f.fraction * n))),
-        seed=f.seed,
-    )
-
-
-def model_meta(config: Config, task: Task, strategy: str) -> dict[str, Any]:
-    """The final model's sidecar: what a reader needs to rebuild and use it."""
-    return {
-        "task": dataclasses.asdict(config.task),
-        "in_channels": task.in_channels,
-        "spatial_dims": task.spatial_dims,
-        "rounds": config.federation.rounds,
-        "strategy": strategy,
-        "seed": config.federation.seed,
-    }
 
 
 class CentralEvaluator:
@@ -284,33 +214,6 @@ def pooled_recipe(
     return out, dataclasses.replace(plan, rounds=1)
 
 
-def site_overrides(config: Config) -> dict[str, dict[str, HParamValue]]:
-    """``[sites.NAME]`` local-training overrides, as instruction hyperparameters."""
-    keys = {
-        "local_epochs": HParam.LOCAL_EPOCHS,
-        "local_steps": HParam.LOCAL_STEPS,
-        "lr": HParam.LR,
-        "batch_size": HParam.BATCH_SIZE,
-    }
-    out: dict[str, dict[str, HParamValue]] = {}
-    for name, site in sorted(config.sites.items()):
-        values = {hp.value: getattr(site, key) for key, hp in keys.items()}
-        chosen = {k: v for k, v in values.items() if v is not None}
-        if chosen:
-            out[name] = chosen
-    return out
-
-
-def fault_of(config: Config, site: str) -> FaultSpec:
-    """The simulated fault configured for ``site`` (none by default)."""
-    table = config.sites.get(site)
-    if table is None:
-        return FaultSpec()
-    return FaultSpec(
-        kind=Fault(table.fault), scale=table.fault_scale, noise_std=table.fault_noise_std
-    )
-
-
 def _final_evaluation(
     arm: ArmResult,
     *,
@@ -396,19 +299,6 @@ def _pooled_splits(data: FederatedData) -> SiteSplits:
     )
 
 
-def initial_model(config: Config, task: Task, *, seed: int) -> torch.nn.Module:
-    """The starting model of every arm: seeded, then ``[task] init_weights`` when set.
-
-    ``[task] freeze`` is checked against it here, before anything runs.
-    """
-    model = task.build_model(seed=seed)
-    t = config.task
-    if t.init_weights:
-        load_init_weights(model=model, path=Path(t.init_weights), skip=t.init_skip)
-    frozen_names(model=model, prefixes=t.freeze)
-    return model
-
-
 def run_experiment(
     *,
     config: Config,
@@ -445,6 +335,55 @@ def run_experiment(
         every target of the data is checked against it. Pass it again to resume.
     """
     started = time.perf_counter()
+    prepared = _prepare(
+        config=config, out=out, progress=progress, resume=resume, strategy=strategy, task=task
+    )
+    federated = _federated_arm(prepared)
+    arms: dict[str, ArmResult] = {Arm.FEDERATED: federated.arm}
+    if config.baselines.pooled:
+        arms[Arm.POOLED] = _pooled_arm(prepared, eval_runtime=federated.runtime)
+    if config.baselines.local:
+        arms[Arm.LOCAL] = _local_arm(prepared)
+    summary = _write_outputs(prepared, arms=arms, outcome=federated, started=started)
+    return RunResult(path=out, arms=arms, params=federated.result.params, summary=summary)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What every arm of a run shares, built and checked by :func:`_prepare`."""
+
+    config: Config
+    data: FederatedData
+    left_out: list[str]
+    task: Task
+    strategy: Strategy[Any]
+    hparams: dict[str, HParamValue]
+    device: torch.device
+    noise: NoiseSource
+    secure: SecureAggregation | None
+    data_report: dict[str, object]
+    initial: Params
+    plugins: dict[str, Any]
+    run: RunDir | None
+    resume_point: ResumePoint | None
+    trackers: list[Tracker]
+    workspace: torch.nn.Module
+    policy: SitePolicy
+    central: CentralEvaluator
+    plan: FederationPlan
+    progress: ProgressFn | None
+
+
+def _prepare(
+    *,
+    config: Config,
+    out: Path | None,
+    progress: ProgressFn | None,
+    resume: bool,
+    strategy: Strategy[Any] | None,
+    task: Task | None,
+) -> _Prepared:
+    """Load and check the data, build task and strategy, then open the run directory."""
     torch.set_num_threads(config.runtime.torch_threads)
     device = resolve_device(config.runtime.device)
     data = load_data(config)
@@ -457,7 +396,7 @@ def run_experiment(
         task = build_task(config, data)
     else:
         check_task(task, data)
-    seed, f = config.federation.seed, config.federation
+    seed = config.federation.seed
     hparams = training_hparams(config)
     strategy = make_strategy(config, list(data.sites), base=strategy)
     if config.privacy.dp == "sample":
@@ -487,187 +426,264 @@ def run_experiment(
 
     workspace = task.build_model(seed=seed).to(device)  # one model for all in-process sites
     policy = SitePolicy(min_count=config.report.min_count)
-
-    def make_sites() -> list[Site]:
-        return [
-            Site(
-                name=name,
-                data=splits,
-                task=task,
-                seed=seed,
-                device=device,
-                model=workspace,
-                policy=policy,
-            )
-            for name, splits in sorted(data.sites.items())
-        ]
-
-    def make_federated_sites() -> list[SiteEndpoint]:
-        """The federated arm's sites, with the configured faults (baselines stay honest).
-
-        Each keeps its site state in the run directory, so a resumed run picks
-        it up as of the last checkpointed round.
-        """
-        endpoints: list[SiteEndpoint] = []
-        for name, splits in sorted(data.sites.items()):
-            spec = fault_of(config, name)
-            if spec.kind == Fault.LABEL_FLIP:
-                splits = flip_labels(splits, num_classes=config.task.num_classes)
-            site = Site(
-                name=name,
-                data=splits,
-                task=task,
-                seed=seed,
-                device=device,
-                model=workspace,
-                policy=policy,
-                state_dir=run.site_dir(name) if run is not None else None,
-                resume_round=resume_point.completed_round if resume_point else None,
-                noise=noise,
-            )
-            faulty = spec.kind not in (Fault.NONE, Fault.LABEL_FLIP)
-            endpoints.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
-        return protect_sites(config.privacy, endpoints, federation=f)
-
     central = CentralEvaluator(task=task, data=data.central_test, device=device, model=workspace)
-    sites_runtime = RUNTIMES.lookup(config.runtime.name).build(sites=make_federated_sites())
-    plan = FederationPlan(
+    return _Prepared(
+        config=config,
+        data=data,
+        left_out=left_out,
+        task=task,
+        strategy=strategy,
+        hparams=hparams,
+        device=device,
+        noise=noise,
+        secure=secure,
+        data_report=data_report,
+        initial=initial,
+        plugins=plugins,
+        run=run,
+        resume_point=resume_point,
+        trackers=trackers,
+        workspace=workspace,
+        policy=policy,
+        central=central,
+        plan=_federation_plan(config),
+        progress=progress,
+    )
+
+
+def _federation_plan(config: Config) -> FederationPlan:
+    """The federated arm's rounds, sampling and evaluation schedule from ``[federation]``."""
+    f = config.federation
+    return FederationPlan(
         rounds=f.rounds,
         fraction=f.fraction,
         min_sites=f.min_sites,
-        seed=seed,
+        seed=f.seed,
         eval_every=f.eval_every,
         max_failed_rounds=f.max_failed_rounds,
     )
+
+
+def _make_sites(p: _Prepared) -> list[Site]:
+    """The sites as they are, one per data site (the local arm's)."""
+    return [
+        Site(
+            name=name,
+            data=splits,
+            task=p.task,
+            seed=p.config.federation.seed,
+            device=p.device,
+            model=p.workspace,
+            policy=p.policy,
+        )
+        for name, splits in sorted(p.data.sites.items())
+    ]
+
+
+def _make_federated_sites(p: _Prepared) -> list[SiteEndpoint]:
+    """The federated arm's sites, with the configured faults (baselines stay honest).
+
+    Each keeps its site state in the run directory, so a resumed run picks
+    it up as of the last checkpointed round.
+    """
+    config, run, resume_point = p.config, p.run, p.resume_point
+    seed, f = config.federation.seed, config.federation
+    endpoints: list[SiteEndpoint] = []
+    for name, splits in sorted(p.data.sites.items()):
+        spec = fault_of(config, name)
+        if spec.kind == Fault.LABEL_FLIP:
+            splits = flip_labels(splits, num_classes=config.task.num_classes)
+        site = Site(
+            name=name,
+            data=splits,
+            task=p.task,
+            seed=seed,
+            device=p.device,
+            model=p.workspace,
+            policy=p.policy,
+            state_dir=run.site_dir(name) if run is not None else None,
+            resume_round=resume_point.completed_round if resume_point else None,
+            noise=p.noise,
+        )
+        faulty = spec.kind not in (Fault.NONE, Fault.LABEL_FLIP)
+        endpoints.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
+    return protect_sites(config.privacy, endpoints, federation=f)
+
+
+@dataclass(frozen=True)
+class _Federated:
+    """The federated arm: its run, every round's record, its final scores, its sites."""
+
+    result: FederationResult
+    history: list[RoundRecord]
+    arm: ArmResult
+    runtime: Runtime
+
+
+def _federated_arm(p: _Prepared) -> _Federated:
+    """Run (or resume) the federated arm and score its final model."""
+    config, strategy, run, central = p.config, p.strategy, p.run, p.central
+    f = config.federation
+    sites_runtime = RUNTIMES.lookup(config.runtime.name).build(sites=_make_federated_sites(p))
     federated = run_federation(
         strategy=strategy,
         runtime=sites_runtime,
-        initial_params=initial,
-        plan=plan,
+        initial_params=p.initial,
+        plan=p.plan,
         observer=_Observer(
             run=run,
             strategy=strategy.name,
-            progress=progress,
+            progress=p.progress,
             rounds=f.rounds,
             checkpoint=True,
-            trackers=trackers,
+            trackers=p.trackers,
         ),
         arm=Arm.FEDERATED,
         evaluate_central=central,
-        resume=resume_point,
-        secure=secure,
+        resume=p.resume_point,
+        secure=p.secure,
     )
     history = list(federated.history)
     if not history and run is not None:  # resumed after the last round: nothing left to run
         history = [record_from_line(run.metrics_lines()[-1])]
-    arms: dict[str, ArmResult] = {
-        Arm.FEDERATED: _final_evaluation(
-            _final(history),
-            strategy=strategy,
-            result=federated,
-            runtime=sites_runtime,
-            central=central,
-            config=config,
-        )
-    }
-    single = dataclasses.replace(plan, fraction=1.0, min_sites=1)
-    if config.baselines.pooled:
-        pooled_hparams, pooled_plan = pooled_recipe(config, hparams, single)
-        pooled_site = Site(
-            name="pooled",
-            data=_pooled_splits(data),
-            task=task,
-            seed=seed,
-            device=device,
-            model=workspace,
-        )
-        pooled_strategy = FedAvg(hparams=pooled_hparams)
-        pooled = run_federation(
-            strategy=pooled_strategy,
-            runtime=InProcessRuntime(sites=[pooled_site]),
-            initial_params=initial,
-            plan=pooled_plan,
+    arm = _final_evaluation(
+        _final(history),
+        strategy=strategy,
+        result=federated,
+        runtime=sites_runtime,
+        central=central,
+        config=config,
+    )
+    return _Federated(result=federated, history=history, arm=arm, runtime=sites_runtime)
+
+
+def _pooled_arm(p: _Prepared, *, eval_runtime: Runtime) -> ArmResult:
+    """Train one model on every site's data together; score it on each site's test split."""
+    config, central = p.config, p.central
+    single = dataclasses.replace(p.plan, fraction=1.0, min_sites=1)
+    pooled_hparams, pooled_plan = pooled_recipe(config, p.hparams, single)
+    pooled_site = Site(
+        name="pooled",
+        data=_pooled_splits(p.data),
+        task=p.task,
+        seed=config.federation.seed,
+        device=p.device,
+        model=p.workspace,
+    )
+    pooled_strategy = FedAvg(hparams=pooled_hparams)
+    pooled = run_federation(
+        strategy=pooled_strategy,
+        runtime=InProcessRuntime(sites=[pooled_site]),
+        initial_params=p.initial,
+        plan=pooled_plan,
+        observer=_Observer(
+            run=p.run,
+            strategy="pooled",
+            progress=p.progress,
+            rounds=pooled_plan.rounds,
+            checkpoint=False,
+            trackers=p.trackers,
+        ),
+        arm=Arm.POOLED,
+        eval_runtime=eval_runtime,
+        evaluate_central=central,
+        count_bytes=False,
+    )
+    return _final_evaluation(
+        _final(pooled.history),
+        strategy=pooled_strategy,
+        result=pooled,
+        runtime=eval_runtime,
+        central=central,
+        config=config,
+    )
+
+
+def _local_arm(p: _Prepared) -> ArmResult:
+    """Train each site alone; one record per round over all of them, then final scores."""
+    hparams, data, f = p.hparams, p.data, p.config.federation
+    single = dataclasses.replace(p.plan, fraction=1.0, min_sites=1)
+    local_runs: dict[str, FederationResult] = {}
+    local_sites = _make_sites(p)
+    for site in local_sites:
+        local_runs[site.name] = run_federation(
+            strategy=FedAvg(hparams=hparams),
+            runtime=InProcessRuntime(sites=[site]),
+            initial_params=p.initial,
+            plan=single,
             observer=_Observer(
-                run=run,
-                strategy="pooled",
-                progress=progress,
-                rounds=pooled_plan.rounds,
-                checkpoint=False,
-                trackers=trackers,
+                run=None, strategy="local", progress=None, rounds=f.rounds, checkpoint=False
             ),
-            arm=Arm.POOLED,
-            eval_runtime=sites_runtime,
-            evaluate_central=central,
+            arm=Arm.LOCAL,
+            evaluate_central=p.central,
             count_bytes=False,
         )
-        arms[Arm.POOLED] = _final_evaluation(
-            _final(pooled.history),
-            strategy=pooled_strategy,
-            result=pooled,
-            runtime=sites_runtime,
-            central=central,
+    merged = _merge_local(
+        local_runs,
+        train_sizes={s: len(v.train) for s, v in data.sites.items()},
+        test_sizes={s: len(v.test) for s, v in data.sites.items()},
+    )
+    observer = _Observer(
+        run=p.run,
+        strategy="local",
+        progress=p.progress,
+        rounds=f.rounds,
+        checkpoint=False,
+        trackers=p.trackers,
+    )
+    for record in merged:
+        observer.on_round(record, {}, StateRecord(tensors={}))
+    return _local_final(p, sites=local_sites, runs=local_runs, merged=merged)
+
+
+def _local_final(
+    p: _Prepared,
+    *,
+    sites: Sequence[Site],
+    runs: Mapping[str, FederationResult],
+    merged: Sequence[RoundRecord],
+) -> ArmResult:
+    """The local arm's final scores: each site's own model on its own splits."""
+    config, hparams = p.config, p.hparams
+    local_ci: dict[str, Mapping[str, tuple[float, float]]] = {}
+    local_curves: list[ArmCurves] = []
+    for site in sites:
+        one = _final_evaluation(
+            _final(merged),
+            strategy=FedAvg(hparams=hparams),
+            result=runs[site.name],
+            runtime=InProcessRuntime(sites=[site]),
+            central=None,
             config=config,
         )
-    if config.baselines.local:
-        local_runs: dict[str, FederationResult] = {}
-        local_sites = make_sites()
-        for site in local_sites:
-            local_runs[site.name] = run_federation(
-                strategy=FedAvg(hparams=hparams),
-                runtime=InProcessRuntime(sites=[site]),
-                initial_params=initial,
-                plan=single,
-                observer=_Observer(
-                    run=None, strategy="local", progress=None, rounds=f.rounds, checkpoint=False
-                ),
-                arm=Arm.LOCAL,
-                evaluate_central=central,
-                count_bytes=False,
-            )
-        merged = _merge_local(
-            local_runs,
-            train_sizes={s: len(v.train) for s, v in data.sites.items()},
-            test_sizes={s: len(v.test) for s, v in data.sites.items()},
-        )
-        observer = _Observer(
-            run=run,
-            strategy="local",
-            progress=progress,
-            rounds=f.rounds,
-            checkpoint=False,
-            trackers=trackers,
-        )
-        for record in merged:
-            observer.on_round(record, {}, StateRecord(tensors={}))
-        local_ci: dict[str, Mapping[str, tuple[float, float]]] = {}
-        local_curves: list[ArmCurves] = []
-        for site in local_sites:
-            one = _final_evaluation(
-                _final(merged),
-                strategy=FedAvg(hparams=hparams),
-                result=local_runs[site.name],
-                runtime=InProcessRuntime(sites=[site]),
-                central=None,
-                config=config,
-            )
-            local_ci.update(one.ci_per_site)
-            if one.curves is not None:
-                local_curves.append(one.curves)
-        # Each local model is scored on its own site; there is no one local model to
-        # give a central interval or histogram for. The threshold is chosen on every
-        # local model's validation histogram together.
-        arms[Arm.LOCAL] = dataclasses.replace(
-            _final(merged),
-            ci_per_site=local_ci,
-            curves=arm_curves(
-                test_per_site={s: h for c in local_curves for s, h in c.test_per_site.items()},
-                val_per_site={s: h for c in local_curves for s, h in c.val_per_site.items()},
-                test_central=None,
-                bins=config.report.histogram_bins,
-                target_sensitivity=config.report.target_sensitivity,
-                withheld=sorted(w for c in local_curves for w in c.withheld),
-            ),
-        )
+        local_ci.update(one.ci_per_site)
+        if one.curves is not None:
+            local_curves.append(one.curves)
+    # Each local model is scored on its own site; there is no one local model to
+    # give a central interval or histogram for. The threshold is chosen on every
+    # local model's validation histogram together.
+    return dataclasses.replace(
+        _final(merged),
+        ci_per_site=local_ci,
+        curves=arm_curves(
+            test_per_site={s: h for c in local_curves for s, h in c.test_per_site.items()},
+            val_per_site={s: h for c in local_curves for s, h in c.val_per_site.items()},
+            test_central=None,
+            bins=config.report.histogram_bins,
+            target_sensitivity=config.report.target_sensitivity,
+            withheld=sorted(w for c in local_curves for w in c.withheld),
+        ),
+    )
+
+
+def _write_outputs(
+    p: _Prepared, *, arms: Mapping[str, ArmResult], outcome: _Federated, started: float
+) -> dict[str, Any]:
+    """The run's summary; with a run directory, the model, summary, curves and card."""
+    config, data, task, strategy, run = p.config, p.data, p.task, p.strategy, p.run
+    seed, f, device = config.federation.seed, config.federation, p.device
+    federated, history = outcome.result, outcome.history
+    plugins, data_report, left_out, trackers = p.plugins, p.data_report, p.left_out, p.trackers
     summary = Summary(
         arms={arm: arm_summary(result) for arm, result in arms.items()},
         rounds=f.rounds,
@@ -720,4 +736,4 @@ def run_experiment(
         if not (run.path / CARD_MD).exists():  # a resumed run keeps a card already edited
             write_model_card(run.path)
     close_all(trackers)
-    return RunResult(path=out, arms=arms, params=federated.params, summary=summary.to_json())
+    return summary.to_json()

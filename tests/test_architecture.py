@@ -246,3 +246,44 @@ def test_importing_flmi_core_loads_neither_torch_nor_the_config() -> None:
 
     # Assert
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def import_path(graph: Mapping[str, set[str]], *, start: str, goal: str) -> list[str] | None:
+    """A shortest chain of imports ``start -> ... -> goal``, or ``None`` when there is none."""
+    previous: dict[str, str] = {start: start}
+    frontier = [start]
+    while frontier:
+        following = []
+        for v in frontier:
+            for w in sorted(graph.get(v, ())):
+                if w in previous:
+                    continue
+                previous[w] = v
+                if w == goal:
+                    path = [w]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return list(reversed(path))
+                following.append(w)
+        frontier = following
+    return None
+
+
+def test_the_path_finder_follows_imports_at_any_depth_and_reports_none_without_one() -> None:
+    # Arrange: a reaches d through b and c; d imports nothing back.
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"d", "a"}, "d": set()}
+
+    # Act / Assert
+    assert import_path(graph, start="a", goal="d") == ["a", "b", "c", "d"]
+    assert import_path(graph, start="d", goal="a") is None
+
+
+def test_the_grpc_server_does_not_load_the_simulator() -> None:
+    # Arrange: every import, function bodies included, of every flmi module.
+    graph = import_graph(_sources())
+
+    # Act
+    path = import_path(graph, start="flmi.runtime.grpc.server", goal="flmi.simulation")
+
+    # Assert: `flmi server` builds its strategy from flmi.wiring, not the simulator.
+    assert path is None, "flmi server loads the simulator: " + " -> ".join(path or [])

@@ -32,9 +32,9 @@ from flmi.core.messages import (
 from flmi.core.params import Params
 from flmi.core.strategy import Strategy, capabilities_of
 from flmi.privacy.compat import SAMPLE_DP_REFUSED, client_dp_refusal
-from flmi.simulation import make_strategy
 from flmi.strategies.ifca import CLUSTER_METRIC
 from flmi.strategies.registry import STRATEGIES
+from flmi.wiring import make_strategy
 
 SITES = tuple(f"hospital_{i}" for i in range(1, 6))
 OVERRIDDEN = "hospital_1"

@@ -388,75 +388,168 @@ def run_federation(
         protocol's stages (it must be a :class:`StagedExchange`), and the
         strategy receives one update equivalent to the sum, never a site's own.
     """
-    if secure is not None and not isinstance(runtime, StagedExchange):
-        raise ConfigError(
-            f"privacy.aggregation = '{secure.name}' needs a runtime that carries protocol "
-            f"stages; {type(runtime).__name__} does not"
-        )
-    evaluators = eval_runtime if eval_runtime is not None else runtime
-    if resume is None:
-        state, params, first = strategy.init(initial_params), initial_params, 1
-    else:
-        check_same_schema(expected=initial_params, actual=resume.params, where="checkpoint")
-        state = strategy.state_from_record(resume.state)
-        params, first = resume.params, resume.completed_round + 1
-    personal = is_personalised(strategy)
+    _check_secure_runtime(secure, runtime)
+    setting = _ArmSetting(
+        strategy=strategy,
+        runtime=runtime,
+        evaluators=eval_runtime if eval_runtime is not None else runtime,
+        plan=plan,
+        arm=arm,
+        evaluate_central=evaluate_central,
+        count_bytes=count_bytes,
+        secure=secure,
+        personal=is_personalised(strategy),
+    )
+    state, params, first = _starting_point(strategy, initial_params, resume)
     history: list[RoundRecord] = []
     failed_rounds = 0
     for rnd in range(first, plan.rounds + 1):
         started = time.perf_counter()
-        sampled = sample_sites(
-            sites=runtime.site_names(),
-            fraction=plan.fraction,
-            min_sites=plan.min_sites,
-            seed=plan.seed,
-            rnd=rnd,
-        )
-        instructions = strategy.configure(rnd, state, sampled)
-        replies = runtime.train(instructions)
-        got = _collect(rnd, replies, params, runtime=runtime, secure=secure, personal=personal)
-        stalled = _stalled(rnd, got, sampled=sampled, min_sites=plan.min_sites)
-        if stalled is None:
-            state = _note_secure_round(rnd, strategy, state, replies, got, secure=secure)
-            state, params = strategy.aggregate(rnd, state, got.updates)
-        else:
+        trained = _train_round(rnd, setting, state, params)
+        state, params, stalled = trained.state, trained.params, trained.stalled
+        if stalled is not None:
             failed_rounds += 1
             log.error("%s", stalled)
-        per_site: dict[str, EvaluateResult] = {}
-        val: dict[str, EvaluateResult] = {}
-        central: Metrics | None = None
-        if rnd % plan.eval_every == 0 or rnd == plan.rounds:
-            per_site, val = _score_sites(strategy, state, evaluators, params, rnd)
-            if evaluate_central is not None and not personal:
-                central = evaluate_central(params)
-        record = RoundRecord(
-            rnd=rnd,
-            arm=arm,
-            global_metrics=central,
-            per_site={s: r.metrics for s, r in per_site.items()},
-            site_mean=weighted_site_mean(per_site),
-            val=weighted_site_mean(val),
-            wall_s=time.perf_counter() - started,
-            bytes_down=(
-                sum(i.payload_bytes() for i in instructions.values()) + got.protocol_down
-                if count_bytes
-                else 0
-            ),
-            bytes_up=got.bytes_up if count_bytes else 0,
-            sites_sampled=sampled,
-            sites_failed={s: e.code.value for s, e in got.errors.items()},
-            strategy={
-                k: v
-                for k, v in strategy.state_to_record(state).meta.items()
-                if k != Record.PRIVACY  # a DP wrapper's ledgers: reported under privacy
-            },
-            privacy=_privacy(strategy, state),
-        )
+        scores = _score_round(rnd, setting, state, params)
+        wall_s = time.perf_counter() - started
+        record = _round_record(rnd, setting, state, scores=scores, wall_s=wall_s, trained=trained)
         history.append(record)
         observer.on_round(record, params, strategy.state_to_record(state))
         if stalled is not None and failed_rounds >= plan.max_failed_rounds:
             raise RoundFailedError(_stop_message(stalled, failed_rounds, plan.max_failed_rounds))
     return FederationResult(params=params, state=strategy.state_to_record(state), history=history)
+
+
+def _starting_point(
+    strategy: Strategy[Any], initial_params: Params, resume: ResumePoint | None
+) -> tuple[Any, Params, int]:
+    """The strategy state, global weights and first round: fresh, or after a checkpoint."""
+    if resume is None:
+        return strategy.init(initial_params), initial_params, 1
+    check_same_schema(expected=initial_params, actual=resume.params, where="checkpoint")
+    state = strategy.state_from_record(resume.state)
+    return state, resume.params, resume.completed_round + 1
+
+
+@dataclass(frozen=True)
+class _ArmSetting:
+    """What stays fixed over one arm's rounds: the arguments of :func:`run_federation`."""
+
+    strategy: Strategy[Any]
+    runtime: Runtime
+    evaluators: Runtime
+    plan: FederationPlan
+    arm: str
+    evaluate_central: Callable[[Params], Metrics] | None
+    count_bytes: bool
+    secure: SecureAggregation | None
+    personal: bool
+
+
+def _check_secure_runtime(secure: SecureAggregation | None, runtime: Runtime) -> None:
+    """A secure protocol needs a runtime that carries its stages."""
+    if secure is not None and not isinstance(runtime, StagedExchange):
+        raise ConfigError(
+            f"privacy.aggregation = '{secure.name}' needs a runtime that carries protocol "
+            f"stages; {type(runtime).__name__} does not"
+        )
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """One round's training: who was asked, what travelled, and the model after it.
+
+    ``stalled`` says why nothing was aggregated (``None`` when the round was);
+    ``state`` and ``params`` are then the ones before the round.
+    """
+
+    sampled: list[str]
+    instructions: Mapping[str, TrainInstruction]
+    got: _Collected
+    stalled: str | None
+    state: Any
+    params: Params
+
+
+def _train_round(rnd: int, setting: _ArmSetting, state: Any, params: Params) -> _Trained:
+    """Sample sites, send their instructions, check the replies and aggregate them."""
+    strategy, runtime, plan = setting.strategy, setting.runtime, setting.plan
+    secure, personal = setting.secure, setting.personal
+    sampled = sample_sites(
+        sites=runtime.site_names(),
+        fraction=plan.fraction,
+        min_sites=plan.min_sites,
+        seed=plan.seed,
+        rnd=rnd,
+    )
+    instructions = strategy.configure(rnd, state, sampled)
+    replies = runtime.train(instructions)
+    got = _collect(rnd, replies, params, runtime=runtime, secure=secure, personal=personal)
+    stalled = _stalled(rnd, got, sampled=sampled, min_sites=plan.min_sites)
+    if stalled is None:
+        state = _note_secure_round(rnd, strategy, state, replies, got, secure=secure)
+        state, params = strategy.aggregate(rnd, state, got.updates)
+    return _Trained(
+        sampled=sampled,
+        instructions=instructions,
+        got=got,
+        stalled=stalled,
+        state=state,
+        params=params,
+    )
+
+
+# A round's scores: central metrics, each site's test split, each site's validation split.
+_Scores = tuple[Metrics | None, Mapping[str, EvaluateResult], Mapping[str, EvaluateResult]]
+
+
+def _score_round(rnd: int, setting: _ArmSetting, state: Any, params: Params) -> _Scores:
+    """Round ``rnd``'s scores when it is an evaluation round (the last one always is)."""
+    plan, evaluate_central = setting.plan, setting.evaluate_central
+    if rnd % plan.eval_every != 0 and rnd != plan.rounds:
+        return None, {}, {}
+    per_site, val = _score_sites(setting.strategy, state, setting.evaluators, params, rnd)
+    central = (
+        evaluate_central(params) if evaluate_central is not None and not setting.personal else None
+    )
+    return central, per_site, val
+
+
+def _round_record(
+    rnd: int,
+    setting: _ArmSetting,
+    state: Any,
+    *,
+    scores: _Scores,
+    wall_s: float,
+    trained: _Trained,
+) -> RoundRecord:
+    """What round ``rnd`` gave: scores, traffic, sampled and failed sites, strategy state."""
+    central, per_site, val = scores
+    strategy, count_bytes, got = setting.strategy, setting.count_bytes, trained.got
+    return RoundRecord(
+        rnd=rnd,
+        arm=setting.arm,
+        global_metrics=central,
+        per_site={s: r.metrics for s, r in per_site.items()},
+        site_mean=weighted_site_mean(per_site),
+        val=weighted_site_mean(val),
+        wall_s=wall_s,
+        bytes_down=(
+            sum(i.payload_bytes() for i in trained.instructions.values()) + got.protocol_down
+            if count_bytes
+            else 0
+        ),
+        bytes_up=got.bytes_up if count_bytes else 0,
+        sites_sampled=trained.sampled,
+        sites_failed={s: e.code.value for s, e in got.errors.items()},
+        strategy={
+            k: v
+            for k, v in strategy.state_to_record(state).meta.items()
+            if k != Record.PRIVACY  # a DP wrapper's ledgers: reported under privacy
+        },
+        privacy=_privacy(strategy, state),
+    )
 
 
 def _score_sites(

@@ -36,8 +36,8 @@ from flmi.runtime.grpc.server import deployment_task, server_options, site_plans
 from flmi.runtime.grpc.service import FederationService, ServiceSettings
 from flmi.runtime.grpc.tls import server_credentials
 from flmi.runtime.grpc.transport import add_federation_service
-from flmi.simulation import make_strategy
 from flmi.tasks.torch_params import params_copy
+from flmi.wiring import make_strategy
 from tests.privacy import he_attacks
 
 

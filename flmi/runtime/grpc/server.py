@@ -11,6 +11,7 @@ ciphertexts under a public context, never a site's own update.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -52,10 +53,10 @@ from flmi.runtime.grpc.secure import AggregationPlan, privacy_summary
 from flmi.runtime.grpc.service import FederationService, ServiceSettings
 from flmi.runtime.grpc.tls import server_credentials
 from flmi.runtime.grpc.transport import add_federation_service
-from flmi.simulation import make_strategy, model_meta, site_overrides
 from flmi.tasks.base import Task
 from flmi.tasks.registry import task_for_shape
 from flmi.tasks.torch_params import params_copy
+from flmi.wiring import make_strategy, model_meta, site_overrides
 
 log = logging.getLogger("flmi.server")
 AUDIT_LOG = "audit.jsonl"
@@ -185,20 +186,33 @@ def serve(
     if on_listening is not None:
         on_listening(bound)
 
+    federate = functools.partial(
+        _federate,
+        config=config,
+        task=task,
+        strategy=strategy,
+        coordinator=coordinator,
+        initial=initial,
+        run=run,
+        progress=progress,
+        resume_point=resume_point,
+        secure=secure,
+    )
+    stopped = _serve_until_done(server=server, coordinator=coordinator, federate=federate)
+    return ServerResult(path=out, completed_round=coordinator.completed_round, stopped=stopped)
+
+
+def _serve_until_done(
+    *, server: grpc.Server, coordinator: Coordinator, federate: Callable[[], None]
+) -> bool:
+    """Run ``federate`` with SIGTERM asking it to stop; whether it was stopped.
+
+    The server stops listening however ``federate`` ends.
+    """
     previous = _on_sigterm(coordinator)
     stopped = False
     try:
-        _federate(
-            config=config,
-            task=task,
-            strategy=strategy,
-            coordinator=coordinator,
-            initial=initial,
-            run=run,
-            progress=progress,
-            resume_point=resume_point,
-            secure=secure,
-        )
+        federate()
     except StopRequestedError:
         stopped = True
         log.warning("stopped by SIGTERM; resume with --resume")
@@ -211,7 +225,7 @@ def serve(
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
         server.stop(grace=1.0).wait()
-    return ServerResult(path=out, completed_round=coordinator.completed_round, stopped=stopped)
+    return stopped
 
 
 def _check_deploy_sites(config: Config) -> None:
