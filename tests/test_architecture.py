@@ -208,11 +208,6 @@ def test_imports_are_resolved_to_submodules_relative_imports_and_function_bodies
     assert edges == {"flmi.x.y", "flmi.x", "flmi.x.z"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simulation.run_experiment, server.serve and "
-    "federation.run_federation are still to be split; remove this mark once they are",
-)
 def test_no_function_in_flmi_is_longer_than_80_lines() -> None:
     # Arrange / Act
     offenders = long_functions(_sources(), limit=MAX_FUNCTION_LINES)

@@ -16,7 +16,7 @@ from typing import Any
 from flmi.core.errors import RunDirError
 from flmi.core.keys import Arm
 from flmi.report.rundir import CONFIG, MODEL, SUMMARY
-from flmi.report.summary_schema import ArmIntervals, Interval, read_summary
+from flmi.report.summary_schema import ArmIntervals, Interval, Summary, read_summary
 from flmi.tensorio import atomic_write_bytes, atomic_write_json
 
 CARD_MD = "model_card.md"
@@ -76,7 +76,6 @@ def model_card(run_dir: Path) -> dict[str, Any]:
             f"{files[SUMMARY]}: field 'sites' lists site names only (a deployment's summary); "
             "a model card needs each site's split sizes"
         )
-    strategy = dict(config.get("strategy", {}))
     return {
         "model": {
             "file": MODEL,
@@ -93,24 +92,8 @@ def model_card(run_dir: Path) -> dict[str, Any]:
             "data_source": config["data"]["source"],
             "data_file": Path(str(config["data"].get("path", ""))).name,
         },
-        "sites": {
-            name: {
-                "n_train": info["n_train"],
-                "n_val": info.get("n_val"),
-                "n_test": info.get("n_test"),
-                "label_counts": info.get("label_counts_by_split", info.get("label_counts")),
-            }
-            for name, info in sorted(summary.sites.items())
-        },
-        "training": {
-            "algorithm": strategy.pop("name", summary.strategy),
-            "strategy_options": strategy,
-            "federation": config["federation"],
-            "partition": config.get("partition", {}),
-            "rounds": summary.rounds,
-            "device": summary.device,
-            "torch_threads": summary.torch_threads,
-        },
+        "sites": _sites(summary.sites),
+        "training": _training(config, summary),
         "privacy": dict(summary.privacy) or PRIVACY_NONE,
         "metrics": {
             "test_set": "final round; central = the simulation's central test set",
@@ -133,6 +116,33 @@ def model_card(run_dir: Path) -> dict[str, Any]:
         "seed": summary.seed,
         "versions": dict(summary.versions),
         **TEMPLATE,
+    }
+
+
+def _sites(sites: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Each site's split sizes and label counts, as ``summary.json`` holds them."""
+    return {
+        name: {
+            "n_train": info["n_train"],
+            "n_val": info.get("n_val"),
+            "n_test": info.get("n_test"),
+            "label_counts": info.get("label_counts_by_split", info.get("label_counts")),
+        }
+        for name, info in sorted(sites.items())
+    }
+
+
+def _training(config: Mapping[str, Any], summary: Summary) -> dict[str, Any]:
+    """How the model was trained: algorithm, its options, the federation and the partition."""
+    strategy = dict(config.get("strategy", {}))
+    return {
+        "algorithm": strategy.pop("name", summary.strategy),
+        "strategy_options": strategy,
+        "federation": config["federation"],
+        "partition": config.get("partition", {}),
+        "rounds": summary.rounds,
+        "device": summary.device,
+        "torch_threads": summary.torch_threads,
     }
 
 
