@@ -7,27 +7,29 @@ NaN is written as ``null`` in the run directory.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-import torch
-from monai.metrics.rocauc import compute_roc_auc
+from scipy.stats import rankdata
 
 from flmi.core.keys import Metric
 
 
 def binary_auc(*, scores: np.ndarray, positive: np.ndarray) -> float:
-    """ROC AUC of ``scores`` for the boolean ``positive`` labels; NaN if one class is absent."""
+    """ROC AUC of ``scores`` for the boolean ``positive`` labels; NaN if one class is absent.
+
+    The Mann-Whitney form: the probability that a positive scores above a
+    negative, a tie counting one half, from the mid-ranks of the scores. It
+    is the area under the trapezoidal ROC curve, so it equals MONAI's
+    ``compute_roc_auc`` (checked by a test), in one sort instead of a Python
+    loop over thresholds.
+    """
+    positive = np.asarray(positive, dtype=bool)
     n_pos = int(positive.sum())
-    if n_pos == 0 or n_pos == positive.size:
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = compute_roc_auc(
-            torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float64)),
-            torch.from_numpy(positive.astype(np.int64)),
-        )
-    return float(value)  # type: ignore[arg-type]
+    ranks = rankdata(np.asarray(scores, dtype=np.float64), method="average")
+    rank_sum = float(ranks[positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 def classification_metrics(

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from monai.metrics.rocauc import compute_roc_auc
 
 from flmi.tasks.metrics import binary_auc, classification_metrics
 
@@ -48,3 +53,39 @@ def test_multiclass_auc_is_the_macro_mean_of_one_vs_rest() -> None:
     assert (
         classification_metrics(labels=labels, probs=probs, loss=0.0, positive_label=0)["auc"] == 1.0
     )
+
+
+def test_binary_auc_counts_a_tied_pair_as_one_half() -> None:
+    # pairs (pos, neg): (0.5, 0.5) tie -> 1/2, (0.5, 0.2) -> 1, (0.9, 0.5) -> 1, (0.9, 0.2) -> 1
+    auc = binary_auc(
+        scores=np.array([0.5, 0.9, 0.5, 0.2]), positive=np.array([True, True, False, False])
+    )
+    assert auc == pytest.approx(3.5 / 4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scores=st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]), min_size=2, max_size=40)
+    | st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=2, max_size=40),
+    data=st.data(),
+)
+def test_binary_auc_equals_monais_trapezoidal_auc_ties_included(
+    scores: list[float], data: st.DataObject
+) -> None:
+    # Arrange: labels with both classes present, scores with many ties or none
+    labels = data.draw(st.lists(st.booleans(), min_size=len(scores), max_size=len(scores)))
+    positive = np.array(labels)
+    if positive.all() or not positive.any():
+        positive[0] = not positive[0]
+    x = np.array(scores, dtype=np.float64)
+
+    # Act
+    ours = binary_auc(scores=x, positive=positive)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = float(
+            compute_roc_auc(torch.from_numpy(x), torch.from_numpy(positive.astype(np.int64)))
+        )  # type: ignore[arg-type]
+
+    # Assert
+    assert ours == pytest.approx(theirs, abs=1e-12)
