@@ -2,8 +2,9 @@
 
 A table's own values are checked when it is made (:mod:`flmi.config.schema`);
 a data source checks its own ``[data]`` keys through its registry entry
-(:attr:`flmi.data.source_registry.DataSourceSpec.check`), and a strategy its
-options when it is built. :func:`check_config` runs them all, in order.
+(:attr:`flmi.data.source_registry.DataSourceSpec.check`), a task its own
+``[task]`` keys through its entry (:attr:`flmi.tasks.registry.TaskSpec.check`),
+and a strategy its options when it is built. :func:`check_config` runs them all, in order.
 """
 
 from __future__ import annotations
@@ -84,23 +85,15 @@ def check_strategy_fits(c: Config) -> None:
 
 
 def check_task_fits(c: Config) -> None:
-    """The task, its model and its data must go together; each message names the key."""
-    t, d = c.task, c.data
+    """The task, its model and its data must go together; each message names the key.
+
+    The generic rules are here; what only one task needs it checks itself
+    (:attr:`flmi.tasks.registry.TaskSpec.check`).
+    """
+    t = c.task
     network = MODELS.lookup(t.model)
-    segmenting = [name for name in MODELS.names() if MODELS[name].serves("segmentation")]
-    if t.name == "segmentation":
-        _require(
-            network.serves("segmentation"),
-            f"task.model = '{t.model}' cannot segment; for task.name = 'segmentation' "
-            f"choose one of {segmenting}",
-        )
-        _require(
-            d.source == "synthetic_lesions",
-            f"task.name = 'segmentation' needs masks, which data.source = '{d.source}' does "
-            "not have; use data.source = 'synthetic_lesions'",
-        )
-        _require(not t.multi_label, "task.multi_label applies to classification only")
-    else:
+    spec = TASKS.lookup(t.name)
+    if t.name != "segmentation":
         _require(
             network.serves(t.name) or not network.serves("segmentation"),
             f"task.model = '{t.model}' is a segmentation network; set task.name = "
@@ -111,18 +104,8 @@ def check_task_fits(c: Config) -> None:
             "task.patch_size applies to segmentation only; remove it or set "
             "task.name = 'segmentation'",
         )
-        if t.multi_label:
-            _require(
-                d.source == "synthetic_lesions",
-                f"task.multi_label needs one label per finding, which data.source = "
-                f"'{d.source}' does not have; use data.source = 'synthetic_lesions'",
-            )
-        elif d.source == "synthetic_lesions":
-            _require(
-                t.num_classes == 2,
-                "data.source = 'synthetic_lesions' labels images lesion present or not: set "
-                "task.num_classes = 2, or task.multi_label = true for one label per lesion class",
-            )
+    if spec.check is not None:
+        spec.check(c)
     _require(
         t.norm == "auto" or network.takes_norm,
         f"task.norm applies to MONAI networks; task.model = '{t.model}' has its own "

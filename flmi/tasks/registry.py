@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from flmi.tasks.base import Task
 
 TaskBuilder = Callable[["Config", int, int], "Task"]
+TaskCheck = Callable[["Config"], None]
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,17 @@ class TaskSpec:
     sources
         The ``[data] source`` values whose targets it takes (beyond the
         sources that list the task themselves).
+    check
+        ``check(config)``: the task's own checks of its ``[task]`` keys against
+        the rest of the config, run by :func:`flmi.config.check_config` before
+        anything is read or written; raises :class:`ConfigError` naming the key
+        and the fix. ``None``: nothing beyond the generic checks.
     """
 
     summary: str
     build: TaskBuilder
     sources: tuple[str, ...] = ()
+    check: TaskCheck | None = None
 
 
 TASKS: Registry[TaskSpec] = Registry(
@@ -111,6 +118,47 @@ def _survival(config: Config, in_channels: int, spatial_dims: int) -> Task:
     return CoxTask(in_channels=in_channels, spatial_dims=spatial_dims, dtype=config.task.dtype)
 
 
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_classification(config: Config) -> None:
+    """Multi-label and lesion-presence labels need the data that has them."""
+    t, source = config.task, config.data.source
+    if t.multi_label:
+        _require(
+            source == "synthetic_lesions",
+            f"task.multi_label needs one label per finding, which data.source = "
+            f"'{source}' does not have; use data.source = 'synthetic_lesions'",
+        )
+    elif source == "synthetic_lesions":
+        _require(
+            t.num_classes == 2,
+            "data.source = 'synthetic_lesions' labels images lesion present or not: set "
+            "task.num_classes = 2, or task.multi_label = true for one label per lesion class",
+        )
+
+
+def _check_segmentation(config: Config) -> None:
+    """A network that segments, data with masks, one label map per image."""
+    from flmi.tasks.model_registry import MODELS
+
+    t, source = config.task, config.data.source
+    segmenting = [name for name in MODELS.names() if MODELS[name].serves("segmentation")]
+    _require(
+        MODELS.lookup(t.model).serves("segmentation"),
+        f"task.model = '{t.model}' cannot segment; for task.name = 'segmentation' "
+        f"choose one of {segmenting}",
+    )
+    _require(
+        source == "synthetic_lesions",
+        f"task.name = 'segmentation' needs masks, which data.source = '{source}' does "
+        "not have; use data.source = 'synthetic_lesions'",
+    )
+    _require(not t.multi_label, "task.multi_label applies to classification only")
+
+
 def _builtin(name: str, spec: TaskSpec) -> None:
     TASKS.register(name, spec, origin=BUILTIN_ORIGIN)
 
@@ -128,6 +176,7 @@ _builtin(
             "manifest",
             "synthetic_lesions",
         ),
+        check=_check_classification,
     ),
 )
 _builtin(
@@ -144,6 +193,7 @@ _builtin(
         summary="a mask per image or volume (MONAI networks)",
         build=_segmentation,
         sources=("synthetic_lesions",),
+        check=_check_segmentation,
     ),
 )
 _builtin(

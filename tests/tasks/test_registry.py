@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flmi.config import config_from_dict
+from flmi.config import Config, config_from_dict
 from flmi.core.errors import ConfigError, LabelError
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits
 from flmi.tasks import registry
@@ -99,6 +99,42 @@ def test_a_new_task_plugs_in_with_one_registration() -> None:
         registry.TASKS.unregister("mine")
 
     assert built == [(1, 2)] and isinstance(task, ClassificationTask)  # the data's shape
+
+
+def test_a_tasks_own_check_refuses_its_keys_when_the_config_is_read() -> None:
+    # Arrange: a plug-in task that refuses width > 8, naming the key
+    def check(config: Config) -> None:
+        if config.task.width > 8:
+            raise ConfigError(f"task.width = {config.task.width}: task 'narrow' takes <= 8")
+
+    def builder(config: object, in_channels: int, spatial_dims: int) -> ClassificationTask:
+        return ClassificationTask(
+            num_classes=2, in_channels=in_channels, spatial_dims=spatial_dims, positive_label=1
+        )
+
+    registry.TASKS.register(
+        "narrow",
+        registry.TaskSpec(summary="narrow", build=builder, sources=("synthetic",), check=check),
+    )
+    try:
+        # Act / Assert: the check runs with the other config checks, before anything runs
+        config_from_dict(tiny_tables(task={"name": "narrow", "width": 8}))
+        with pytest.raises(ConfigError, match="task.width = 16: task 'narrow' takes <= 8"):
+            config_from_dict(tiny_tables(task={"name": "narrow", "width": 16}))
+    finally:
+        registry.TASKS.unregister("narrow")
+
+
+def test_segmentation_refuses_a_network_that_cannot_segment_through_its_own_check() -> None:
+    spec = TASKS["segmentation"]
+    assert spec.check is not None
+    with pytest.raises(ConfigError, match="task.model = 'small_cnn' cannot segment"):
+        config_from_dict(
+            tiny_tables(
+                data={"source": "synthetic_lesions"},
+                task={"name": "segmentation", "model": "small_cnn"},
+            )
+        )
 
 
 def test_build_task_checks_every_split_and_names_the_bad_one() -> None:
