@@ -394,6 +394,8 @@ def _audit(args: argparse.Namespace) -> int:
     table.add_row("SSIM of reconstructions", f"{summary['ssim_mean']:.3f}")
     table.add_row("SSIM of an unrelated image", f"{summary['unrelated_ssim_mean']:.3f}")
     table.add_row("label recovery rate", f"{report.label_recovery_rate:.3f}")
+    table.add_row("final model's mean loss, training examples", _fmt(report.member_loss))
+    table.add_row("final model's mean loss, test examples", _fmt(report.nonmember_loss))
     table.add_row("membership-inference AUC (final model)", _fmt(report.membership_auc))
     table.add_row(
         f"same, calibrated by {report.shadow_models} shadow models",

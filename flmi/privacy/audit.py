@@ -278,6 +278,8 @@ class AuditReport:
     mean anything: ``membership_meaningful``. ``calibrated_membership_auc`` is
     the final model's attack with each example's loss calibrated by
     ``shadow_models`` shadow models that never saw it (:func:`calibrated_auc`).
+    ``member_loss`` and ``nonmember_loss`` are the final model's mean loss on
+    every site's training and test examples: the gap the attack feeds on.
     """
 
     site: str
@@ -298,6 +300,8 @@ class AuditReport:
     reference_members: int = 0
     calibrated_membership_auc: float | None = None
     shadow_models: int = 0
+    member_loss: float | None = None
+    nonmember_loss: float | None = None
 
     @property
     def membership_meaningful(self) -> bool:
@@ -429,8 +433,8 @@ def run_audit(
         device=device,
     )
     final = load_tensors(path=run_dir / MODEL)[0] if (run_dir / MODEL).is_file() else None
-    auc, calibrated = (
-        (None, None)
+    found_members = (
+        None
         if final is None
         else _final_membership(
             config=config,
@@ -455,15 +459,19 @@ def run_audit(
         unrelated_psnr=found.unrelated_psnr,
         unrelated_ssim=found.unrelated_ssim,
         label_recovery_rate=found.labels_right / max(found.attacked, 1),
-        membership_auc=auc,
+        membership_auc=None if found_members is None else found_members.auc,
         aggregation=config.privacy.aggregation,
         sites_in_update=found.sites_in_update,
         images_reconstructed=found.reconstructed,
         attacked_round=target.rnd,
         reference_membership_auc=reference,
         reference_members=members,
-        calibrated_membership_auc=calibrated,
-        shadow_models=settings.shadow_models if calibrated is not None else 0,
+        calibrated_membership_auc=None if found_members is None else found_members.calibrated,
+        shadow_models=settings.shadow_models
+        if found_members is not None and found_members.calibrated is not None
+        else 0,
+        member_loss=None if found_members is None else found_members.member_loss,
+        nonmember_loss=None if found_members is None else found_members.nonmember_loss,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
@@ -603,6 +611,16 @@ def _score(
         found.shown.append((targets.x[j], images[i]))
 
 
+@dataclass(frozen=True)
+class _Membership:
+    """The final model's membership figures (see :class:`AuditReport`)."""
+
+    auc: float
+    calibrated: float | None
+    member_loss: float
+    nonmember_loss: float
+
+
 def _final_membership(
     *,
     config: Config,
@@ -612,26 +630,33 @@ def _final_membership(
     final: Params,
     settings: AttackSettings,
     device: torch.device,
-) -> tuple[float, float | None]:
+) -> _Membership:
     """Membership inference on the run's final model: every site's training examples vs test.
 
-    Returns the loss-threshold AUC and the shadow-calibrated one (``None``
-    without shadow models).
+    The loss-threshold AUC, the shadow-calibrated one (``None`` without
+    shadow models) and the mean losses of both groups.
     """
     names = sorted(data.sites)
     members = concat_splits([data.sites[s].train for s in names])
     others = concat_splits([getattr(data.sites[s], Split.TEST.value) for s in names])
     load_params(model, final, where="the run's final model")
-    auc = membership_auc(task=task, model=model, members=members, others=others, device=device)
-    if settings.shadow_models == 0:
-        return auc, None
     candidates = concat_splits([members, others])
     target = example_losses(task=task, model=model, data=candidates, device=device)
-    shadow = shadow_losses(
-        config=config, task=task, candidates=candidates, settings=settings, device=device
-    )
     is_member = np.concatenate([np.ones(len(members)), np.zeros(len(others))])
-    return auc, calibrated_auc(target_losses=target, shadow_losses=shadow, is_member=is_member)
+    from sklearn.metrics import roc_auc_score
+
+    calibrated = None
+    if settings.shadow_models > 0:
+        shadow = shadow_losses(
+            config=config, task=task, candidates=candidates, settings=settings, device=device
+        )
+        calibrated = calibrated_auc(target_losses=target, shadow_losses=shadow, is_member=is_member)
+    return _Membership(
+        auc=float(roc_auc_score(is_member, -target)),
+        calibrated=calibrated,
+        member_loss=float(target[: len(members)].mean()),
+        nonmember_loss=float(target[len(members) :].mean()),
+    )
 
 
 def reference_membership(
