@@ -23,10 +23,17 @@ each reconstruction against its original (MONAI's metrics) and, as the floor,
 the same for as many unrelated images of the data set put through the same
 best-match pairing; the label recovery rate; and a loss-threshold
 membership-inference AUC of the run's final model (Yeom et al. 2018):
-training examples of every site against test examples. The membership figure
-counts only if the same attack separates the members of a model overfit
-without DP (:func:`reference_membership`); otherwise the attack is too weak
-to say anything.
+training examples of every site against test examples, with the two groups'
+mean losses, and the same attack calibrated by shadow models that never saw
+the example scored (Watson et al. 2022, :func:`shadow_losses`). The
+membership figure counts only if the loss attack separates the members of a
+model overfit without DP (:func:`reference_membership`); otherwise the
+attack is too weak to say anything.
+
+The run's local optimiser decides what an update tells: a fresh Adam's first
+step moves every weight by the learning rate times the sign of its gradient,
+so under Adam the inverted "gradient" holds signs only, and the bias
+gradient's sign gives one label for the whole batch.
 """
 
 from __future__ import annotations
