@@ -104,7 +104,7 @@ def test_audit_of_an_undefended_batch_of_one_recovers_every_label_and_writes_its
         config=config,
         run_dir=tmp_path / "run",
         out=tmp_path / "run" / "audit",
-        settings=AttackSettings(batches=3, iterations=20, reference_epochs=2),
+        settings=AttackSettings(batches=3, iterations=20, reference_epochs=2, shadow_epochs=2),
     )
     assert report.label_recovery_rate == 1.0
     assert report.local_steps == 1 and report.batch_size == 1 and report.attacked_round == 1
@@ -216,7 +216,20 @@ def test_flmi_audit_under_secure_aggregation_reconstructs_every_image_of_the_sum
         report={"bootstrap_resamples": 0},
     )
     run_experiment(config=config_from_dict(tables), out=tmp_path / "run")
-    code = main(["audit", str(tmp_path / "run"), "--batches", "2", "--iterations", "5"])
+    code = main(
+        [
+            "audit",
+            str(tmp_path / "run"),
+            "--batches",
+            "2",
+            "--iterations",
+            "5",
+            "--reference-epochs",
+            "2",
+            "--shadow-models",
+            "0",
+        ]
+    )
     assert code == 0
     written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
     assert written["aggregation"] == "secagg" and written["sites_in_update"] == 4
