@@ -87,9 +87,9 @@ class AttackSettings:
     reference_members, reference_epochs
         The membership attack's sanity check: a model overfit without DP for
         ``reference_epochs`` epochs on ``reference_members`` training examples
-        (see :func:`reference_membership`). At the run's batch size of 32 and
-        Adam at lr 0.001, 30 epochs (120 steps) left such a model at the class
-        prior, no better on its members than on anyone else; 100 fit them.
+        (see :func:`reference_membership`). On the BreastMNIST example (batch
+        32, Adam at lr 0.001) 30 epochs (120 steps) left such a model at the
+        class prior, no better on its members than on anyone else; 100 fit them.
     shadow_models, shadow_epochs
         The calibrated membership attack (:func:`shadow_losses`): that many
         shadow models, each trained for ``shadow_epochs`` epochs on all but
@@ -110,10 +110,10 @@ class AttackSettings:
         if self.batches < 1 or self.iterations < 1:
             raise ConfigError("audit: --batches and --iterations must be at least 1")
         if self.reference_epochs < 1 or self.shadow_epochs < 1:
-            raise ConfigError("audit: reference_epochs and shadow_epochs must be at least 1")
+            raise ConfigError("audit: --reference-epochs and shadow_epochs must be at least 1")
         if self.shadow_models == 1 or self.shadow_models < 0:
             raise ConfigError(
-                "audit: shadow_models must be 0 (no calibrated attack) or at least 2 "
+                "audit: --shadow-models must be 0 (no calibrated attack) or at least 2 "
                 "(each candidate needs a shadow model that did not train on it)"
             )
         if not self.lr > 0 or self.tv_weight < 0:

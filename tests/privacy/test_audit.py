@@ -371,5 +371,5 @@ def test_each_candidate_is_scored_by_a_shadow_model_that_never_saw_it() -> None:
 
 
 def test_one_shadow_model_is_refused_naming_the_setting() -> None:
-    with pytest.raises(ConfigError, match="shadow_models must be 0"):
+    with pytest.raises(ConfigError, match="--shadow-models must be 0"):
         AttackSettings(shadow_models=1)
