@@ -236,6 +236,18 @@ def _add_model_commands(sub: _Commands) -> None:
     audit.add_argument("--batches", type=int, default=4, help="batches attacked (default 4)")
     audit.add_argument("--iterations", type=int, default=800, help="attack steps per batch")
     audit.add_argument("--seed", type=int, default=0, help="seeds the attack")
+    audit.add_argument(
+        "--reference-epochs",
+        type=int,
+        default=100,
+        help="epochs of the overfit reference model, the membership attack's check (default 100)",
+    )
+    audit.add_argument(
+        "--shadow-models",
+        type=int,
+        default=2,
+        help="shadow models calibrating the membership attack; 0 leaves it out (default 2)",
+    )
     audit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -352,7 +364,13 @@ def _audit(args: argparse.Namespace) -> int:
     from flmi.config import apply_overrides, config_from_dict, read_toml
     from flmi.privacy.audit import MEMBERSHIP_SANITY_AUC, AttackSettings, run_audit
 
-    settings = AttackSettings(batches=args.batches, iterations=args.iterations, seed=args.seed)
+    settings = AttackSettings(
+        batches=args.batches,
+        iterations=args.iterations,
+        seed=args.seed,
+        reference_epochs=args.reference_epochs,
+        shadow_models=args.shadow_models,
+    )
     if args.path.is_dir():
         run_dir = args.path
         raw = apply_overrides(read_toml(run_dir / "config.toml"), args.overrides)
@@ -376,7 +394,13 @@ def _audit(args: argparse.Namespace) -> int:
     table.add_row("SSIM of reconstructions", f"{summary['ssim_mean']:.3f}")
     table.add_row("SSIM of an unrelated image", f"{summary['unrelated_ssim_mean']:.3f}")
     table.add_row("label recovery rate", f"{report.label_recovery_rate:.3f}")
+    table.add_row("final model's mean loss, training examples", _fmt(report.member_loss))
+    table.add_row("final model's mean loss, test examples", _fmt(report.nonmember_loss))
     table.add_row("membership-inference AUC (final model)", _fmt(report.membership_auc))
+    table.add_row(
+        f"same, calibrated by {report.shadow_models} shadow models",
+        _fmt(report.calibrated_membership_auc),
+    )
     table.add_row(
         f"same attack on a model overfit without DP ({report.reference_members} members)",
         _fmt(report.reference_membership_auc),

@@ -23,10 +23,17 @@ each reconstruction against its original (MONAI's metrics) and, as the floor,
 the same for as many unrelated images of the data set put through the same
 best-match pairing; the label recovery rate; and a loss-threshold
 membership-inference AUC of the run's final model (Yeom et al. 2018):
-training examples of every site against test examples. The membership figure
-counts only if the same attack separates the members of a model overfit
-without DP (:func:`reference_membership`); otherwise the attack is too weak
-to say anything.
+training examples of every site against test examples, with the two groups'
+mean losses, and the same attack calibrated by shadow models that never saw
+the example scored (Watson et al. 2022, :func:`shadow_losses`). The
+membership figure counts only if the loss attack separates the members of a
+model overfit without DP (:func:`reference_membership`); otherwise the
+attack is too weak to say anything.
+
+The run's local optimiser decides what an update tells: a fresh Adam's first
+step moves every weight by the learning rate times the sign of its gradient,
+so under Adam the inverted "gradient" holds signs only, and the bias
+gradient's sign gives one label for the whole batch.
 """
 
 from __future__ import annotations
@@ -80,7 +87,13 @@ class AttackSettings:
     reference_members, reference_epochs
         The membership attack's sanity check: a model overfit without DP for
         ``reference_epochs`` epochs on ``reference_members`` training examples
-        (see :func:`reference_membership`).
+        (see :func:`reference_membership`). On the BreastMNIST example (batch
+        32, Adam at lr 0.001) 30 epochs (120 steps) left such a model at the
+        class prior, no better on its members than on anyone else; 100 fit them.
+    shadow_models, shadow_epochs
+        The calibrated membership attack (:func:`shadow_losses`): that many
+        shadow models, each trained for ``shadow_epochs`` epochs on all but
+        one fold of the candidates; 0 shadow models leaves it out.
     """
 
     batches: int = 4
@@ -89,11 +102,20 @@ class AttackSettings:
     tv_weight: float = 0.05
     seed: int = 0
     reference_members: int = 100
-    reference_epochs: int = 30
+    reference_epochs: int = 100
+    shadow_models: int = 2
+    shadow_epochs: int = 30
 
     def __post_init__(self) -> None:
-        if self.batches < 1 or self.iterations < 1 or self.reference_epochs < 1:
+        if self.batches < 1 or self.iterations < 1:
             raise ConfigError("audit: --batches and --iterations must be at least 1")
+        if self.reference_epochs < 1 or self.shadow_epochs < 1:
+            raise ConfigError("audit: --reference-epochs and shadow_epochs must be at least 1")
+        if self.shadow_models == 1 or self.shadow_models < 0:
+            raise ConfigError(
+                "audit: --shadow-models must be 0 (no calibrated attack) or at least 2 "
+                "(each candidate needs a shadow model that did not train on it)"
+            )
         if not self.lr > 0 or self.tv_weight < 0:
             raise ConfigError("audit: the attack's lr must be positive and tv_weight not negative")
 
@@ -205,6 +227,16 @@ def match_reconstructions(originals: np.ndarray, reconstructed: np.ndarray) -> l
     return [int(c) for c in cols]
 
 
+def example_losses(
+    *, task: ClassificationTask, model: torch.nn.Module, data: ArraySplit, device: torch.device
+) -> np.ndarray:
+    """Each example's cross-entropy under ``model`` in evaluation mode (no augmentation)."""
+    probs, _ = task.predict_proba(model=model, x=data.x, device=device)
+    picked = np.clip(probs[np.arange(len(data)), data.y], 1e-12, 1.0)
+    out: np.ndarray = -np.log(picked)
+    return out
+
+
 def membership_auc(
     *,
     task: ClassificationTask,
@@ -216,15 +248,29 @@ def membership_auc(
     """Loss-threshold membership inference: AUC of ``-loss`` separating members from others."""
     from sklearn.metrics import roc_auc_score
 
-    def losses(data: ArraySplit) -> np.ndarray:
-        probs, _ = task.predict_proba(model=model, x=data.x, device=device)
-        picked = np.clip(probs[np.arange(len(data)), data.y], 1e-12, 1.0)
-        out: np.ndarray = -np.log(picked)
-        return out
-
-    scores = np.concatenate([-losses(members), -losses(others)])
+    scores = np.concatenate(
+        [
+            -example_losses(task=task, model=model, data=members, device=device),
+            -example_losses(task=task, model=model, data=others, device=device),
+        ]
+    )
     truth = np.concatenate([np.ones(len(members)), np.zeros(len(others))])
     return float(roc_auc_score(truth, scores))
+
+
+def calibrated_auc(
+    *, target_losses: np.ndarray, shadow_losses: np.ndarray, is_member: np.ndarray
+) -> float:
+    """Difficulty-calibrated membership AUC (Watson et al., ICLR 2022).
+
+    An example's score is how much lower its loss is under the attacked
+    model than under a shadow model that never saw it: ``shadow - target``.
+    Examples that are simply easy (low loss under any model) no longer look
+    like members, so what is left is what training on them added.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(is_member.astype(np.float64), shadow_losses - target_losses))
 
 
 @dataclass(frozen=True)
@@ -236,7 +282,11 @@ class AuditReport:
     the run's final model; ``reference_membership_auc`` the same attack on a
     model overfit without DP on ``reference_members`` examples, which it must
     separate (AUC at least :data:`MEMBERSHIP_SANITY_AUC`) for the run's figure to
-    mean anything: ``membership_meaningful``.
+    mean anything: ``membership_meaningful``. ``calibrated_membership_auc`` is
+    the final model's attack with each example's loss calibrated by
+    ``shadow_models`` shadow models that never saw it (:func:`calibrated_auc`).
+    ``member_loss`` and ``nonmember_loss`` are the final model's mean loss on
+    every site's training and test examples: the gap the attack feeds on.
     """
 
     site: str
@@ -255,6 +305,10 @@ class AuditReport:
     attacked_round: int = 1
     reference_membership_auc: float | None = None
     reference_members: int = 0
+    calibrated_membership_auc: float | None = None
+    shadow_models: int = 0
+    member_loss: float | None = None
+    nonmember_loss: float | None = None
 
     @property
     def membership_meaningful(self) -> bool:
@@ -386,7 +440,19 @@ def run_audit(
         device=device,
     )
     final = load_tensors(path=run_dir / MODEL)[0] if (run_dir / MODEL).is_file() else None
-    auc = None if final is None else _final_membership(task, model, data, final, device)
+    found_members = (
+        None
+        if final is None
+        else _final_membership(
+            config=config,
+            task=task,
+            model=model,
+            data=data,
+            final=final,
+            settings=settings,
+            device=device,
+        )
+    )
     reference, members = reference_membership(
         config=config, task=task, data=data, settings=settings, device=device
     )
@@ -400,13 +466,19 @@ def run_audit(
         unrelated_psnr=found.unrelated_psnr,
         unrelated_ssim=found.unrelated_ssim,
         label_recovery_rate=found.labels_right / max(found.attacked, 1),
-        membership_auc=auc,
+        membership_auc=None if found_members is None else found_members.auc,
         aggregation=config.privacy.aggregation,
         sites_in_update=found.sites_in_update,
         images_reconstructed=found.reconstructed,
         attacked_round=target.rnd,
         reference_membership_auc=reference,
         reference_members=members,
+        calibrated_membership_auc=None if found_members is None else found_members.calibrated,
+        shadow_models=settings.shadow_models
+        if found_members is not None and found_members.calibrated is not None
+        else 0,
+        member_loss=None if found_members is None else found_members.member_loss,
+        nonmember_loss=None if found_members is None else found_members.nonmember_loss,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
@@ -546,22 +618,51 @@ def _score(
         found.shown.append((targets.x[j], images[i]))
 
 
+@dataclass(frozen=True)
+class _Membership:
+    """The final model's membership figures (see :class:`AuditReport`)."""
+
+    auc: float
+    calibrated: float | None
+    member_loss: float
+    nonmember_loss: float
+
+
 def _final_membership(
+    *,
+    config: Config,
     task: ClassificationTask,
     model: torch.nn.Module,
     data: FederatedData,
     final: Params,
+    settings: AttackSettings,
     device: torch.device,
-) -> float:
-    """Membership inference on the run's final model: every site's training examples vs test."""
+) -> _Membership:
+    """Membership inference on the run's final model: every site's training examples vs test.
+
+    The loss-threshold AUC, the shadow-calibrated one (``None`` without
+    shadow models) and the mean losses of both groups.
+    """
     names = sorted(data.sites)
+    members = concat_splits([data.sites[s].train for s in names])
+    others = concat_splits([getattr(data.sites[s], Split.TEST.value) for s in names])
     load_params(model, final, where="the run's final model")
-    return membership_auc(
-        task=task,
-        model=model,
-        members=concat_splits([data.sites[s].train for s in names]),
-        others=concat_splits([getattr(data.sites[s], Split.TEST.value) for s in names]),
-        device=device,
+    candidates = concat_splits([members, others])
+    target = example_losses(task=task, model=model, data=candidates, device=device)
+    is_member = np.concatenate([np.ones(len(members)), np.zeros(len(others))])
+    from sklearn.metrics import roc_auc_score
+
+    calibrated = None
+    if settings.shadow_models > 0:
+        shadow = shadow_losses(
+            config=config, task=task, candidates=candidates, settings=settings, device=device
+        )
+        calibrated = calibrated_auc(target_losses=target, shadow_losses=shadow, is_member=is_member)
+    return _Membership(
+        auc=float(roc_auc_score(is_member, -target)),
+        calibrated=calibrated,
+        member_loss=float(target[: len(members)].mean()),
+        nonmember_loss=float(target[len(members) :].mean()),
     )
 
 
@@ -593,30 +694,92 @@ def reference_membership(
     n = min(settings.reference_members, len(pooled_train), len(pooled_test))
     members = pooled_train.take(np.sort(rng.choice(len(pooled_train), size=n, replace=False)))
     others = pooled_test.take(np.sort(rng.choice(len(pooled_test), size=n, replace=False)))
-    model = task.build_model(seed=settings.seed).to(device)
+    model = train_centrally(
+        config=config,
+        task=task,
+        train=members,
+        epochs=settings.reference_epochs,
+        seed=settings.seed,
+        device=device,
+    )
+    auc = membership_auc(task=task, model=model, members=members, others=others, device=device)
+    return auc, n
+
+
+def train_centrally(
+    *,
+    config: Config,
+    task: ClassificationTask,
+    train: ArraySplit,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+) -> torch.nn.Module:
+    """A fresh model trained on ``train`` through the site code path, without DP.
+
+    The run's optimiser, learning rate, weight decay and batch size, for
+    ``epochs`` epochs; the model comes back with the trained weights loaded.
+    """
+    model = task.build_model(seed=seed).to(device)
     hparams = {
         **training_hparams(config),
-        HParam.LOCAL_EPOCHS: settings.reference_epochs,
+        HParam.LOCAL_EPOCHS: epochs,
         HParam.LOCAL_STEPS: 0,
     }
     site = Site(
         name="reference",
-        data=SiteSplits(train=members, val=members, test=others),
+        data=SiteSplits(train=train, val=train, test=train),
         task=task,
-        seed=settings.seed,
+        seed=seed,
         device=device,
         model=model,
     )
     sent = params_copy(model)
     update = site.train(TrainInstruction(rnd=1, params=sent, hparams=hparams, extras={}))
     if isinstance(update, ClientError):
-        raise ConfigError(f"audit: the reference model did not train: {update.message}")
+        raise ConfigError(f"audit: a reference model did not train: {update.message}")
     trained = (
         update.params if update.kind is UpdateKind.FULL else add_scaled(sent, update.params, 1.0)
     )
     load_params(model, trained, where="the reference model")
-    auc = membership_auc(task=task, model=model, members=members, others=others, device=device)
-    return auc, n
+    return model
+
+
+def shadow_losses(
+    *,
+    config: Config,
+    task: ClassificationTask,
+    candidates: ArraySplit,
+    settings: AttackSettings,
+    device: torch.device,
+) -> np.ndarray:
+    """Each candidate's loss under a shadow model that did not train on it.
+
+    The candidates (members and non-members alike: the attacker does not
+    know which is which) are shuffled into ``settings.shadow_models`` folds;
+    shadow ``k`` trains (:func:`train_centrally`, ``settings.shadow_epochs``
+    epochs) on every fold but ``k`` and scores fold ``k``. The attacker so
+    needs the candidates' images and labels, as any membership test does,
+    and nothing of the run but its training settings.
+    """
+    folds = np.random.default_rng(settings.seed).permutation(len(candidates)) % (
+        settings.shadow_models
+    )
+    out = np.zeros(len(candidates), dtype=np.float64)
+    for k in range(settings.shadow_models):
+        model = train_centrally(
+            config=config,
+            task=task,
+            train=candidates.take(np.flatnonzero(folds != k)),
+            epochs=settings.shadow_epochs,
+            seed=settings.seed + 1 + k,
+            device=device,
+        )
+        held_out = np.flatnonzero(folds == k)
+        out[held_out] = example_losses(
+            task=task, model=model, data=candidates.take(held_out), device=device
+        )
+    return out
 
 
 @dataclass(frozen=True)

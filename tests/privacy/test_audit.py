@@ -22,6 +22,8 @@ from flmi.privacy.audit import (
     AuditReport,
     attacked_round,
     audit_task,
+    calibrated_auc,
+    example_losses,
     image_scores,
     membership_auc,
     observed_gradient,
@@ -29,6 +31,8 @@ from flmi.privacy.audit import (
     reference_membership,
     run_audit,
     server_view,
+    shadow_losses,
+    train_centrally,
 )
 from flmi.report.rundir import RunDir
 from flmi.simulation import run_experiment
@@ -100,12 +104,13 @@ def test_audit_of_an_undefended_batch_of_one_recovers_every_label_and_writes_its
         config=config,
         run_dir=tmp_path / "run",
         out=tmp_path / "run" / "audit",
-        settings=AttackSettings(batches=3, iterations=20, reference_epochs=2),
+        settings=AttackSettings(batches=3, iterations=20, reference_epochs=2, shadow_epochs=2),
     )
     assert report.label_recovery_rate == 1.0
     assert report.local_steps == 1 and report.batch_size == 1 and report.attacked_round == 1
     assert len(report.psnr) == len(report.unrelated_psnr) == 3
     assert report.membership_auc is not None and 0.0 <= report.membership_auc <= 1.0
+    assert report.shadow_models == 2 and report.calibrated_membership_auc is not None
     written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
     assert written["psnr_mean"] == pytest.approx(np.mean(report.psnr))
     assert (tmp_path / "run" / "audit" / "reconstructions.png").stat().st_size > 1000
@@ -118,7 +123,20 @@ def test_flmi_audit_on_a_run_directory_attacks_under_dp_and_reports(tmp_path: Pa
         report={"bootstrap_resamples": 0},
     )
     run_experiment(config=config_from_dict(tables), out=tmp_path / "run")
-    code = main(["audit", str(tmp_path / "run"), "--batches", "1", "--iterations", "5"])
+    code = main(
+        [
+            "audit",
+            str(tmp_path / "run"),
+            "--batches",
+            "1",
+            "--iterations",
+            "5",
+            "--reference-epochs",
+            "2",
+            "--shadow-models",
+            "0",
+        ]
+    )
     assert code == 0
     written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
     assert written["privacy"]["dp"] == "sample"
@@ -198,7 +216,20 @@ def test_flmi_audit_under_secure_aggregation_reconstructs_every_image_of_the_sum
         report={"bootstrap_resamples": 0},
     )
     run_experiment(config=config_from_dict(tables), out=tmp_path / "run")
-    code = main(["audit", str(tmp_path / "run"), "--batches", "2", "--iterations", "5"])
+    code = main(
+        [
+            "audit",
+            str(tmp_path / "run"),
+            "--batches",
+            "2",
+            "--iterations",
+            "5",
+            "--reference-epochs",
+            "2",
+            "--shadow-models",
+            "0",
+        ]
+    )
     assert code == 0
     written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
     assert written["aggregation"] == "secagg" and written["sites_in_update"] == 4
@@ -269,3 +300,76 @@ def test_a_membership_figure_is_meaningful_only_when_the_overfit_check_passes() 
     assert not report(0.55).membership_meaningful
     assert not report(None).membership_meaningful
     assert report(0.55).to_json()["membership_meaningful"] is False
+
+
+def _noise_task_and_data(n: int, *, seed: int) -> tuple[ClassificationTask, ArraySplit, ArraySplit]:
+    """Random 8x8 images with random labels: a model can only learn them by heart."""
+    rng = np.random.default_rng(seed)
+    task = ClassificationTask(
+        num_classes=2, in_channels=1, spatial_dims=2, positive_label=1, model="small_cnn", width=8
+    )
+
+    def split() -> ArraySplit:
+        return ArraySplit(
+            x=rng.random((n, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 2, size=n)
+        )
+
+    return task, split(), split()
+
+
+def test_the_loss_attack_separates_a_model_fit_to_its_members_and_not_an_untrained_one() -> None:
+    config = config_from_dict(
+        tiny_tables(federation={"batch_size": 16, "lr": 0.01, "optimizer": "adam"})
+    )
+    task, members, others = _noise_task_and_data(48, seed=1)
+    cpu = torch.device("cpu")
+    untrained = task.build_model(seed=0)
+    fit = train_centrally(config=config, task=task, train=members, epochs=40, seed=0, device=cpu)
+
+    before = membership_auc(task=task, model=untrained, members=members, others=others, device=cpu)
+    after = membership_auc(task=task, model=fit, members=members, others=others, device=cpu)
+
+    # Under no memorisation the AUC of 48 against 48 has a standard deviation of about 0.06.
+    assert abs(before - 0.5) < 0.2
+    assert after >= MEMBERSHIP_SANITY_AUC
+
+
+def test_calibration_tells_hard_members_from_easy_non_members() -> None:
+    # Members are hard examples the model learnt a little (2.0 -> 1.5); the others are easy
+    # examples it never saw (0.2 under either model). A loss threshold calls the easy ones
+    # members (AUC 0); their drop against the shadow model says who was trained on (AUC 1).
+    target = np.array([1.5, 1.5, 0.2, 0.2])
+    shadow = np.array([2.0, 2.0, 0.2, 0.2])
+    is_member = np.array([1, 1, 0, 0])
+
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(is_member, -target) == 0.0
+    assert calibrated_auc(target_losses=target, shadow_losses=shadow, is_member=is_member) == 1.0
+
+
+def test_each_candidate_is_scored_by_a_shadow_model_that_never_saw_it() -> None:
+    config = config_from_dict(
+        tiny_tables(federation={"batch_size": 16, "lr": 0.01, "optimizer": "adam"})
+    )
+    task, candidates, _ = _noise_task_and_data(48, seed=2)
+    cpu = torch.device("cpu")
+    settings = AttackSettings(shadow_models=2, shadow_epochs=40)
+    seen = train_centrally(
+        config=config, task=task, train=candidates, epochs=40, seed=1, device=cpu
+    )
+
+    held_out = shadow_losses(
+        config=config, task=task, candidates=candidates, settings=settings, device=cpu
+    )
+    trained_on = example_losses(task=task, model=seen, data=candidates, device=cpu)
+
+    # Random labels: a model that saw an example fits it, one that did not is at chance
+    # (ln 2 = 0.69 or worse).
+    assert held_out.shape == (48,)
+    assert held_out.mean() > 0.6 > trained_on.mean() + 0.3
+
+
+def test_one_shadow_model_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ConfigError, match="--shadow-models must be 0"):
+        AttackSettings(shadow_models=1)
