@@ -456,8 +456,34 @@ def run_audit(
     reference, members = reference_membership(
         config=config, task=task, data=data, settings=settings, device=device
     )
-    report = AuditReport(
+    report = _audit_report(
+        config=config,
         site=name,
+        found=found,
+        final_members=found_members,
+        attacked_round=target.rnd,
+        reference=(reference, members),
+        settings=settings,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    save_pictures(found.shown, out / "reconstructions.png", title=_title(report))
+    return report
+
+
+def _audit_report(
+    *,
+    config: Config,
+    site: str,
+    found: _Inversions,
+    final_members: _Membership | None,
+    attacked_round: int,
+    reference: tuple[float, int],
+    settings: AttackSettings,
+) -> AuditReport:
+    """The audit's figures in one report (membership ones ``None`` without a final model)."""
+    return AuditReport(
+        site=site,
         batch_size=found.batch,
         local_steps=found.steps,
         privacy={k: v for k, v in dataclasses.asdict(config.privacy).items() if v is not None},
@@ -466,24 +492,20 @@ def run_audit(
         unrelated_psnr=found.unrelated_psnr,
         unrelated_ssim=found.unrelated_ssim,
         label_recovery_rate=found.labels_right / max(found.attacked, 1),
-        membership_auc=None if found_members is None else found_members.auc,
+        membership_auc=None if final_members is None else final_members.auc,
         aggregation=config.privacy.aggregation,
         sites_in_update=found.sites_in_update,
         images_reconstructed=found.reconstructed,
-        attacked_round=target.rnd,
-        reference_membership_auc=reference,
-        reference_members=members,
-        calibrated_membership_auc=None if found_members is None else found_members.calibrated,
+        attacked_round=attacked_round,
+        reference_membership_auc=reference[0],
+        reference_members=reference[1],
+        calibrated_membership_auc=None if final_members is None else final_members.calibrated,
         shadow_models=settings.shadow_models
-        if found_members is not None and found_members.calibrated is not None
+        if final_members is not None and final_members.calibrated is not None
         else 0,
-        member_loss=None if found_members is None else found_members.member_loss,
-        nonmember_loss=None if found_members is None else found_members.nonmember_loss,
+        member_loss=None if final_members is None else final_members.member_loss,
+        nonmember_loss=None if final_members is None else final_members.nonmember_loss,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    save_pictures(found.shown, out / "reconstructions.png", title=_title(report))
-    return report
 
 
 @dataclass
