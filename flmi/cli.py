@@ -453,8 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print("[red]error:[/red] --resume needs --out: the run directory to continue")
             return 2
         return _run(config, args.out or _default_out(args.config.stem), resume=args.resume)
-    except FlmiError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+    except FlmiError as exc:  # one line however long: the terminal wraps it, not rich
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from flmi.core.errors import ConfigError, FlmiError
+from flmi.core.suggest import one_line, suggest
 
 T = TypeVar("T")
 
@@ -231,10 +232,12 @@ class Registry(Mapping[str, T], Generic[T]):
         return part
 
     def unknown(self, name: str) -> ConfigError:
-        """The error for a name no part has."""
+        """The error for a name no part has: the nearest known name first, then all of them."""
+        names = self.names()
+        choices = suggest(name, names, f"choose one of {one_line(names)}")
         return ConfigError(
-            f"{self.field}: unknown {self.kind} '{name}'; choose one of {self.names()}, or "
-            f"install the plug-in package that provides it (entry-point group '{self.group}')"
+            f"{self.field}: unknown {self.kind} '{name}'; {choices}; or install the plug-in "
+            f"package that provides it (entry-point group '{self.group}')"
         )
 
     def __getitem__(self, name: str) -> T:

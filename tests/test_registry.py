@@ -48,10 +48,26 @@ def test_an_unknown_name_lists_the_known_ones_and_suggests_a_plugin() -> None:
     reg = _registry()
     reg.register("a", 1, origin=BUILTIN_ORIGIN)
 
-    with pytest.raises(
-        ConfigError, match=r"widget\.name: unknown widget 'z'; choose one of \['a'\].*plug-in"
-    ):
+    with pytest.raises(ConfigError) as caught:
         reg.lookup("z")
+
+    assert str(caught.value) == (
+        "widget.name: unknown widget 'z'; choose one of 'a'; or install the plug-in package "
+        "that provides it (entry-point group 'flmi.test_widgets_none')"
+    )
+
+
+def test_a_misspelt_name_is_answered_with_the_nearest_one_first() -> None:
+    reg = _registry()
+    for name in ("gear", "sprocket", "spring"):
+        reg.register(name, 1, origin=BUILTIN_ORIGIN)
+
+    message = str(reg.unknown("sprokcet"))
+
+    assert message.startswith(
+        "widget.name: unknown widget 'sprokcet'; did you mean 'sprocket'? "
+        "Choose one of 'gear', 'spring', 'sprocket'; "
+    )
 
 
 def test_a_part_that_fails_the_kind_check_is_refused() -> None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from flmi.config.checks import check_config
 from flmi.config.schema import Config, SiteConfig, SiteFieldError, StrategyConfig
 from flmi.core.errors import ConfigError
+from flmi.core.suggest import one_line, suggest
 from flmi.strategies.registry import STRATEGIES
 
 _TABLE_TYPES = typing.get_type_hints(Config)
@@ -77,9 +78,13 @@ def _build_table(cls: type, table: Any, prefix: str) -> Any:
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in names:
-            raise ConfigError(
-                f"unknown key '{prefix}.{key}'; [{prefix}] takes: {', '.join(sorted(names))}"
+            takes = suggest(
+                key,
+                names,
+                f"[{prefix}] takes: {one_line(names, quote='')}",
+                shown=f"'{prefix}.{{}}'",
             )
+            raise ConfigError(f"unknown key '{prefix}.{key}'; {takes}")
         values[key] = _coerce(f"{prefix}.{key}", value, hints[key])
     return cls(**values)
 
@@ -94,10 +99,11 @@ def _build_strategy(table: Any) -> StrategyConfig:
         if key == "name":
             continue
         if key not in spec.options:
-            allowed = ", ".join(sorted(["name", *spec.options]))
-            raise ConfigError(
-                f"unknown key 'strategy.{key}' for strategy '{name}'; it takes: {allowed}"
+            keys = ["name", *spec.options]
+            takes = suggest(
+                key, keys, f"it takes: {one_line(keys, quote='')}", shown="'strategy.{}'"
             )
+            raise ConfigError(f"unknown key 'strategy.{key}' for strategy '{name}'; {takes}")
         options[key] = _coerce(f"strategy.{key}", value, spec.options[key].type)
     return StrategyConfig(name=name, options=options)
 
@@ -119,9 +125,10 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     tables: dict[str, Any] = {}
     for name, table in raw.items():
         if name not in _TABLE_TYPES:
+            tables_taken = "a config takes: " + ", ".join(f"[{t}]" for t in _TABLE_TYPES)
             raise ConfigError(
-                f"unknown table '[{name}]'; a config takes: "
-                + ", ".join(f"[{t}]" for t in _TABLE_TYPES)
+                f"unknown table '[{name}]'; "
+                + suggest(name, _TABLE_TYPES, tables_taken, shown="'[{}]'")
             )
         if name == "strategy":
             tables[name] = _build_strategy(table)
