@@ -1,7 +1,7 @@
 """Command line.
 
-``flmi run | demo | strategies | report | predict | audit`` for a simulated federation,
-``flmi certs | server | client | audit-log`` for a real deployment.
+``flmi run | demo | strategies | config keys | report | predict | audit`` for a simulated
+federation, ``flmi certs | server | client | audit-log`` for a real deployment.
 """
 
 from __future__ import annotations
@@ -200,12 +200,21 @@ def _add_run_commands(sub: _Commands) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key by its dotted path, e.g. --set strategy.name=fedavg",
+        help="override a config key by its dotted path, e.g. --set strategy.name=fedavg; "
+        "`flmi config keys [TABLE]` lists every key with its type and default",
     )
     demo = sub.add_parser("demo", help="4 generated hospitals, FedAvg vs pooled vs local, offline")
     demo.add_argument("--out", type=Path, help="run directory to create (default: runs/demo-TIME)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("strategies", help="list the algorithm names [strategy] name accepts")
+    config = sub.add_parser("config", help="what a config may hold")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    keys = config_sub.add_parser(
+        "keys", help="every config key with its type and default, as TOML you can copy"
+    )
+    keys.add_argument(
+        "table", nargs="?", help="only this table, e.g. federation, strategy, data.transforms"
+    )
     report = sub.add_parser("report", help="write RUN_DIR/report.html (plots, intervals)")
     report.add_argument("run_dir", type=Path, help="a finished run directory")
 
@@ -429,6 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name:<17}{spec.summary}")
                 for key, option in spec.options.items():
                     print(f"{'':<19}{key} = {option.default!r}  ({option.help})")
+            return 0
+        if args.command == "config":
+            from flmi.config.keys_listing import listing, render
+
+            print(render(listing(args.table)), end="")
             return 0
         if args.command == "certs":
             return _certs(args)
