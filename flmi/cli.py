@@ -128,9 +128,32 @@ def _default_out(stem: str) -> Path:
     return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_inputs(config: Config) -> None:
+    """Raise the error of a missing input file now, before a run's start line is printed.
+
+    A ``data.path`` or ``task.init_weights`` that names nothing is handed to
+    the code a run reads it with, so the error is that source's own, with its
+    own fix; present files are left for the run to read.
+
+    Raises
+    ------
+    FlmiError
+        The missing file's error (a :class:`flmi.core.errors.DataError` naming the key).
+    """
+    if config.data.path and not Path(config.data.path).exists():
+        from flmi.data.sources import load_data
+
+        load_data(config)  # a source that ignores data.path generates its data and passes
+    if config.task.init_weights and not Path(config.task.init_weights).is_file():
+        from flmi.tasks.transfer import read_weights
+
+        read_weights(Path(config.task.init_weights))
+
+
 def _run(config: Config, out: Path, *, resume: bool = False) -> int:
     from flmi.simulation import run_experiment
 
+    check_inputs(config)
     console.print(
         f"flmi: {config.strategy.name} on {config.partition.num_sites} sites, "
         f"{config.federation.rounds} rounds -> {out}" + (" (resuming)" if resume else "")

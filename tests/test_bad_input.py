@@ -91,6 +91,34 @@ def test_missing_data_file_names_the_file(tmp_path: Path) -> None:
     _expect_nothing_written(tmp_path, _medmnist_tables(missing), DataError, "breastmnist.npz")
 
 
+@pytest.mark.parametrize(
+    ("section", "missing"),
+    [
+        ("data", "data.path: no such file: "),
+        ("task", "task.init_weights: no such file "),
+    ],
+)
+def test_a_missing_input_file_is_the_only_line_the_command_prints(
+    tmp_path: Path, capsys, section: str, missing: str
+) -> None:  # type: ignore[no-untyped-def]
+    # No "flmi: fedavg on 4 sites -> ..." first: the run never started.
+    from flmi.cli import main
+
+    nowhere = tmp_path / "nowhere"
+    if section == "data":
+        tables = _medmnist_tables(nowhere / "breastmnist.npz")
+    else:
+        tables = tiny_tables(task={"init_weights": str(nowhere / "model.safetensors")})
+    config = write_config(tmp_path / "c.toml", tables)
+
+    code = main(["run", str(config), "--out", str(tmp_path / "run")])
+
+    out = capsys.readouterr().out
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert out.startswith(f"error: {missing}{nowhere}") and out.count("\n") == 1
+    assert "flmi:" not in out
+
+
 def test_corrupt_npz_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "corrupt.npz"
     bad.write_bytes(b"this is not a zip archive" * 100)
