@@ -786,7 +786,7 @@ class Config:
         out = dataclasses.asdict(self)
         options = out["strategy"].pop("options")
         out["strategy"].update(options)
-        for table in ("baselines", "partition", "report", "privacy", "task"):
+        for table in ("baselines", "partition", "report", "privacy", "task", "runtime"):
             out[table] = {k: v for k, v in out[table].items() if v is not None}
         out["sites"] = {
             name: {k: v for k, v in table.items() if v is not None}
