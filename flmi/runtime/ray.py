@@ -40,9 +40,14 @@ from flmi.runtime.inprocess import InProcessRuntime
 INSTALL = "pip install 'flmi[ray]'"
 
 
+def ray_installed() -> bool:
+    """Whether the ``ray`` package can be imported here."""
+    return importlib.util.find_spec("ray") is not None
+
+
 def check_ray(runtime: RuntimeConfig) -> None:
     """Raise :class:`ConfigError` naming the extra when the ``ray`` package is missing."""
-    if importlib.util.find_spec("ray") is None:
+    if not ray_installed():
         raise ConfigError(
             f"runtime.name = 'ray' needs the ray package, which is not installed: {INSTALL} "
             "(or set runtime.name = 'inprocess')"
