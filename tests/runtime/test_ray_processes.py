@@ -81,3 +81,33 @@ def test_a_worker_killed_after_round_one_fails_its_sites_in_round_two_and_the_ru
     assert set(rounds[1]["per_site"]) == {"hospital_1", "hospital_2", "hospital_3"} - set(failed)
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert not ray.is_initialized()
+
+
+def test_ctrl_c_after_round_one_stops_ray_and_resuming_on_ray_gives_the_in_process_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: SCAFFOLD, so the resumed sites must read their control variates back.
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    sections: dict[str, dict[str, object]] = {
+        "strategy": {"name": "scaffold"},
+        "federation": {"optimizer": "sgd", "momentum": 0.0},
+    }
+    run_experiment(config=config_from_dict(ray_tables(**sections)), out=tmp_path / "inprocess")
+    on_ray = config_from_dict(ray_tables(**sections, runtime={"name": "ray", "max_workers": 2}))
+    seen: dict[int, str] = {}
+
+    def interrupt(record: RoundRecord, rounds: int) -> None:
+        seen.update(descendants(os.getpid()))
+        raise KeyboardInterrupt
+
+    # Act
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config=on_ray, out=tmp_path / "ray", progress=interrupt)
+    left_running = [pid for pid in seen if running(pid)]
+    run_experiment(config=on_ray, out=tmp_path / "ray", resume=True)
+
+    # Assert
+    assert len(_workers(seen)) == 2 and left_running == []
+    assert not ray.is_initialized()
+    model = "model.safetensors"
+    assert (tmp_path / "ray" / model).read_bytes() == (tmp_path / "inprocess" / model).read_bytes()
