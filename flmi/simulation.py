@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,10 @@ from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_split
 from flmi.data.scanner_shift import scanner_json, site_scanners
 from flmi.data.sources import load_data
 from flmi.data.unlabeled import semi_supervised_data
+from flmi.federated_sites import SiteRecipe, federated_sites
 from flmi.privacy.dp_sgd import check_dp_model
 from flmi.privacy.noise_source import NoiseSource, warn_if_insecure
-from flmi.privacy.setup import build_secure, protect_sites
+from flmi.privacy.setup import build_secure
 from flmi.report.before_training import describe_sites, survival_curves
 from flmi.report.km_report import write_km
 from flmi.report.model_card import CARD_MD, write_model_card
@@ -62,14 +64,13 @@ from flmi.report.summary_schema import Summary
 from flmi.report.trackers import Tracker, check_trackers, close_all, open_trackers
 from flmi.runtime.inprocess import InProcessRuntime, SiteEndpoint
 from flmi.runtime.registry import RUNTIMES
-from flmi.site.faults import Fault, FaultySite, flip_labels
 from flmi.site.site import Site, SitePolicy
 from flmi.strategies.fedavg import FedAvg
 from flmi.tasks.base import Task
 from flmi.tasks.device import resolve_device
 from flmi.tasks.registry import build_task, check_task
 from flmi.tasks.torch_params import load_params, params_copy
-from flmi.wiring import fault_of, initial_model, make_strategy, model_meta
+from flmi.wiring import initial_model, make_strategy, model_meta
 
 log = logging.getLogger("flmi.simulation")
 
@@ -338,10 +339,11 @@ def run_experiment(
     prepared = _prepare(
         config=config, out=out, progress=progress, resume=resume, strategy=strategy, task=task
     )
-    federated = _federated_arm(prepared)
-    arms: dict[str, ArmResult] = {Arm.FEDERATED: federated.arm}
-    if config.baselines.pooled:
-        arms[Arm.POOLED] = _pooled_arm(prepared, eval_runtime=federated.runtime)
+    with _sites_runtime(prepared, task=task) as sites_runtime:
+        federated = _federated_arm(prepared, sites_runtime=sites_runtime)
+        arms: dict[str, ArmResult] = {Arm.FEDERATED: federated.arm}
+        if config.baselines.pooled:
+            arms[Arm.POOLED] = _pooled_arm(prepared, eval_runtime=federated.runtime)
     if config.baselines.local:
         arms[Arm.LOCAL] = _local_arm(prepared)
     summary = _write_outputs(prepared, arms=arms, outcome=federated, started=started)
@@ -386,6 +388,8 @@ def _prepare(
     """Load and check the data, build task and strategy, then open the run directory."""
     torch.set_num_threads(config.runtime.torch_threads)
     device = resolve_device(config.runtime.device)
+    if (runtime_check := RUNTIMES.lookup(config.runtime.name).check) is not None:
+        runtime_check(config.runtime)  # e.g. a missing extra, before anything is written
     data = load_data(config)
     check_site_names(config, list(data.sites))
     data, left_out = semi_supervised_data(config, data)
@@ -486,28 +490,41 @@ def _make_federated_sites(p: _Prepared) -> list[SiteEndpoint]:
     Each keeps its site state in the run directory, so a resumed run picks
     it up as of the last checkpointed round.
     """
-    config, run, resume_point = p.config, p.run, p.resume_point
-    seed, f = config.federation.seed, config.federation
-    endpoints: list[SiteEndpoint] = []
-    for name, splits in sorted(p.data.sites.items()):
-        spec = fault_of(config, name)
-        if spec.kind == Fault.LABEL_FLIP:
-            splits = flip_labels(splits, num_classes=config.task.num_classes)
-        site = Site(
-            name=name,
-            data=splits,
-            task=p.task,
-            seed=seed,
-            device=p.device,
-            model=p.workspace,
-            policy=p.policy,
-            state_dir=run.site_dir(name) if run is not None else None,
-            resume_round=resume_point.completed_round if resume_point else None,
-            noise=p.noise,
-        )
-        faulty = spec.kind not in (Fault.NONE, Fault.LABEL_FLIP)
-        endpoints.append(FaultySite(site=site, fault=spec, seed=seed) if faulty else site)
-    return protect_sites(config.privacy, endpoints, federation=f)
+    return federated_sites(
+        config=p.config,
+        data=p.data,
+        task=p.task,
+        device=p.device,
+        workspace=p.workspace,
+        policy=p.policy,
+        noise=p.noise,
+        run_path=p.run.path if p.run is not None else None,
+        resume_round=p.resume_point.completed_round if p.resume_point else None,
+    )
+
+
+@contextmanager
+def _sites_runtime(p: _Prepared, *, task: Task | None) -> Iterator[Runtime]:
+    """The federated arm's runtime, open for every arm that asks the sites; closed after.
+
+    A runtime whose workers host the sites builds them there from a
+    :class:`SiteRecipe` (``task``: the object given to the run, if any).
+    """
+    spec = RUNTIMES.lookup(p.config.runtime.name)
+    if spec.build_hosted is None:
+        yield spec.build(sites=_make_federated_sites(p))
+        return
+    recipe = SiteRecipe(
+        config=p.config,
+        run_path=p.run.path if p.run is not None else None,
+        resume_round=p.resume_point.completed_round if p.resume_point else None,
+        task=task,
+    )
+    hosted = spec.build_hosted(recipe=recipe, site_names=sorted(p.data.sites))
+    try:
+        yield hosted
+    finally:
+        hosted.close()
 
 
 @dataclass(frozen=True)
@@ -520,11 +537,10 @@ class _Federated:
     runtime: Runtime
 
 
-def _federated_arm(p: _Prepared) -> _Federated:
+def _federated_arm(p: _Prepared, *, sites_runtime: Runtime) -> _Federated:
     """Run (or resume) the federated arm and score its final model."""
     config, strategy, run, central = p.config, p.strategy, p.run, p.central
     f = config.federation
-    sites_runtime = RUNTIMES.lookup(config.runtime.name).build(sites=_make_federated_sites(p))
     federated = run_federation(
         strategy=strategy,
         runtime=sites_runtime,

@@ -77,8 +77,8 @@ def test_runtime_name_selects_a_registered_runtime_for_the_federated_arm(
 
 
 def test_an_unknown_runtime_name_lists_the_registered_ones() -> None:
-    with pytest.raises(ConfigError, match=r"runtime\.name: unknown runtime 'ray'.*'inprocess'"):
-        config_from_dict(tiny_tables(runtime={"name": "ray"}))
+    with pytest.raises(ConfigError, match=r"runtime\.name: unknown runtime 'dask'.*'inprocess'"):
+        config_from_dict(tiny_tables(runtime={"name": "dask"}))
 
 
 def _two_sites(config: object, seed: int) -> FederatedData:

@@ -455,6 +455,13 @@ class RuntimeConfig:
     ``tensorboard`` and ``mlflow`` also log every round's metrics to
     ``RUN_DIR/tensorboard/`` and to an MLflow file store in ``RUN_DIR/mlruns/``
     (the ``trackers`` extra).
+
+    ``name = "ray"`` (the ``ray`` extra) spreads the sites over Ray workers:
+    ``address`` unset starts a local Ray instance for the run and stops it
+    after; ``"auto"`` or ``"HOST:PORT"`` joins a running cluster. Each worker
+    trains one site at a time and reserves ``num_cpus_per_site`` CPUs and
+    ``num_gpus_per_site`` GPUs (a fraction shares a GPU); ``max_workers``
+    unset: as many workers as the resources allow, at most one per site.
     """
 
     name: str = "inprocess"  # any runtime of flmi.runtime.registry.RUNTIMES
@@ -462,12 +469,40 @@ class RuntimeConfig:
     torch_threads: int = 1
     tensorboard: bool = False
     mlflow: bool = False
+    address: str | None = None
+    num_cpus_per_site: float = 1.0
+    num_gpus_per_site: float = 0.0
+    max_workers: int | None = None
 
     def __post_init__(self) -> None:
         _require(
             self.torch_threads >= 1,
             f"runtime.torch_threads must be at least 1, got {self.torch_threads}",
         )
+        _require(
+            self.address is None or self.address == "auto" or _host_port(self.address),
+            f"runtime.address must be 'auto' or HOST:PORT (a port 1-65535), got "
+            f"{self.address!r}; leave it unset to start a local Ray instance",
+        )
+        _require(
+            self.num_cpus_per_site > 0,
+            f"runtime.num_cpus_per_site must be positive, got {self.num_cpus_per_site}",
+        )
+        _require(
+            self.num_gpus_per_site >= 0,
+            f"runtime.num_gpus_per_site must be 0 or more, got {self.num_gpus_per_site}",
+        )
+        _require(
+            self.max_workers is None or self.max_workers >= 1,
+            f"runtime.max_workers must be at least 1, got {self.max_workers}; "
+            "leave it unset to use what the resources allow",
+        )
+
+
+def _host_port(address: str) -> bool:
+    """Whether ``address`` reads as ``HOST:PORT`` with a port in 1..65535."""
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535)
 
 
 @dataclass(frozen=True)
@@ -751,7 +786,7 @@ class Config:
         out = dataclasses.asdict(self)
         options = out["strategy"].pop("options")
         out["strategy"].update(options)
-        for table in ("baselines", "partition", "report", "privacy", "task"):
+        for table in ("baselines", "partition", "report", "privacy", "task", "runtime"):
             out[table] = {k: v for k, v in out[table].items() if v is not None}
         out["sites"] = {
             name: {k: v for k, v in table.items() if v is not None}
