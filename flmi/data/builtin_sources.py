@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from flmi.core.errors import ConfigError, DataError
 from flmi.data import heart_disease, manifest, tcga_brca
@@ -65,18 +65,25 @@ def load_csv(config: Config, seed: int) -> FederatedData:
     return data
 
 
-def load_heart_disease(config: Config, seed: int) -> FederatedData:
-    """FLamby's four Fed-Heart-Disease hospitals (``seed`` unused: FLamby's split)."""
+class _FlambyLoader(Protocol):
+    def __call__(
+        self, *, directory: Path, split_seed: int, val_fraction: float
+    ) -> FederatedData: ...
+
+
+def _flamby_sites(config: Config, load: _FlambyLoader) -> FederatedData:
+    """A FLamby collection already split into its own sites, with its size check."""
     d, p = config.data, config.partition
-    data = heart_disease.load_heart_disease(
-        directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction
-    )
+    data = load(directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction)
     check_min_examples(
-        data=data,
-        min_examples_per_site=p.min_examples_per_site,
-        require_val=d.val_fraction > 0,
+        data=data, min_examples_per_site=p.min_examples_per_site, require_val=d.val_fraction > 0
     )
     return data
+
+
+def load_heart_disease(config: Config, seed: int) -> FederatedData:
+    """FLamby's four Fed-Heart-Disease hospitals (``seed`` unused: FLamby's split)."""
+    return _flamby_sites(config, heart_disease.load_heart_disease)
 
 
 def load_synthetic_lesions(config: Config, seed: int) -> FederatedData:
@@ -89,14 +96,7 @@ def load_synthetic_lesions(config: Config, seed: int) -> FederatedData:
 
 def load_tcga_brca(config: Config, seed: int) -> FederatedData:
     """FLamby's six Fed-TCGA-BRCA regions (``seed`` unused: FLamby's split)."""
-    d, p = config.data, config.partition
-    data = tcga_brca.load_tcga_brca(
-        directory=Path(d.path), split_seed=d.split_seed, val_fraction=d.val_fraction
-    )
-    check_min_examples(
-        data=data, min_examples_per_site=p.min_examples_per_site, require_val=d.val_fraction > 0
-    )
-    return data
+    return _flamby_sites(config, tcga_brca.load_tcga_brca)
 
 
 def load_synthetic(config: Config, seed: int) -> FederatedData:
