@@ -3,21 +3,48 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
 Interval = tuple[float, float]
+
+#: ``metrics(labels, scores)``: one resample's ``{name: value}``.
+MetricFn = Callable[[np.ndarray, np.ndarray], Mapping[str, float]]
+
+#: ``resampled(labels, scores, index)``: ``{name: values}``, one value per row of
+#: the ``(R, N)`` index matrix, equal to ``metrics(labels[index[r]], scores[index[r]])``.
+ResampledMetricFn = Callable[[np.ndarray, np.ndarray, np.ndarray], Mapping[str, np.ndarray]]
+
+#: The most index entries held at once; resamples are drawn and scored in chunks below it.
+_CHUNK_ENTRIES = 1 << 22
+
+
+def resample_chunks(*, n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """The bootstrap's ``(rows, n)`` index matrices, in order, ``resamples`` rows in all.
+
+    Row ``r`` is the ``r``-th draw of ``rng.integers(0, n, size=n)`` from
+    ``np.random.default_rng(seed)``: drawing the rows together takes the
+    same numbers from the generator as drawing them one at a time.
+    """
+    rng = np.random.default_rng(seed)
+    rows = max(1, _CHUNK_ENTRIES // max(n, 1))
+    done = 0
+    while done < resamples:
+        take = min(rows, resamples - done)
+        yield rng.integers(0, n, size=(take, n))
+        done += take
 
 
 def bootstrap_ci(
     *,
     labels: np.ndarray,
     scores: np.ndarray,
-    metrics: Callable[[np.ndarray, np.ndarray], Mapping[str, float]],
+    metrics: MetricFn,
     resamples: int,
     seed: int,
     level: float = 0.95,
+    resampled: ResampledMetricFn | None = None,
 ) -> dict[str, Interval]:
     """Percentile bootstrap intervals: resample examples, recompute, take the quantiles.
 
@@ -37,6 +64,9 @@ def bootstrap_ci(
         Seed of the resampling.
     level
         Coverage of the interval.
+    resampled
+        The same metrics for many resamples at once (see :data:`ResampledMetricFn`);
+        when given, ``metrics`` is not called and the intervals are the same.
 
     Returns
     -------
@@ -47,17 +77,36 @@ def bootstrap_ci(
     n = labels.shape[0]
     if n == 0 or resamples < 1:
         return {}
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {}
-    for _ in range(resamples):
-        index = rng.integers(0, n, size=n)
-        for name, value in metrics(labels[index], scores[index]).items():
-            if not math.isnan(value):
-                draws.setdefault(name, []).append(float(value))
+    parts: dict[str, list[np.ndarray]] = {}
+    for index in resample_chunks(n=n, resamples=resamples, seed=seed):
+        if resampled is not None:
+            values = {
+                k: np.asarray(v, dtype=np.float64)
+                for k, v in resampled(labels, scores, index).items()
+            }
+        else:
+            rows = [metrics(labels[i], scores[i]) for i in index]
+            names = sorted({k for row in rows for k in row})
+            values = {k: np.array([row.get(k, math.nan) for row in rows]) for k in names}
+        for name, column in values.items():
+            parts.setdefault(name, []).append(column)
+    return percentile_intervals(
+        {name: np.concatenate(columns) for name, columns in parts.items()}, level=level
+    )
+
+
+def percentile_intervals(draws: Mapping[str, np.ndarray], *, level: float) -> dict[str, Interval]:
+    """``{name: (low, high)}``: the quantiles of each metric's non-NaN bootstrap values.
+
+    A metric with no finite value is left out; one with a single value gets
+    ``(nan, nan)``.
+    """
     alpha = (1.0 - level) / 2.0
     out: dict[str, Interval] = {}
     for name in sorted(draws):
-        values = np.asarray(draws[name])
+        values = draws[name][~np.isnan(draws[name])]
+        if values.size == 0:
+            continue
         if values.size < 2:
             out[name] = (float("nan"), float("nan"))
             continue

@@ -10,12 +10,13 @@ from flmi.core.errors import ConfigError, LabelError
 from flmi.core.keys import Metric
 from flmi.core.messages import ScoreHistogram
 from flmi.data.arrays import ArraySplit
+from flmi.report.bootstrap import ResampledMetricFn
 from flmi.report.curves import score_histogram
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.common import SupervisedTask
 from flmi.tasks.loop import BatchTransform
-from flmi.tasks.metrics import classification_metrics
+from flmi.tasks.metrics import classification_metrics, resampled_classification_metrics
 from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
 from flmi.tasks.networks import DenseNetSettings
 from flmi.tasks.semisup import train_semi_supervised
@@ -240,6 +241,18 @@ class ClassificationTask(SupervisedTask):
     def empty_metrics(self, data: ArraySplit) -> dict[str, float]:
         """NaN for every metric."""
         return {m.value: float("nan") for m in METRICS}
+
+    def resampled_metrics(self) -> ResampledMetricFn:
+        """:meth:`metrics` of every bootstrap resample in one numpy pass."""
+
+        def resampled(
+            targets: np.ndarray, predictions: np.ndarray, index: np.ndarray
+        ) -> dict[str, np.ndarray]:
+            return resampled_classification_metrics(
+                labels=targets, probs=predictions, index=index, positive_label=self.positive_label
+            )
+
+        return resampled
 
     def score_histogram(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device, bins: int

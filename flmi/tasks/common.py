@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from flmi.data.arrays import ArraySplit
-from flmi.report.bootstrap import bootstrap_ci
+from flmi.report.bootstrap import ResampledMetricFn, bootstrap_ci
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.loop import BatchTransform, train_local
 
@@ -66,6 +66,14 @@ class SupervisedTask(ABC):
     @abstractmethod
     def empty_metrics(self, data: ArraySplit) -> dict[str, float]:
         """The metrics of a split with no examples (NaN where undefined)."""
+
+    def resampled_metrics(self) -> ResampledMetricFn | None:
+        """:meth:`metrics` of many bootstrap resamples at once, or None (the default).
+
+        With None the bootstrap calls :meth:`metrics` once per resample; a
+        task that gives one must give the same values.
+        """
+        return None
 
     def fit(
         self,
@@ -126,4 +134,5 @@ class SupervisedTask(ABC):
             metrics=self.metrics,
             resamples=resamples,
             seed=seed,
+            resampled=self.resampled_metrics(),
         )
