@@ -29,6 +29,7 @@ from flmi.core.exchange import SecureAggregation
 from flmi.core.federation import (
     FederationPlan,
     FederationResult,
+    FinalScoring,
     ResumePoint,
     RoundRecord,
     Runtime,
@@ -235,7 +236,7 @@ def _final_evaluation(
     bins = config.report.histogram_bins
     state = strategy.state_from_record(result.state)
 
-    def ask(split: Split, ci: int) -> dict[str, EvaluateResult]:
+    def ask(split: Split, ci: int) -> Mapping[str, EvaluateResult]:
         sites, _ = evaluate_strategy_sites(
             strategy=strategy,
             state=state,
@@ -249,7 +250,11 @@ def _final_evaluation(
         )
         return sites
 
-    test, val = ask(Split.TEST, resamples), ask(Split.VAL, 0)
+    # The last round scored the final model with everything asked here (see _final_scoring).
+    if result.final is not None:
+        test, val = result.final.test, result.final.val
+    else:
+        test, val = ask(Split.TEST, resamples), ask(Split.VAL, 0)
     scored_centrally = central is not None and not is_personalised(strategy)
     central_ci = (
         central.confidence_intervals(result.params, resamples=resamples, seed=seed)
@@ -271,6 +276,22 @@ def _final_evaluation(
         ci_global=central_ci,
         ci_per_site={s: r.ci for s, r in test.items()} if resamples > 0 else {},
         curves=curves,
+    )
+
+
+def _final_scoring(config: Config, plan: FederationPlan) -> FinalScoring | None:
+    """What the last round of ``plan`` asks the sites so :func:`_final_evaluation` need not.
+
+    ``None`` when that round is not the one the final evaluation is numbered
+    by (a pooled recipe with its own epochs): the sites seed their intervals
+    by round, so asking in another round would change them.
+    """
+    if plan.rounds != config.federation.rounds:
+        return None
+    return FinalScoring(
+        ci_resamples=config.report.bootstrap_resamples,
+        ci_seed=config.report.bootstrap_seed,
+        histogram_bins=config.report.histogram_bins,
     )
 
 
@@ -558,6 +579,7 @@ def _federated_arm(p: _Prepared, *, sites_runtime: Runtime) -> _Federated:
         evaluate_central=central,
         resume=p.resume_point,
         secure=p.secure,
+        final_scoring=_final_scoring(config, p.plan),
     )
     history = list(federated.history)
     if not history and run is not None:  # resumed after the last round: nothing left to run
@@ -604,6 +626,7 @@ def _pooled_arm(p: _Prepared, *, eval_runtime: Runtime) -> ArmResult:
         eval_runtime=eval_runtime,
         evaluate_central=central,
         count_bytes=False,
+        final_scoring=_final_scoring(config, pooled_plan),
     )
     return _final_evaluation(
         _final(pooled.history),
@@ -633,6 +656,7 @@ def _local_arm(p: _Prepared) -> ArmResult:
             arm=Arm.LOCAL,
             evaluate_central=p.central,
             count_bytes=False,
+            final_scoring=_final_scoring(p.config, single),
         )
     merged = _merge_local(
         local_runs,

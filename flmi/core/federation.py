@@ -177,12 +177,44 @@ class ResumePoint:
 
 
 @dataclass(frozen=True)
+class FinalScoring:
+    """What the last round's evaluation also asks of every site, so the final model is scored once.
+
+    Parameters
+    ----------
+    ci_resamples
+        Bootstrap resamples of each site's test-split intervals (0: none).
+    ci_seed
+        Seed of those resamples.
+    histogram_bins
+        Bins of the score histograms on the test and validation splits (0: none).
+    """
+
+    ci_resamples: int
+    ci_seed: int
+    histogram_bins: int
+
+
+@dataclass(frozen=True)
+class FinalScores:
+    """Every site's scores of the final model, as the last round asked for them."""
+
+    test: Mapping[str, EvaluateResult]
+    val: Mapping[str, EvaluateResult]
+
+
+@dataclass(frozen=True)
 class FederationResult:
-    """The final global weights, the final strategy state and every round's record."""
+    """The final global weights, the final strategy state and every round's record.
+
+    ``final`` holds the last round's site scores when that round ran here with
+    a :class:`FinalScoring` (``None`` otherwise, e.g. resumed after the last round).
+    """
 
     params: Params
     state: StateRecord
     history: Sequence[RoundRecord]
+    final: FinalScores | None = None
 
 
 def sample_sites(
@@ -356,6 +388,7 @@ def run_federation(
     count_bytes: bool = True,
     resume: ResumePoint | None = None,
     secure: SecureAggregation | None = None,
+    final_scoring: FinalScoring | None = None,
 ) -> FederationResult:
     """Run every round of one arm and return the final weights.
 
@@ -387,6 +420,10 @@ def run_federation(
         encryption): sites hold their updates back, ``runtime`` carries the
         protocol's stages (it must be a :class:`StagedExchange`), and the
         strategy receives one update equivalent to the sum, never a site's own.
+    final_scoring
+        Have the last round's site evaluation also return the final model's
+        intervals and histograms (kept in :attr:`FederationResult.final`), so
+        that the final model is not scored at every site a second time.
     """
     _check_secure_runtime(secure, runtime)
     setting = _ArmSetting(
@@ -399,10 +436,12 @@ def run_federation(
         count_bytes=count_bytes,
         secure=secure,
         personal=is_personalised(strategy),
+        final_scoring=final_scoring,
     )
     state, params, first = _starting_point(strategy, initial_params, resume)
     history: list[RoundRecord] = []
     failed_rounds = 0
+    final: FinalScores | None = None
     for rnd in range(first, plan.rounds + 1):
         started = time.perf_counter()
         trained = _train_round(rnd, setting, state, params)
@@ -411,13 +450,17 @@ def run_federation(
             failed_rounds += 1
             log.error("%s", stalled)
         scores = _score_round(rnd, setting, state, params)
+        if rnd == plan.rounds and final_scoring is not None:
+            final = FinalScores(test=scores[1], val=scores[2])
         wall_s = time.perf_counter() - started
         record = _round_record(rnd, setting, state, scores=scores, wall_s=wall_s, trained=trained)
         history.append(record)
         observer.on_round(record, params, strategy.state_to_record(state))
         if stalled is not None and failed_rounds >= plan.max_failed_rounds:
             raise RoundFailedError(_stop_message(stalled, failed_rounds, plan.max_failed_rounds))
-    return FederationResult(params=params, state=strategy.state_to_record(state), history=history)
+    return FederationResult(
+        params=params, state=strategy.state_to_record(state), history=history, final=final
+    )
 
 
 def _starting_point(
@@ -444,6 +487,7 @@ class _ArmSetting:
     count_bytes: bool
     secure: SecureAggregation | None
     personal: bool
+    final_scoring: FinalScoring | None
 
 
 def _check_secure_runtime(secure: SecureAggregation | None, runtime: Runtime) -> None:
@@ -508,7 +552,8 @@ def _score_round(rnd: int, setting: _ArmSetting, state: Any, params: Params) -> 
     plan, evaluate_central = setting.plan, setting.evaluate_central
     if rnd % plan.eval_every != 0 and rnd != plan.rounds:
         return None, {}, {}
-    per_site, val = _score_sites(setting.strategy, state, setting.evaluators, params, rnd)
+    final = setting.final_scoring if rnd == plan.rounds else None
+    per_site, val = _score_sites(setting.strategy, state, setting.evaluators, params, rnd, final)
     central = (
         evaluate_central(params) if evaluate_central is not None and not setting.personal else None
     )
@@ -553,16 +598,40 @@ def _round_record(
 
 
 def _score_sites(
-    strategy: Strategy[Any], state: Any, runtime: Runtime, params: Params, rnd: int
+    strategy: Strategy[Any],
+    state: Any,
+    runtime: Runtime,
+    params: Params,
+    rnd: int,
+    final: FinalScoring | None,
 ) -> tuple[dict[str, EvaluateResult], dict[str, EvaluateResult]]:
-    """Every site's scores on its test and on its validation split."""
-    scores = [
-        evaluate_strategy_sites(
-            strategy=strategy, state=state, runtime=runtime, params=params, rnd=rnd, split=split
-        )[0]
-        for split in (Split.TEST, Split.VAL)
-    ]
-    return scores[0], scores[1]
+    """Every site's scores on its test and on its validation split.
+
+    With ``final`` the test scores carry bootstrap intervals and both carry
+    score histograms; the metrics are the same either way.
+    """
+    bins = final.histogram_bins if final is not None else 0
+    test, _ = evaluate_strategy_sites(
+        strategy=strategy,
+        state=state,
+        runtime=runtime,
+        params=params,
+        rnd=rnd,
+        split=Split.TEST,
+        ci_resamples=final.ci_resamples if final is not None else 0,
+        ci_seed=final.ci_seed if final is not None else 0,
+        histogram_bins=bins,
+    )
+    val, _ = evaluate_strategy_sites(
+        strategy=strategy,
+        state=state,
+        runtime=runtime,
+        params=params,
+        rnd=rnd,
+        split=Split.VAL,
+        histogram_bins=bins,
+    )
+    return test, val
 
 
 @dataclass(frozen=True)
