@@ -39,7 +39,7 @@ from flmi.site.algorithms.local_layers import restore_local
 from flmi.site.algorithms.registry import start_round
 from flmi.site.hooks import merge_hooks
 from flmi.site.small_cells import merge_small_cells
-from flmi.site.state import SiteState
+from flmi.site.state import SiteState, has_saved_state
 from flmi.tasks.base import (
     FitHooks,
     FitResult,
@@ -120,7 +120,8 @@ class Site:
     policy
         Bounds the site enforces on every instruction.
     state_dir
-        Where the site saves its :class:`SiteState` (``None``: keep it in memory).
+        Where the site saves its :class:`SiteState` (``None``: keep it in memory);
+        nothing is written while the state holds nothing.
     resume_round
         When resuming after round ``r``, load the state as of round ``r`` at the
         latest (``None``: the newest saved).
@@ -159,6 +160,7 @@ class Site:
         self._policy = policy if policy is not None else SitePolicy()
         self._noise = noise if noise is not None else NoiseSource()
         self._state_dir = state_dir
+        self._saved = state_dir is not None and has_saved_state(state_dir)
         self.state = (
             SiteState.load(state_dir, max_round=resume_round)
             if state_dir is not None
@@ -341,8 +343,11 @@ class Site:
         self.state = SiteState(
             tensors=dict(update.tensors), meta={**update.meta, "round": instruction.rnd}
         )
-        if self._state_dir is not None:
+        # A site with nothing to keep writes nothing (no file to fsync each round);
+        # once it has saved a round it saves every one, so no older file outlives it.
+        if self._state_dir is not None and (self._saved or not self.state.holds_nothing):
             self.state.save(self._state_dir)
+            self._saved = True
         return ClientUpdate(
             site=self.name,
             params=params,

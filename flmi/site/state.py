@@ -39,6 +39,11 @@ class SiteState:
         """The round this state is as of (0 before any)."""
         return int(self.meta.get("round", 0))
 
+    @property
+    def holds_nothing(self) -> bool:
+        """Whether there is nothing to keep: no tensor and no meta but the round."""
+        return not self.tensors and set(self.meta) <= {"round"}
+
     def save(self, directory: Path) -> None:
         """Write the state atomically as of its round, keeping the last two rounds' files.
 
@@ -64,6 +69,11 @@ class SiteState:
         _, path = max(candidates)
         tensors, meta = load_tensors(path=path)
         return cls(tensors=copy_params(tensors), meta=meta)
+
+
+def has_saved_state(directory: Path) -> bool:
+    """Whether ``directory`` holds any saved round of a :class:`SiteState`."""
+    return bool(_round_files(directory))
 
 
 def _round_files(directory: Path) -> list[tuple[int, Path]]:

@@ -145,10 +145,20 @@ def test_site_state_keeps_two_rounds_and_loads_the_newest_up_to_a_round(tmp_path
     assert SiteState.load(tmp_path, max_round=1).tensors == {}  # round 1 was pruned
 
 
-def test_site_with_a_state_folder_records_its_last_round(tmp_path: Path) -> None:
+def test_site_with_nothing_to_keep_writes_no_state_file(tmp_path: Path) -> None:
+    site = _site(tmp_path)
+    site.train(_instruction(4))
+    assert site.state.round == 4 and site.state.holds_nothing
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+    assert _site(tmp_path).state == SiteState()
+
+
+def test_site_with_a_saved_state_saves_it_as_of_each_new_round(tmp_path: Path) -> None:
+    SiteState(tensors={"c": np.ones(2, np.float32)}, meta={"round": 3}).save(tmp_path)
     _site(tmp_path).train(_instruction(4))
-    assert SiteState.load(tmp_path).meta["round"] == 4
-    assert _site(tmp_path).state.meta["round"] == 4
+    loaded = SiteState.load(tmp_path)
+    assert loaded.round == 4
+    np.testing.assert_array_equal(loaded.tensors["c"], [1.0, 1.0])
 
 
 def test_sites_sharing_one_model_train_exactly_as_sites_with_their_own() -> None:
