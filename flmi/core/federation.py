@@ -421,9 +421,8 @@ def run_federation(
         protocol's stages (it must be a :class:`StagedExchange`), and the
         strategy receives one update equivalent to the sum, never a site's own.
     final_scoring
-        Have the last round's site evaluation also return the final model's
-        intervals and histograms (kept in :attr:`FederationResult.final`), so
-        that the final model is not scored at every site a second time.
+        Have the last round also return the final model's site intervals and
+        histograms (:attr:`FederationResult.final`), so no site scores it twice.
     """
     _check_secure_runtime(secure, runtime)
     setting = _ArmSetting(
@@ -441,19 +440,13 @@ def run_federation(
     state, params, first = _starting_point(strategy, initial_params, resume)
     history: list[RoundRecord] = []
     failed_rounds = 0
-    final: FinalScores | None = None
+    final: FinalScores | None = None  # set by the last round, when it runs here
     for rnd in range(first, plan.rounds + 1):
-        started = time.perf_counter()
-        trained = _train_round(rnd, setting, state, params)
+        trained, record, final = _play_round(rnd, setting, state, params)
         state, params, stalled = trained.state, trained.params, trained.stalled
         if stalled is not None:
             failed_rounds += 1
             log.error("%s", stalled)
-        scores = _score_round(rnd, setting, state, params)
-        if rnd == plan.rounds and final_scoring is not None:
-            final = FinalScores(test=scores[1], val=scores[2])
-        wall_s = time.perf_counter() - started
-        record = _round_record(rnd, setting, state, scores=scores, wall_s=wall_s, trained=trained)
         history.append(record)
         observer.on_round(record, params, strategy.state_to_record(state))
         if stalled is not None and failed_rounds >= plan.max_failed_rounds:
@@ -461,6 +454,25 @@ def run_federation(
     return FederationResult(
         params=params, state=strategy.state_to_record(state), history=history, final=final
     )
+
+
+def _play_round(
+    rnd: int, setting: _ArmSetting, state: Any, params: Params
+) -> tuple[_Trained, RoundRecord, FinalScores | None]:
+    """Train and score round ``rnd``; its record, and the final scores if it is the last round."""
+    started = time.perf_counter()
+    trained = _train_round(rnd, setting, state, params)
+    scores = _score_round(rnd, setting, trained.state, trained.params)
+    wall_s = time.perf_counter() - started
+    record = _round_record(
+        rnd, setting, trained.state, scores=scores, wall_s=wall_s, trained=trained
+    )
+    final = (
+        FinalScores(test=scores[1], val=scores[2])
+        if rnd == setting.plan.rounds and setting.final_scoring is not None
+        else None
+    )
+    return trained, record, final
 
 
 def _starting_point(

@@ -6,6 +6,7 @@ import dataclasses
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,7 @@ class ArmResult:
 
 
 def versions() -> dict[str, str]:
-    """Versions of everything that shapes the numbers."""
-    import monai
+    """Versions of everything that shapes the numbers (MONAI's from its metadata, not imported)."""
     import safetensors
 
     return {
@@ -45,7 +45,7 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
-        "monai": monai.__version__,
+        "monai": metadata.version("monai"),
         "safetensors": safetensors.__version__,
     }
 

@@ -1,4 +1,8 @@
-"""The segmentation and multi-label tasks, and DenseNet settings, shaped by config and input."""
+"""The segmentation and multi-label tasks, and DenseNet settings, shaped by config and input.
+
+The task modules (the segmentation one imports MONAI) are imported when their
+task is built, so a classification run never loads them.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,13 @@ from typing import TYPE_CHECKING
 
 from flmi.core.errors import ConfigError
 from flmi.tasks.model_registry import MODELS
-from flmi.tasks.multilabel import MultiLabelTask
 from flmi.tasks.networks import DenseNetSettings
-from flmi.tasks.segmentation import SegmentationTask
 
 if TYPE_CHECKING:
     from flmi.config import Config
     from flmi.data.arrays import FederatedData
+    from flmi.tasks.multilabel import MultiLabelTask
+    from flmi.tasks.segmentation import SegmentationTask
 
 
 def densenet_settings(config: Config) -> DenseNetSettings:
@@ -36,6 +40,8 @@ def check_densenet_images(config: Config, data: FederatedData) -> None:
 
 def segmentation_task(config: Config, *, in_channels: int, spatial_dims: int) -> SegmentationTask:
     """The segmentation task for ``[task]``, for inputs of ``in_channels`` in 2D or 3D."""
+    from flmi.tasks.segmentation import SegmentationTask
+
     t = config.task
     return SegmentationTask(
         num_classes=t.num_classes,
@@ -52,6 +58,8 @@ def segmentation_task(config: Config, *, in_channels: int, spatial_dims: int) ->
 
 def multilabel_task(config: Config, *, in_channels: int, spatial_dims: int) -> MultiLabelTask:
     """The multi-label classification task for ``[task]``, for inputs of this shape."""
+    from flmi.tasks.multilabel import MultiLabelTask
+
     t = config.task
     return MultiLabelTask(
         num_classes=t.num_classes,

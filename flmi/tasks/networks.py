@@ -7,6 +7,9 @@ InstanceNorm. Every network here is built with BatchNorm and then, if another
 normalisation is asked for, each BatchNorm layer is swapped for the same-width
 GroupNorm (``gcd(channels, 8)`` groups) or affine InstanceNorm, so the choice
 works at any width.
+
+MONAI is imported by the builders, when a network is built: the settings and
+helpers here load without it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from monai.networks.nets.densenet import DenseNet121
-from monai.networks.nets.segresnet import SegResNet
-from monai.networks.nets.unet import UNet
 from torch import nn
 
 from flmi.core.errors import ConfigError
@@ -109,6 +109,8 @@ def build_densenet121(
     *, spatial_dims: int, in_channels: int, out_channels: int, settings: DenseNetSettings
 ) -> nn.Module:
     """A MONAI DenseNet121 (block configuration 6, 12, 24, 16) with the chosen normalisation."""
+    from monai.networks.nets.densenet import DenseNet121
+
     settings.check()
     net = DenseNet121(
         spatial_dims=spatial_dims,
@@ -157,6 +159,8 @@ def build_segmentation_network(
     chosen = resolve_norm(model=model, norm=norm)
     net: nn.Module
     if model == "unet":
+        from monai.networks.nets.unet import UNet
+
         net = UNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
@@ -167,6 +171,8 @@ def build_segmentation_network(
             norm="batch",
         )
     else:
+        from monai.networks.nets.segresnet import SegResNet
+
         net = SegResNet(
             spatial_dims=spatial_dims,
             init_filters=width,
