@@ -15,6 +15,7 @@ from flmi.report.curves import score_histogram
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.common import SupervisedTask
+from flmi.tasks.last_predictions import LastPredictions
 from flmi.tasks.loop import BatchTransform
 from flmi.tasks.metrics import classification_metrics, resampled_classification_metrics
 from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
@@ -98,6 +99,7 @@ class ClassificationTask(SupervisedTask):
         self.augment = augment
         self.dtype = DTYPES[dtype]
         self.densenet = densenet if densenet is not None else DenseNetSettings()
+        self._last: LastPredictions[tuple[np.ndarray, torch.Tensor]] = LastPredictions()
         self.densenet.check()
 
     @property
@@ -212,8 +214,24 @@ class ClassificationTask(SupervisedTask):
     def predict_proba(
         self, *, model: torch.nn.Module, x: np.ndarray, device: torch.device
     ) -> tuple[np.ndarray, torch.Tensor]:
-        """Class probabilities ``(N, C)`` and the logits, in evaluation mode."""
+        """Class probabilities ``(N, C)`` (read-only) and the logits, in evaluation mode.
+
+        A second call for the same model, weights and input array gives back
+        the first call's arrays (metrics, intervals and histogram of one split
+        share one forward pass).
+        """
         model.eval()
+        known = self._last.get(model=model, x=x, device=device)
+        if known is not None:
+            return known
+        probs, logits = self._forward(model=model, x=x, device=device)
+        probs.setflags(write=False)
+        self._last.put(model=model, x=x, device=device, value=(probs, logits))
+        return probs, logits
+
+    def _forward(
+        self, *, model: torch.nn.Module, x: np.ndarray, device: torch.device
+    ) -> tuple[np.ndarray, torch.Tensor]:
         logits = [
             model(as_tensor(x[i : i + EVAL_BATCH], self.dtype).to(device)).float().cpu()
             for i in range(0, x.shape[0], EVAL_BATCH)
