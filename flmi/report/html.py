@@ -25,7 +25,7 @@ from flmi.core.errors import RunDirError
 from flmi.report import plots, site_plots
 from flmi.report.figure_cache import FIGURES, FigureCache
 from flmi.report.rundir import CONFIG, CURVES, METRICS, SUMMARY
-from flmi.report.site_selection import SiteSelection
+from flmi.report.site_selection import SITE_LIMIT, SiteSelection
 from flmi.report.summary_schema import read_summary
 from flmi.tensorio import atomic_write_bytes
 
@@ -236,7 +236,9 @@ def labels_table(summary: Mapping[str, Any], *, positive_label: int | None) -> s
     return _table(header, rows)
 
 
-def build_report(run_dir: Path, *, cache: FigureCache | None = None) -> Path:
+def build_report(
+    run_dir: Path, *, cache: FigureCache | None = None, site_limit: int = SITE_LIMIT
+) -> Path:
     """Write ``run_dir/report.html`` and return its path.
 
     Parameters
@@ -245,6 +247,8 @@ def build_report(run_dir: Path, *, cache: FigureCache | None = None) -> Path:
         A finished (or interrupted) run directory.
     cache
         Where figures are kept; default ``run_dir/figures``.
+    site_limit
+        The most sites a per-site figure draws one by one; past it, distributions.
 
     Raises
     ------
@@ -259,7 +263,7 @@ def build_report(run_dir: Path, *, cache: FigureCache | None = None) -> Path:
     config = tomllib.loads((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else {}
     curves = json.loads((run_dir / CURVES).read_text()) if (run_dir / CURVES).is_file() else None
     figures = FigureCache(directory=run_dir / FIGURES) if cache is None else cache
-    selection = site_plots.report_selection(summary)
+    selection = site_plots.report_selection(summary, limit=site_limit)
     parts = {
         **_run_sections(
             run_dir=run_dir,

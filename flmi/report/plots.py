@@ -266,7 +266,7 @@ def roc_curves(
         ax.set_title(f"{name}")
         ax.set_aspect("equal")
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"ROC curves on the test sets ({curves['score']})")
+    fig.suptitle(f"ROC curves on the test sets\n({curves['score']})")
     return fig
 
 
