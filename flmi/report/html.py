@@ -2,7 +2,11 @@
 
 Built from what the run directory already holds (``metrics.jsonl``,
 ``summary.json``, ``curves.json``, ``config.toml``), so ``flmi report RUN_DIR``
-can rebuild it at any time without the data.
+can rebuild it at any time without the data. Figures are kept in
+``RUN_DIR/figures/`` under a hash of their inputs and redrawn only when those
+change. Past :data:`flmi.report.site_selection.SITE_LIMIT` sites the per-site
+figures show distributions over the sites with a few sites named, so the
+report costs the same for any number of sites; the tables keep every site.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from flmi.core.errors import RunDirError
-from flmi.report import plots
+from flmi.report import plots, site_plots
+from flmi.report.figure_cache import FIGURES, FigureCache
 from flmi.report.rundir import CONFIG, CURVES, METRICS, SUMMARY
+from flmi.report.site_selection import SITE_LIMIT, SiteSelection
 from flmi.report.summary_schema import read_summary
 from flmi.tensorio import atomic_write_bytes
 
@@ -208,8 +214,41 @@ def _km_figure(run_dir: Path) -> str:
     )
 
 
-def build_report(run_dir: Path) -> Path:
+def labels_table(summary: Mapping[str, Any], *, positive_label: int | None) -> str:
+    """Every site's examples per class and split (a suppressed count: ``-``)."""
+    classes = site_plots.label_classes(summary)
+    header = ["site"] + [
+        f"{split} class {c}" + (" (pos.)" if c == positive_label else "")
+        for split in site_plots.SPLITS
+        for c in classes
+    ]
+    rows = []
+    for site, info in sorted(summary["sites"].items()):
+        cells = []
+        for split in site_plots.SPLITS:
+            by_split = info.get("label_counts_by_split", {}).get(split)
+            if by_split is None and split == "train":
+                by_split = info.get("label_counts", {})
+            for c in classes:
+                count = (by_split or {}).get(str(c))
+                cells.append("-" if count is None else str(int(count)))
+        rows.append([site, *cells])
+    return _table(header, rows)
+
+
+def build_report(
+    run_dir: Path, *, cache: FigureCache | None = None, site_limit: int = SITE_LIMIT
+) -> Path:
     """Write ``run_dir/report.html`` and return its path.
+
+    Parameters
+    ----------
+    run_dir
+        A finished (or interrupted) run directory.
+    cache
+        Where figures are kept; default ``run_dir/figures``.
+    site_limit
+        The most sites a per-site figure draws one by one; past it, distributions.
 
     Raises
     ------
@@ -223,9 +262,18 @@ def build_report(run_dir: Path) -> Path:
     lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
     config = tomllib.loads((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else {}
     curves = json.loads((run_dir / CURVES).read_text()) if (run_dir / CURVES).is_file() else None
+    figures = FigureCache(directory=run_dir / FIGURES) if cache is None else cache
+    selection = site_plots.report_selection(summary, limit=site_limit)
     parts = {
-        **_run_sections(run_dir=run_dir, summary=summary, config=config, lines=lines),
-        **_threshold_sections(summary=summary, curves=curves),
+        **_run_sections(
+            run_dir=run_dir,
+            summary=summary,
+            config=config,
+            lines=lines,
+            figures=figures,
+            selection=selection,
+        ),
+        **_threshold_sections(summary=summary, curves=curves, figures=figures, selection=selection),
     }
     path = run_dir / REPORT
     atomic_write_bytes(path, _page(run_dir, parts).encode("utf-8"))
@@ -237,9 +285,88 @@ _Section = tuple[str, str]
 _MISSING_CURVES = "<p class='note'>This run directory holds no curves.json.</p>"
 
 
-def _figure(title: str, draw: Callable[[], Figure], caption: str) -> str:
-    """A drawn figure as an embedded PNG, with its caption."""
-    return f"{_image(plots.png(draw()), title)}<p class='note'>{html.escape(caption)}</p>"
+def _figure(
+    figures: FigureCache,
+    name: str,
+    *,
+    title: str,
+    inputs: object,
+    draw: Callable[[], Figure],
+    caption: str,
+) -> str:
+    """A figure (drawn, or reused when ``inputs`` did not change) as an embedded PNG."""
+    png = figures.png(name, inputs=inputs, draw=draw)
+    return f"{_image(png, title)}<p class='note'>{html.escape(caption)}</p>"
+
+
+def _site_metrics(
+    summary: Mapping[str, Any], figures: FigureCache, selection: SiteSelection
+) -> str:
+    """Final metrics per site: bars up to the limit, a distribution over the sites past it."""
+    sites = sorted(summary["sites"])
+    inputs = {"arms": summary["arms"], "sites": sites, "shown": selection.shown}
+    if not selection.summarising:
+        return _figure(
+            figures,
+            "site-bars",
+            title="metrics per site",
+            inputs=inputs,
+            draw=lambda: plots.site_bars(summary),
+            caption="Each site's model scored on its own test split; error bars are bootstrap "
+            "95 % intervals.",
+        )
+    return _figure(
+        figures,
+        "site-distribution",
+        title="metrics over the sites",
+        inputs=inputs,
+        draw=lambda: site_plots.site_distribution(summary, selection),
+        caption="Each site's model scored on its own test split: one dot per site, the box "
+        "spans the quartiles, the diamond is the central test set. " + selection.note(),
+    )
+
+
+def _site_labels(
+    summary: Mapping[str, Any],
+    figures: FigureCache,
+    selection: SiteSelection,
+    *,
+    positive: int | None,
+) -> str:
+    """Labels per site: bars up to the limit, a distribution past it; always the full table."""
+    inputs = {
+        "sites": {
+            s: {k: info.get(k) for k in ("label_counts", "label_counts_by_split")}
+            for s, info in sorted(summary["sites"].items())
+        },
+        "positive": positive,
+        "shown": selection.shown,
+    }
+    table = labels_table(summary, positive_label=positive)
+    if not selection.summarising:
+        return (
+            _figure(
+                figures,
+                "label-histograms",
+                title="labels per site",
+                inputs=inputs,
+                draw=lambda: plots.label_histograms(summary, positive_label=positive),
+                caption="Examples of each class in every site's train, validation and test split.",
+            )
+            + table
+        )
+    return (
+        _figure(
+            figures,
+            "label-distribution",
+            title="labels over the sites",
+            inputs=inputs,
+            draw=lambda: site_plots.label_distribution(summary, selection, positive_label=positive),
+            caption="Examples of each class per split: one dot per site, the box spans the "
+            "quartiles. " + selection.note(),
+        )
+        + table
+    )
 
 
 def _run_sections(
@@ -248,6 +375,8 @@ def _run_sections(
     summary: Mapping[str, Any],
     config: Mapping[str, Any],
     lines: Sequence[Mapping[str, Any]],
+    figures: FigureCache,
+    selection: SiteSelection,
 ) -> dict[str, _Section]:
     """The run, its metrics per round, per site, and each site's labels."""
     positive = config.get("task", {}).get("positive_label")
@@ -256,27 +385,19 @@ def _run_sections(
         "metric-curves": (
             "Metrics per round",
             _figure(
-                "metrics per round",
-                lambda: plots.metric_curves(lines),
-                "Test metrics (solid) and validation metrics (dashed) after each round, per arm.",
+                figures,
+                "metric-curves",
+                title="metrics per round",
+                inputs=lines,
+                draw=lambda: plots.metric_curves(lines),
+                caption="Test metrics (solid) and validation metrics (dashed) after each round, "
+                "per arm.",
             ),
         ),
-        "site-bars": (
-            "Final metrics per site",
-            _figure(
-                "metrics per site",
-                lambda: plots.site_bars(summary),
-                "Each site's model scored on its own test split; error bars are bootstrap "
-                "95 % intervals.",
-            ),
-        ),
+        "site-bars": ("Final metrics per site", _site_metrics(summary, figures, selection)),
         "label-histograms": (
             "Labels per site",
-            _figure(
-                "labels per site",
-                lambda: plots.label_histograms(summary, positive_label=positive),
-                "Examples of each class in every site's train, validation and test split.",
-            )
+            _site_labels(summary, figures, selection, positive=positive)
             if _has_class_labels(summary)
             else "<p class='note'>This task has no class labels (regression or survival): "
             "each site's target distribution is in the data section of summary.json.</p>"
@@ -286,18 +407,27 @@ def _run_sections(
 
 
 def _threshold_sections(
-    *, summary: Mapping[str, Any], curves: Mapping[str, Any] | None
+    *,
+    summary: Mapping[str, Any],
+    curves: Mapping[str, Any] | None,
+    figures: FigureCache,
+    selection: SiteSelection,
 ) -> dict[str, _Section]:
     """ROC, confusion and calibration from ``curves.json``, the threshold, the intervals."""
+    shown = selection.shown if selection.summarising else None
     return {
         "roc": (
             "ROC curves",
             _figure(
-                "ROC curves",
-                lambda: plots.roc_curves(curves or {}, summary),
-                "Drawn from each site's counts of positives and negatives per probability bin "
-                "(no patient's score left a site); the AUC in the legend is the one reported in "
-                "summary.json. The star marks the operating threshold.",
+                figures,
+                "roc",
+                title="ROC curves",
+                inputs={"curves": curves, "arms": summary["arms"], "shown": shown},
+                draw=lambda: plots.roc_curves(curves or {}, summary, shown=shown),
+                caption="Drawn from each site's counts of positives and negatives per "
+                "probability bin (no patient's score left a site); the AUC in the legend is the "
+                "one reported in summary.json. The star marks the operating threshold."
+                + (" Grey: the sites not named. " + selection.note() if shown else ""),
             )
             + coarse_note(curves or {})
             if curves
@@ -306,9 +436,12 @@ def _threshold_sections(
         "confusion": (
             "Confusion matrix at the threshold",
             _figure(
-                "confusion matrices",
-                lambda: plots.confusion_matrices(curves or {}),
-                "Counts of test patients at the threshold chosen on validation data.",
+                figures,
+                "confusion",
+                title="confusion matrices",
+                inputs=curves,
+                draw=lambda: plots.confusion_matrices(curves or {}),
+                caption="Counts of test patients at the threshold chosen on validation data.",
             )
             if curves
             else _MISSING_CURVES,
@@ -316,10 +449,14 @@ def _threshold_sections(
         "calibration": (
             "Calibration",
             _figure(
+                figures,
                 "calibration",
-                lambda: plots.calibration_plot(curves or {}),
-                "Observed share of the positive class against the predicted probability, in "
-                "10 groups of the probability; a calibrated model follows the diagonal.",
+                title="calibration",
+                inputs=curves,
+                draw=lambda: plots.calibration_plot(curves or {}),
+                caption="Observed share of the positive class against the predicted "
+                "probability, in 10 groups of the probability; a calibrated model follows the "
+                "diagonal.",
             )
             if curves
             else _MISSING_CURVES,

@@ -8,18 +8,18 @@ and a legend (a colour bar for the confusion matrix).
 
 from __future__ import annotations
 
-import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from flmi.core.keys import Metric
+from flmi.report.figure_cache import DPI, render_png
 
 METRICS = (
     Metric.AUC,
@@ -39,7 +39,7 @@ LABELS = {
 }
 UNITS = {Metric.LOSS: "cross-entropy, nats"}
 ARM_COLOURS = {"federated": "tab:blue", "pooled": "tab:orange", "local": "tab:green"}
-DPI = 100
+OTHER_SITES = "0.6"  # grey: sites drawn together, unnamed
 
 
 def axis_label(metric: str) -> str:
@@ -49,10 +49,7 @@ def axis_label(metric: str) -> str:
 
 def png(fig: Figure) -> bytes:
     """The figure as PNG bytes."""
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+    return render_png(fig, dpi=DPI)
 
 
 def _grid(n: int, *, cols: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
@@ -200,12 +197,27 @@ def _headline(arm: Mapping[str, Any]) -> tuple[str, Mapping[str, Any] | None]:
     return "all sites' test", arm["test"].get("overall")
 
 
-def roc_curves(curves: Mapping[str, Any], summary: Mapping[str, Any]) -> Figure:
+def grey_lines(
+    ax: Axes, lines: Sequence[tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]]
+) -> None:
+    """Many unnamed curves as one thin grey collection (one artist, however many lines)."""
+    segments = [np.column_stack([x, y]) for x, y in lines if len(x)]
+    if segments:
+        ax.add_collection(LineCollection(segments, colors=OTHER_SITES, linewidths=0.6, alpha=0.5))
+
+
+def roc_curves(
+    curves: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    *,
+    shown: Collection[str] | None = None,
+) -> Figure:
     """ROC curves per arm: the central (or all sites') test set and each site's own.
 
     The curves come from the binned counts; the AUC in the legend is the one
     reported in ``summary.json`` (from the unbinned scores, at the site) where
-    there is one, else the curve's own.
+    there is one, else the curve's own. ``shown``: the sites drawn by name
+    (``None``: every site); the others are thin grey lines with one legend entry.
     """
     arms = curves["arms"]
 
@@ -216,7 +228,14 @@ def roc_curves(curves: Mapping[str, Any], summary: Mapping[str, Any]) -> Figure:
     fig, axes = _grid(len(arms), cols=min(3, len(arms)), width=4.6, height=4.4)
     for ax, (name, arm) in zip(axes, sorted(arms.items()), strict=True):
         label, main = _headline(arm)
-        for site, h in sorted(arm["test"]["per_site"].items()):
+        per_site = sorted(arm["test"]["per_site"].items())
+        others = [(s, h["roc"]) for s, h in per_site if shown is not None and s not in shown]
+        grey_lines(ax, [(r["fpr"], r["tpr"]) for _, r in others if r["auc"] is not None])
+        if others:
+            ax.plot([], [], "-", color=OTHER_SITES, lw=0.6, label=f"{len(others)} other sites")
+        for site, h in per_site:
+            if shown is not None and site not in shown:
+                continue
             roc = h["roc"]
             if roc["auc"] is None:
                 ax.plot([], [], " ", label=f"{site}: one class only, no curve")
@@ -247,7 +266,7 @@ def roc_curves(curves: Mapping[str, Any], summary: Mapping[str, Any]) -> Figure:
         ax.set_title(f"{name}")
         ax.set_aspect("equal")
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"ROC curves on the test sets ({curves['score']})")
+    fig.suptitle(f"ROC curves on the test sets\n({curves['score']})")
     return fig
 
 
