@@ -50,6 +50,7 @@ from flmi.data.sources import load_data
 from flmi.data.unlabeled import semi_supervised_data
 from flmi.federated_sites import SiteRecipe, federated_sites
 from flmi.forensics.breakpoint import BreakpointReached, breaking_progress, check_breakpoint
+from flmi.forensics.contributions_file import write_contributions
 from flmi.forensics.record import open_recorder
 from flmi.privacy.dp_sgd import check_dp_model
 from flmi.privacy.noise_source import NoiseSource, warn_if_insecure
@@ -364,6 +365,8 @@ def run_experiment(
     if config.baselines.local:
         arms[Arm.LOCAL] = _local_arm(prepared)
     summary = _write_outputs(prepared, arms=arms, outcome=federated, started=started)
+    if config.record.contributions and out is not None:
+        summary = write_contributions(run_dir=out)
     return RunResult(path=out, arms=arms, params=federated.result.params, summary=summary)
 
 

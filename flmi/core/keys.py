@@ -263,6 +263,7 @@ class Manifest(StrEnum):
     METHOD = "method"
     METRIC = "metric"
     SHAPLEY = "shapley"
+    RANKING = "ranking"
     LEAVE_ONE_OUT = "leave_one_out"
     ROUNDS_SCORED = "rounds_scored"
     ROUNDS_TRUNCATED = "rounds_truncated"

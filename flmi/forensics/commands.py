@@ -44,12 +44,49 @@ def add_commands(sub: Commands) -> None:
     inspect.add_argument("--round", dest="rnd", type=int, required=True, help="the round")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.add_argument("--layers", action="store_true", help="also print each layer's numbers")
+    _add_contributions(sub)
+
+
+def _add_contributions(sub: Commands) -> None:
+    c = sub.add_parser(
+        "contributions",
+        help="each site's Shapley and leave-one-out value, from the record (simulation)",
+    )
+    c.add_argument("run_dir", type=Path, help="a simulated run directory with a record")
+    c.add_argument("--metric", help="validation metric (default: auc, dice, r2 or c_index)")
+    c.add_argument(
+        "--method",
+        choices=["auto", "exact", "gtg"],
+        default="auto",
+        help="exact enumeration (up to 8 sites a round), GTG-Shapley sampling, or auto "
+        "(exact up to 4 sites)",
+    )
+    c.add_argument("--strategy", help="combine coalitions with this rule instead of the run's")
+    c.add_argument(
+        "--between-eps",
+        type=float,
+        default=1e-3,
+        help="skip a round that moved the score less than this (default 0.001)",
+    )
+    c.add_argument(
+        "--within-eps",
+        type=float,
+        default=1e-3,
+        help="GTG: stop scoring a permutation once within this of the round's score",
+    )
+    c.add_argument(
+        "--max-permutations", type=int, default=0, help="GTG: at most this many (0: 10 x sites)"
+    )
+    c.add_argument("--seed", type=int, default=0, help="GTG: seeds the permutations")
+    c.add_argument("--json", action="store_true", help="print the section as JSON")
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run one of :data:`NAMES`; the exit status."""
     if args.command == "replay":
         return _replay(args)
+    if args.command == "contributions":
+        return _contributions(args)
     return _inspect(args)
 
 
@@ -138,4 +175,46 @@ def _inspect(args: argparse.Namespace) -> int:
                 name, *[f"{_fmt(s.layers[name][0])} / {_fmt(s.layers[name][1])}" for s in sites]
             )
         console.print(layers)
+    return 0
+
+
+def _contributions(args: argparse.Namespace) -> int:
+    from flmi.core.keys import Record
+    from flmi.forensics.contribution import ContributionSettings
+    from flmi.forensics.contributions_file import CONTRIBUTIONS, write_contributions
+    from flmi.forensics.shapley import GtgSettings
+
+    settings = ContributionSettings(
+        method=args.method,
+        between_eps=args.between_eps,
+        gtg=GtgSettings(
+            within_eps=args.within_eps, max_permutations=args.max_permutations, seed=args.seed
+        ),
+    )
+    written = write_contributions(
+        run_dir=args.run_dir, metric=args.metric, settings=settings, strategy=args.strategy
+    )
+    section = written.get(Record.CONTRIBUTIONS, written)
+    if args.json:
+        print(json.dumps(section, indent=2, sort_keys=True))
+        return 0
+    table = Table(
+        title=f"Contribution to the validation {section[Manifest.METRIC]} "
+        f"({section[Manifest.METHOD]}, {len(section[Manifest.ROUNDS_SCORED])} rounds scored)"
+    )
+    for column in ("rank", "site", "Shapley", "leave-one-out"):
+        table.add_column(column, justify="left" if column == "site" else "right")
+    for rank, site in enumerate(section[Manifest.RANKING], start=1):
+        values = section[Manifest.SITES][site]
+        table.add_row(
+            str(rank),
+            site,
+            f"{values[Manifest.SHAPLEY]:+.4f}",
+            f"{values[Manifest.LEAVE_ONE_OUT]:+.4f}",
+        )
+    console.print(table)
+    console.print(
+        f"{section[Manifest.COALITIONS]} coalitions scored in {section[Manifest.WALL_S]} s "
+        f"-> {args.run_dir / CONTRIBUTIONS}"
+    )
     return 0

@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 
 from flmi.core.errors import RunDirError
 from flmi.report import plots
+from flmi.report.contributions_figure import SECTION as CONTRIBUTIONS_SECTION
+from flmi.report.contributions_figure import contribution_section
 from flmi.report.rundir import CONFIG, CURVES, METRICS, SUMMARY
 from flmi.report.summary_schema import read_summary
 from flmi.tensorio import atomic_write_bytes
@@ -45,6 +47,8 @@ SECTIONS = (
     "threshold",
     "ci-table",
 )
+#: Sections only some runs have, after :data:`SECTIONS` when they do.
+OPTIONAL_SECTIONS = (CONTRIBUTIONS_SECTION,)
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -226,6 +230,7 @@ def build_report(run_dir: Path) -> Path:
     parts = {
         **_run_sections(run_dir=run_dir, summary=summary, config=config, lines=lines),
         **_threshold_sections(summary=summary, curves=curves),
+        **contribution_section(summary),
     }
     path = run_dir / REPORT
     atomic_write_bytes(path, _page(run_dir, parts).encode("utf-8"))
@@ -346,7 +351,8 @@ def _page(run_dir: Path, parts: Mapping[str, _Section]) -> str:
     """The whole HTML page: a heading, then every section in :data:`SECTIONS` order."""
     body = "".join(
         f'<section id="{key}"><h2>{html.escape(parts[key][0])}</h2>{parts[key][1]}</section>'
-        for key in SECTIONS
+        for key in (*SECTIONS, *OPTIONAL_SECTIONS)
+        if key in parts
     )
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
