@@ -264,6 +264,7 @@ class Manifest(StrEnum):
     METRIC = "metric"
     SHAPLEY = "shapley"
     RANKING = "ranking"
+    SCORE = "score"
     LEAVE_ONE_OUT = "leave_one_out"
     ROUNDS_SCORED = "rounds_scored"
     ROUNDS_TRUNCATED = "rounds_truncated"

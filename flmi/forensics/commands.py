@@ -19,7 +19,7 @@ console = Console()
 #: What ``add_subparsers()`` returns: the ``flmi`` subcommands.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 #: The subcommands this module runs.
-NAMES = ("replay", "inspect", "contributions")
+NAMES = ("replay", "inspect", "contributions", "debug")
 
 
 def add_commands(sub: Commands) -> None:
@@ -45,6 +45,17 @@ def add_commands(sub: Commands) -> None:
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.add_argument("--layers", action="store_true", help="also print each layer's numbers")
     _add_contributions(sub)
+    debug = sub.add_parser(
+        "debug", help="rank the sites of a round by FedDebug's neuron differential test"
+    )
+    debug.add_argument("run_dir", type=Path, help="a run directory with a record")
+    debug.add_argument("--round", dest="rnd", type=int, help="the round (default: the last)")
+    debug.add_argument("--inputs", type=int, default=100, help="random inputs (default 100)")
+    debug.add_argument(
+        "--threshold", type=float, default=0.5, help="active above this share of the layer's max"
+    )
+    debug.add_argument("--seed", type=int, default=0, help="seeds the random inputs")
+    debug.add_argument("--json", action="store_true", help="print JSON instead of SITE SCORE lines")
 
 
 def _add_contributions(sub: Commands) -> None:
@@ -87,6 +98,8 @@ def run_command(args: argparse.Namespace) -> int:
         return _replay(args)
     if args.command == "contributions":
         return _contributions(args)
+    if args.command == "debug":
+        return _debug(args)
     return _inspect(args)
 
 
@@ -217,4 +230,21 @@ def _contributions(args: argparse.Namespace) -> int:
         f"{section[Manifest.COALITIONS]} coalitions scored in {section[Manifest.WALL_S]} s "
         f"-> {args.run_dir / CONTRIBUTIONS}"
     )
+    return 0
+
+
+def _debug(args: argparse.Namespace) -> int:
+    from flmi.forensics.debug_run import debug_round
+    from flmi.forensics.feddebug import DebugSettings, ranking_json
+
+    rnd, ranking = debug_round(
+        args.run_dir,
+        rnd=args.rnd,
+        settings=DebugSettings(inputs=args.inputs, threshold=args.threshold, seed=args.seed),
+    )
+    if args.json:
+        print(json.dumps(ranking_json(rnd, ranking), indent=2, sort_keys=True))
+        return 0
+    for site, score in ranking:
+        print(f"{site} {score:.4f}")
     return 0
