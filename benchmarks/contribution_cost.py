@@ -52,12 +52,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--patients", type=int, default=6000, help="generated patients in all")
     parser.add_argument("--quick", action="store_true", help="4 sites x 3 rounds, 600 patients")
+    parser.add_argument("--val-examples", type=int, default=0, help="0: every validation example")
+    parser.add_argument("--between-eps", type=float, default=1e-3)
+    parser.add_argument("--within-eps", type=float, default=1e-3)
+    parser.add_argument("--max-permutations", type=int, default=0, help="0: 10 x sites")
     args = parser.parse_args()
     if args.quick:
         args.sites, args.rounds, args.patients = 4, 3, 600
 
     from flmi.config import config_from_dict
+    from flmi.forensics.contribution import ContributionSettings
     from flmi.forensics.contributions_file import write_contributions
+    from flmi.forensics.shapley import GtgSettings
     from flmi.simulation import run_experiment
 
     config = config_from_dict(tables(sites=args.sites, rounds=args.rounds, patients=args.patients))
@@ -67,7 +73,14 @@ def main() -> None:
         run_experiment(config=config, out=out)
         training_s = time.perf_counter() - started
         started = time.perf_counter()
-        section = write_contributions(run_dir=out)["contributions"]
+        section = write_contributions(
+            run_dir=out,
+            max_examples=args.val_examples,
+            settings=ContributionSettings(
+                between_eps=args.between_eps,
+                gtg=GtgSettings(within_eps=args.within_eps, max_permutations=args.max_permutations),
+            ),
+        )["contributions"]
         contributions_s = time.perf_counter() - started
         record_mb = sum(p.stat().st_size for p in (out / "record").rglob("*") if p.is_file())
     ratio = contributions_s / training_s
@@ -93,6 +106,10 @@ def main() -> None:
                 "training_s": round(training_s, 2),
                 "contributions_s": round(contributions_s, 2),
                 "ratio": round(ratio, 4),
+                "val_examples": section["val_examples"],
+                "between_eps": args.between_eps,
+                "within_eps": args.within_eps,
+                "max_permutations": args.max_permutations,
                 "coalitions": section["coalitions_evaluated"],
                 "ranking": section["ranking"],
             }

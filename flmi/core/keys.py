@@ -265,6 +265,7 @@ class Manifest(StrEnum):
     SHAPLEY = "shapley"
     RANKING = "ranking"
     SCORE = "score"
+    VAL_EXAMPLES = "val_examples"
     LEAVE_ONE_OUT = "leave_one_out"
     ROUNDS_SCORED = "rounds_scored"
     ROUNDS_TRUNCATED = "rounds_truncated"

@@ -89,6 +89,12 @@ def _add_contributions(sub: Commands) -> None:
         "--max-permutations", type=int, default=0, help="GTG: at most this many (0: 10 x sites)"
     )
     c.add_argument("--seed", type=int, default=0, help="GTG: seeds the permutations")
+    c.add_argument(
+        "--val-examples",
+        type=int,
+        default=0,
+        help="score on this many validation examples, drawn once (default 0: all)",
+    )
     c.add_argument("--json", action="store_true", help="print the section as JSON")
 
 
@@ -205,7 +211,11 @@ def _contributions(args: argparse.Namespace) -> int:
         ),
     )
     written = write_contributions(
-        run_dir=args.run_dir, metric=args.metric, settings=settings, strategy=args.strategy
+        run_dir=args.run_dir,
+        metric=args.metric,
+        settings=settings,
+        strategy=args.strategy,
+        max_examples=args.val_examples,
     )
     section = written.get(Record.CONTRIBUTIONS, written)
     if args.json:

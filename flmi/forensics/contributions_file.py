@@ -23,6 +23,7 @@ def write_contributions(
     metric: str | None = None,
     settings: ContributionSettings | None = None,
     strategy: str | None = None,
+    max_examples: int = 0,
 ) -> dict[str, Any]:
     """Score every site's contribution to the run in ``run_dir`` and write it down.
 
@@ -40,9 +41,11 @@ def write_contributions(
         Method and truncation (default: :class:`ContributionSettings`).
     strategy
         Combine coalitions with this rule instead of the run's own.
+    max_examples
+        Score on this many validation examples, drawn once (0: all).
     """
     reader = RecordReader(run_dir=run_dir)
-    scorer = scorer_for(run_dir, metric=metric)
+    scorer = scorer_for(run_dir, metric=metric, max_examples=max_examples)
     found: Contributions = site_contributions(
         reader,
         recorded_strategy(reader, name=strategy),
@@ -51,6 +54,7 @@ def write_contributions(
     )
     section = found.to_json(metric=scorer.metric)
     section[Manifest.STRATEGY] = strategy or reader.strategy
+    section[Manifest.VAL_EXAMPLES] = scorer.num_examples
     atomic_write_json(run_dir / CONTRIBUTIONS, section)
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():

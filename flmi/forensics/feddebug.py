@@ -10,7 +10,8 @@ mean), normalised by their layer's largest value, and a neuron counts as
 active above ``threshold``. The sites whose activation sets agree most are
 found by leaving each site out in turn: the site whose removal leaves the
 others agreeing most (the largest Jaccard overlap of their active sets) is
-that input's suspect (a tie splits the input's vote). A site's score is the
+that input's suspect; the overlap is averaged over layers, so the few output
+neurons weigh as much as a wide hidden layer (a tie splits the input's vote). A site's score is the
 share of inputs on which it is the suspect, so the scores add up to 1; most
 suspect first.
 """
@@ -84,14 +85,14 @@ def _neurons(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
     return found
 
 
-def active_sets(model: nn.Module, x: torch.Tensor, *, threshold: float) -> np.ndarray:
-    """``(inputs, neurons)`` booleans: which neurons each input activates."""
+def active_sets(model: nn.Module, x: torch.Tensor, *, threshold: float) -> list[np.ndarray]:
+    """Per neuron layer, ``(inputs, neurons)`` booleans: which neurons each input activates."""
     layers = []
     for values in _neurons(model, x):
         top = np.max(np.abs(values), axis=1, keepdims=True)
         scaled = np.divide(values, top, out=np.zeros_like(values), where=top > 0)
         layers.append(scaled > threshold)
-    return np.concatenate(layers, axis=1)
+    return layers
 
 
 def _agreement(sets: np.ndarray) -> float:
@@ -100,24 +101,28 @@ def _agreement(sets: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and.reduce(sets).sum() / union)
 
 
-def suspects(active: np.ndarray) -> np.ndarray:
+def suspects(active: Sequence[np.ndarray]) -> np.ndarray:
     """Per input, a vote for the site whose removal leaves the others agreeing most.
 
     Parameters
     ----------
     active
-        ``(sites, inputs, neurons)`` booleans.
+        Per neuron layer, ``(sites, inputs, neurons)`` booleans; the others'
+        agreement is the mean of their Jaccard overlap over layers, so a
+        small layer (the output layer) weighs as much as a wide one.
 
     Returns
     -------
     numpy.ndarray
         ``(inputs, sites)`` votes; each input's add up to 1 (split among tied sites).
     """
-    n = active.shape[0]
+    n, inputs = active[0].shape[0], active[0].shape[1]
     keep = [np.array([j for j in range(n) if j != i]) for i in range(n)]
-    votes = np.zeros((active.shape[1], n))
-    for k in range(active.shape[1]):
-        agreement = np.array([_agreement(active[rest, k]) for rest in keep])
+    votes = np.zeros((inputs, n))
+    for k in range(inputs):
+        agreement = np.array(
+            [np.mean([_agreement(layer[rest, k]) for layer in active]) for rest in keep]
+        )
         tied = agreement == agreement.max()
         votes[k, tied] = 1.0 / tied.sum()  # a tie splits the input's vote
     return votes
@@ -145,11 +150,12 @@ def localise(
     dtype = next(iter(network.parameters())).dtype
     x = torch.from_numpy(rng.random((settings.inputs, *input_shape))).to(dtype)
     network.eval()
-    active = []
+    per_site = []
     for params in models:
         load_params(network, params, where="localisation")
-        active.append(active_sets(network, x, threshold=settings.threshold))
-    votes = suspects(np.stack(active)).mean(axis=0)
+        per_site.append(active_sets(network, x, threshold=settings.threshold))
+    layers = [np.stack([site[i] for site in per_site]) for i in range(len(per_site[0]))]
+    votes = suspects(layers).mean(axis=0)
     ranked = sorted(range(len(sites)), key=lambda i: (-votes[i], sites[i]))
     return [(sites[i], float(votes[i])) for i in ranked]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from flmi.config import check_site_names
@@ -48,9 +49,12 @@ class ValidationScorer:
         The run's config snapshot.
     metric
         The metric to report; ``"loss"`` is negated, so higher is better for all.
+    max_examples
+        Score on this many validation examples, drawn once (seeded by
+        ``federation.seed``) and kept for every call; 0: all of them.
     """
 
-    def __init__(self, *, config: Config, metric: str) -> None:
+    def __init__(self, *, config: Config, metric: str, max_examples: int = 0) -> None:
         torch.set_num_threads(config.runtime.torch_threads)
         data = load_data(config)
         check_site_names(config, list(data.sites))
@@ -58,7 +62,12 @@ class ValidationScorer:
         self._task = build_task(config, data)
         self._device = resolve_device(config.runtime.device)
         self._model = self._task.build_model(seed=config.federation.seed).to(self._device)
-        self._data: ArraySplit = concat_splits([data.sites[s].val for s in sorted(data.sites)])
+        val = concat_splits([data.sites[s].val for s in sorted(data.sites)])
+        if 0 < max_examples < len(val.y):
+            rng = np.random.default_rng(config.federation.seed)
+            keep = np.sort(rng.choice(len(val.y), size=max_examples, replace=False))
+            val = ArraySplit(x=val.x[keep], y=val.y[keep])
+        self._data: ArraySplit = val
         self.metric = metric
         self.calls = 0
 
@@ -91,7 +100,9 @@ class ValidationScorer:
         return -value if self.metric == Metric.LOSS.value else value
 
 
-def scorer_for(run_dir: Path, *, metric: str | None) -> ValidationScorer:
+def scorer_for(run_dir: Path, *, metric: str | None, max_examples: int = 0) -> ValidationScorer:
     """A :class:`ValidationScorer` for the run in ``run_dir``."""
     config = run_config(run_dir)
-    return ValidationScorer(config=config, metric=metric or default_metric(config))
+    return ValidationScorer(
+        config=config, metric=metric or default_metric(config), max_examples=max_examples
+    )

@@ -35,9 +35,9 @@ def test_the_site_left_out_of_the_agreeing_majority_gets_each_inputs_vote() -> N
     same = np.array([[True, False, True, True]])
     odd = np.array([[False, True, False, False]])
     active = np.stack([same, same, odd, same])  # (sites, inputs, neurons)
-    assert suspects(active).tolist() == [[0.0, 0.0, 1.0, 0.0]]
+    assert suspects([active]).tolist() == [[0.0, 0.0, 1.0, 0.0]]
     # Four identical sites: every removal leaves full agreement, so the vote is split.
-    assert suspects(np.stack([same] * 4)).tolist() == [[0.25, 0.25, 0.25, 0.25]]
+    assert suspects([np.stack([same] * 4)]).tolist() == [[0.25, 0.25, 0.25, 0.25]]
 
 
 def test_a_site_whose_weights_were_noised_is_ranked_first() -> None:
