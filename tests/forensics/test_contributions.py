@@ -163,3 +163,10 @@ def test_flmi_contributions_prints_the_ranking_and_the_report_draws_it(
     page = (faulty_run / "report.html").read_text()
     section_html = page.split('<section id="contributions">')[1].split("</section>")[0]
     assert "src='data:image/png;base64," in section_html and "(gtg;" in section_html
+
+
+def test_scoring_on_a_drawn_subset_uses_that_many_examples_every_call(faulty_run: Path) -> None:
+    scorer = scorer_for(faulty_run, metric="auc", max_examples=40)
+    final = load_file(str(faulty_run / "model.safetensors"))
+    assert scorer.num_examples == 40
+    assert scorer(final) == scorer(final)  # the same examples each time
