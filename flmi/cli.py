@@ -23,6 +23,7 @@ from flmi.config import Config, load_config
 from flmi.core.errors import FlmiError
 from flmi.core.federation import RoundRecord
 from flmi.core.keys import Metric, SegmentationMetric
+from flmi.forensics import commands as forensics
 from flmi.strategies.registry import STRATEGIES
 
 console = Console()
@@ -150,7 +151,8 @@ def check_inputs(config: Config) -> None:
         read_weights(Path(config.task.init_weights))
 
 
-def _run(config: Config, out: Path, *, resume: bool = False) -> int:
+def _run(config: Config, out: Path, *, resume: bool = False, break_after: int | None = None) -> int:
+    from flmi.forensics.breakpoint import BreakpointReached
     from flmi.simulation import run_experiment
 
     check_inputs(config)
@@ -158,7 +160,17 @@ def _run(config: Config, out: Path, *, resume: bool = False) -> int:
         f"flmi: {config.strategy.name} on {config.partition.num_sites} sites, "
         f"{config.federation.rounds} rounds -> {out}" + (" (resuming)" if resume else "")
     )
-    result = run_experiment(config=config, out=out, progress=show_round, resume=resume)
+    try:
+        result = run_experiment(
+            config=config,
+            out=out,
+            progress=show_round,
+            resume=resume,
+            break_after_round=break_after,
+        )
+    except BreakpointReached as stop:
+        console.print(f"{stop}: flmi run ... --out {out} --resume")
+        return 0
     show_summary(dict(result.arms))
     _write_report(out)
     console.print(f"run directory: {out}")
@@ -200,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_commands(sub)
     _add_certs_command(sub)
     _add_deploy_commands(sub)
+    forensics.add_commands(sub)
     return parser
 
 
@@ -216,6 +229,12 @@ def _add_run_commands(sub: _Commands) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out after its last checkpointed round",
+    )
+    run.add_argument(
+        "--break-after-round",
+        type=int,
+        metavar="R",
+        help="stop cleanly after round R (checkpoint and record written); --resume continues",
     )
     run.add_argument(
         "--set",
@@ -476,6 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args)
         if args.command == "audit":
             return _audit(args)
+        if args.command in forensics.NAMES:
+            return forensics.run_command(args)
         if args.command in ("server", "client", "audit-log"):
             return _deploy(args)
         if args.command == "demo":
@@ -489,7 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume and args.out is None:
             console.print("[red]error:[/red] --resume needs --out: the run directory to continue")
             return 2
-        return _run(config, args.out or _default_out(args.config.stem), resume=args.resume)
+        out = args.out or _default_out(args.config.stem)
+        return _run(config, out, resume=args.resume, break_after=args.break_after_round)
     except FlmiError as exc:  # one line however long: the terminal wraps it, not rich
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2

@@ -50,6 +50,9 @@ from flmi.data.scanner_shift import scanner_json, site_scanners
 from flmi.data.sources import load_data
 from flmi.data.unlabeled import semi_supervised_data
 from flmi.federated_sites import SiteRecipe, federated_sites
+from flmi.forensics.breakpoint import BreakpointReached, breaking_progress, check_breakpoint
+from flmi.forensics.contributions_file import write_contributions
+from flmi.forensics.record import open_recorder
 from flmi.privacy.dp_sgd import check_dp_model
 from flmi.privacy.noise_source import NoiseSource, warn_if_insecure
 from flmi.privacy.setup import build_secure
@@ -329,6 +332,7 @@ def run_experiment(
     resume: bool = False,
     strategy: Strategy[Any] | None = None,
     task: Task | None = None,
+    break_after_round: int | None = None,
 ) -> RunResult:
     """Run the federated arm, and the pooled and local arms when the config asks.
 
@@ -355,19 +359,35 @@ def run_experiment(
     task
         A task object to train instead of the one ``[task] name`` builds;
         every target of the data is checked against it. Pass it again to resume.
+    break_after_round
+        Stop cleanly after this round of the federated arm (metrics, checkpoint
+        and record written) by raising
+        :class:`~flmi.forensics.breakpoint.BreakpointReached`; ``resume``
+        continues it exactly.
     """
     started = time.perf_counter()
+    if break_after_round is not None:
+        progress = breaking_progress(progress, after_round=break_after_round)
     prepared = _prepare(
         config=config, out=out, progress=progress, resume=resume, strategy=strategy, task=task
     )
-    with _sites_runtime(prepared, task=task) as sites_runtime:
-        federated = _federated_arm(prepared, sites_runtime=sites_runtime)
-        arms: dict[str, ArmResult] = {Arm.FEDERATED: federated.arm}
-        if config.baselines.pooled:
-            arms[Arm.POOLED] = _pooled_arm(prepared, eval_runtime=federated.runtime)
+    if break_after_round is not None:
+        done = prepared.resume_point.completed_round if prepared.resume_point else 0
+        check_breakpoint(break_after_round, rounds=config.federation.rounds, resumed_after=done)
+    try:
+        with _sites_runtime(prepared, task=task) as sites_runtime:
+            federated = _federated_arm(prepared, sites_runtime=sites_runtime)
+            arms: dict[str, ArmResult] = {Arm.FEDERATED: federated.arm}
+            if config.baselines.pooled:
+                arms[Arm.POOLED] = _pooled_arm(prepared, eval_runtime=federated.runtime)
+    except BreakpointReached:
+        close_all(prepared.trackers)
+        raise
     if config.baselines.local:
         arms[Arm.LOCAL] = _local_arm(prepared)
     summary = _write_outputs(prepared, arms=arms, outcome=federated, started=started)
+    if config.record.contributions and out is not None:
+        summary = write_contributions(run_dir=out)
     return RunResult(path=out, arms=arms, params=federated.result.params, summary=summary)
 
 
@@ -580,6 +600,14 @@ def _federated_arm(p: _Prepared, *, sites_runtime: Runtime) -> _Federated:
         resume=p.resume_point,
         secure=p.secure,
         final_scoring=_final_scoring(config, p.plan),
+        recorder=open_recorder(
+            enabled=config.record.updates,
+            run_dir=run.path if run is not None else None,
+            strategy=strategy.name,
+            sites=sorted(p.data.sites),
+            initial=p.initial,
+            resumed_after=p.resume_point.completed_round if p.resume_point else None,
+        ),
     )
     history = list(federated.history)
     if not history and run is not None:  # resumed after the last round: nothing left to run

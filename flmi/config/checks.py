@@ -43,7 +43,27 @@ def check_config(c: Config) -> None:
     check_privacy(c)
     RUNTIMES.lookup(c.runtime.name)
     check_dp(c)
+    _check_record(c)
     source_for(c.data.source).check(c)
+
+
+def _check_record(c: Config) -> None:
+    """``[record] updates`` keeps each site's update: only where the server sees one."""
+    if not c.record.updates:
+        return
+    v = c.privacy
+    _require(
+        v.aggregation == "plain",
+        f"record.updates = true with privacy.aggregation = '{v.aggregation}': individual "
+        "updates are hidden by design (the server only ever sees their sum), so there is "
+        "nothing to record; set record.updates = false, or privacy.aggregation = 'plain'",
+    )
+    _require(
+        v.dp != "client" or v.noise_at == "site",
+        "record.updates = true with privacy.dp = 'client' and privacy.noise_at = 'server': "
+        "the server's DP noise is OS randomness nobody can draw again, so no round could be "
+        "replayed; use privacy.noise_at = 'site' or set record.updates = false",
+    )
 
 
 def check_site_names(config: Config, names: Sequence[str]) -> None:

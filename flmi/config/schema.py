@@ -715,6 +715,33 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class RecordConfig:
+    """``[record]``: keep what each round aggregated, for replay, inspection and contribution.
+
+    ``updates = true`` keeps, for every round, the global model and each
+    site's update in ``RUN_DIR/record`` (safetensors files named by their
+    SHA-256, nothing pickled) with one JSON manifest per round (round, site,
+    file hash, example count, weight, strategy and its state before the
+    round), so ``flmi replay``, ``flmi inspect`` and ``flmi contributions``
+    can work from it with no training. It needs ``privacy.aggregation =
+    "plain"``: under ``"secagg"`` or ``"he"`` the server never sees one
+    site's update, by design. ``contributions = true`` (simulation) scores
+    each site's contribution from the record when the run ends (see
+    ``flmi contributions``).
+    """
+
+    updates: bool = False
+    contributions: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            self.updates or not self.contributions,
+            "record.contributions = true is computed from the recorded updates: "
+            "set record.updates = true as well",
+        )
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """``[sites.NAME]``: one site's own settings (simulation).
 
@@ -780,6 +807,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     sites: dict[str, SiteConfig] = field(default_factory=dict)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain TOML-ready tables (strategy options inlined, unset keys left out)."""

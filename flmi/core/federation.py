@@ -157,6 +157,21 @@ class RoundObserver(Protocol):
         ...
 
 
+class AggregationRecorder(Protocol):
+    """Keeps what each round aggregated, so it can be replayed without training."""
+
+    def on_aggregate(
+        self,
+        rnd: int,
+        *,
+        state_before: StateRecord,
+        updates: Sequence[ClientUpdate],
+        params: Params,
+    ) -> None:
+        """Called once round ``rnd`` aggregated ``updates`` from ``state_before`` to ``params``."""
+        ...
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     """Where a resumed run picks up: the last finished round and what it left.
@@ -389,6 +404,7 @@ def run_federation(
     resume: ResumePoint | None = None,
     secure: SecureAggregation | None = None,
     final_scoring: FinalScoring | None = None,
+    recorder: AggregationRecorder | None = None,
 ) -> FederationResult:
     """Run every round of one arm and return the final weights.
 
@@ -423,6 +439,9 @@ def run_federation(
     final_scoring
         Have the last round also return the final model's site intervals and
         histograms (:attr:`FederationResult.final`), so no site scores it twice.
+    recorder
+        Keeps each aggregated round's updates, starting state and result
+        (``[record] updates``); never given with ``secure``.
     """
     _check_secure_runtime(secure, runtime)
     setting = _ArmSetting(
@@ -436,6 +455,7 @@ def run_federation(
         secure=secure,
         personal=is_personalised(strategy),
         final_scoring=final_scoring,
+        recorder=recorder,
     )
     state, params, first = _starting_point(strategy, initial_params, resume)
     history: list[RoundRecord] = []
@@ -500,6 +520,7 @@ class _ArmSetting:
     secure: SecureAggregation | None
     personal: bool
     final_scoring: FinalScoring | None
+    recorder: AggregationRecorder | None = None
 
 
 def _check_secure_runtime(secure: SecureAggregation | None, runtime: Runtime) -> None:
@@ -544,7 +565,12 @@ def _train_round(rnd: int, setting: _ArmSetting, state: Any, params: Params) -> 
     stalled = _stalled(rnd, got, sampled=sampled, min_sites=plan.min_sites)
     if stalled is None:
         state = _note_secure_round(rnd, strategy, state, replies, got, secure=secure)
+        before = strategy.state_to_record(state) if setting.recorder is not None else None
         state, params = strategy.aggregate(rnd, state, got.updates)
+        if setting.recorder is not None and before is not None:
+            setting.recorder.on_aggregate(
+                rnd, state_before=before, updates=got.updates, params=params
+            )
     return _Trained(
         sampled=sampled,
         instructions=instructions,

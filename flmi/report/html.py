@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 
 from flmi.core.errors import RunDirError
 from flmi.report import plots, site_plots
+from flmi.report.contributions_figure import SECTION as CONTRIBUTIONS_SECTION
+from flmi.report.contributions_figure import contribution_section
 from flmi.report.figure_cache import FIGURES, FigureCache
 from flmi.report.rundir import CONFIG, CURVES, METRICS, SUMMARY
 from flmi.report.site_selection import SITE_LIMIT, SiteSelection
@@ -51,6 +53,8 @@ SECTIONS = (
     "threshold",
     "ci-table",
 )
+#: Sections only some runs have, after :data:`SECTIONS` when they do.
+OPTIONAL_SECTIONS = (CONTRIBUTIONS_SECTION,)
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -274,6 +278,7 @@ def build_report(
             selection=selection,
         ),
         **_threshold_sections(summary=summary, curves=curves, figures=figures, selection=selection),
+        **contribution_section(summary),
     }
     path = run_dir / REPORT
     atomic_write_bytes(path, _page(run_dir, parts).encode("utf-8"))
@@ -483,7 +488,8 @@ def _page(run_dir: Path, parts: Mapping[str, _Section]) -> str:
     """The whole HTML page: a heading, then every section in :data:`SECTIONS` order."""
     body = "".join(
         f'<section id="{key}"><h2>{html.escape(parts[key][0])}</h2>{parts[key][1]}</section>'
-        for key in SECTIONS
+        for key in (*SECTIONS, *OPTIONAL_SECTIONS)
+        if key in parts
     )
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

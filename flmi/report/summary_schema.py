@@ -157,6 +157,9 @@ class Summary:
     sites_left_out, unreadable, site_scanners
         Sites without labeled training data, files that could not be read,
         and the scanner settings of a scanner-shift partition, where there are any.
+    contributions
+        Each site's Shapley and leave-one-out value, where they were scored
+        (:meth:`flmi.forensics.contribution.Contributions.to_json`).
     schema_version
         The layout: :data:`SCHEMA_VERSION`, or :data:`PRE_SCHEMA` for a file
         written before the field existed.
@@ -178,6 +181,7 @@ class Summary:
     sites_left_out: Mapping[str, str] | None = None
     unreadable: JsonObject | None = None
     site_scanners: JsonObject | None = None
+    contributions: JsonObject | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -202,6 +206,7 @@ class Summary:
             Record.SITES_LEFT_OUT: self.sites_left_out,
             Record.UNREADABLE: self.unreadable,
             Record.SITE_SCANNERS: self.site_scanners,
+            Record.CONTRIBUTIONS: self.contributions,
         }
         out.update({k: _copy(v) for k, v in optional.items() if v is not None})
         return out
@@ -266,6 +271,7 @@ class Summary:
             ),
             unreadable=_optional_object(obj.get(Record.UNREADABLE), "unreadable", source),
             site_scanners=_optional_object(obj.get(Record.SITE_SCANNERS), "site_scanners", source),
+            contributions=_optional_object(obj.get(Record.CONTRIBUTIONS), "contributions", source),
         )
 
 

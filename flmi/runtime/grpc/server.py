@@ -40,6 +40,7 @@ from flmi.core.messages import HParamValue
 from flmi.core.params import Params
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.source_registry import source_for
+from flmi.forensics.record import open_recorder
 from flmi.privacy.noise_source import refuse_in_deployment
 from flmi.privacy.setup import build_secure
 from flmi.report.resume import open_run, record_from_line
@@ -373,6 +374,14 @@ def _run_rounds(
         arm=Arm.FEDERATED,
         resume=resume_point,
         secure=secure,
+        recorder=open_recorder(
+            enabled=config.record.updates,
+            run_dir=run.path,
+            strategy=strategy.name,
+            sites=config.deploy.sites,
+            initial=initial,
+            resumed_after=resume_point.completed_round if resume_point else None,
+        ),
     )
 
 
