@@ -57,7 +57,6 @@ from flmi.privacy.dp_sgd import check_dp_model
 from flmi.privacy.noise_source import NoiseSource, warn_if_insecure
 from flmi.privacy.setup import build_secure
 from flmi.report.before_training import describe_sites, survival_curves
-from flmi.report.km_report import write_km
 from flmi.report.model_card import CARD_MD, write_model_card
 from flmi.report.operating import ArmCurves, arm_curves, curves_json
 from flmi.report.plugins import plugin_record
@@ -459,6 +458,8 @@ def _prepare(
     plugins = plugin_record(config, objects=objects)
     run, resume_point = open_run(config=config, out=out, resume=resume, plugins=plugins)
     if run is not None and curves is not None:
+        from flmi.report.km_plot import write_km  # matplotlib: survival runs only
+
         write_km(run.path, curves)
     # Flushed every round; a run that dies leaves its trackers as of its last round.
     trackers = (

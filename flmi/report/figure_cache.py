@@ -24,7 +24,7 @@ from flmi.tensorio import atomic_write_bytes
 FIGURES = "figures"
 DPI = 100
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_CODE = ("plots.py", "site_plots.py", "site_selection.py", "km_report.py", "figure_cache.py")
+_CODE = ("plots.py", "site_plots.py", "site_selection.py", "km_plot.py", "figure_cache.py")
 
 
 def _code_hash() -> str:

@@ -19,7 +19,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from flmi.config import load_config
-from flmi.report import figure_cache, km_report, plots, site_plots
+from flmi.report import figure_cache, km_plot, plots, site_plots
 from flmi.report.figure_cache import FIGURES, PNG_MAGIC, FigureCache
 from flmi.report.html import build_report
 from flmi.report.site_selection import NAMED, SITE_LIMIT, select_sites
@@ -257,24 +257,24 @@ def _km(sites: int) -> dict[str, object]:
 
 
 def test_km_figure_holds_as_many_artists_for_200_sites_as_for_20() -> None:
-    assert _children(km_report.km_figure(_km(20))) == _children(km_report.km_figure(_km(200)))
+    assert _children(km_plot.km_figure(_km(20))) == _children(km_plot.km_figure(_km(200)))
 
 
 def test_km_plot_is_drawn_once_for_the_same_curves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    draw = km_report.km_figure
+    draw = km_plot.km_figure
 
     def counting(section: Any) -> Figure:
         calls.append(1)
         return draw(section)
 
-    monkeypatch.setattr(km_report, "km_figure", counting)
-    km_report.write_km(tmp_path, _km(3))
-    km_report.write_km(tmp_path, _km(3))  # a resumed run writes the same curves again
+    monkeypatch.setattr(km_plot, "km_figure", counting)
+    km_plot.write_km(tmp_path, _km(3))
+    km_plot.write_km(tmp_path, _km(3))  # a resumed run writes the same curves again
     assert len(calls) == 1 and (tmp_path / "km.png").read_bytes().startswith(b"\x89PNG")
 
-    km_report.write_km(tmp_path, _km(4))
+    km_plot.write_km(tmp_path, _km(4))
 
     assert len(calls) == 2
