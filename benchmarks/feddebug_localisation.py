@@ -28,19 +28,20 @@ BREASTMNIST = (
 
 
 def faulty_site(data: str, seed: int) -> str:
-    """The faulty site of a run: the natural partition's hospitals, or the iid split's sites."""
+    """The faulty site of a run: a natural partition's hospital, or a site of an iid split."""
     return f"{'hospital' if data == 'generated' else 'site'}_{2 + seed}"
 
 
 def tables(*, data: str, fault: str, sites: int, seed: int, rounds: int) -> dict[str, object]:
-    """One evaluation run's config."""
-    if data == "generated":
+    """One evaluation run's config (``generated-iid``: the generated images split iid)."""
+    if data.startswith("generated"):
         source: dict[str, object] = {
             "source": "synthetic",
             "image_size": 16,
             "n_patients": 120 * sites,
         }
-        partition: dict[str, object] = {"method": "natural", "num_sites": sites}
+        method = "natural" if data == "generated" else "iid"
+        partition: dict[str, object] = {"method": method, "num_sites": sites}
     else:
         source = {"source": "medmnist", "path": str(BREASTMNIST)}
         partition = {"method": "iid", "num_sites": sites}
@@ -88,7 +89,10 @@ def main() -> None:
     """Run every cell and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data", nargs="+", default=["generated"], choices=["generated", "breastmnist"]
+        "--data",
+        nargs="+",
+        default=["generated"],
+        choices=["generated", "generated-iid", "breastmnist"],
     )
     parser.add_argument("--faults", nargs="+", default=["label_flip", "noise"])
     parser.add_argument("--sites", nargs="+", type=int, default=[5, 10])
