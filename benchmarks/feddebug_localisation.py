@@ -28,20 +28,19 @@ BREASTMNIST = (
 
 
 def faulty_site(data: str, seed: int) -> str:
-    """The faulty site of a run: a natural partition's hospital, or a site of an iid split."""
+    """The faulty site of a run: a generated hospital, or a site of BreastMNIST's iid split."""
     return f"{'hospital' if data == 'generated' else 'site'}_{2 + seed}"
 
 
 def tables(*, data: str, fault: str, sites: int, seed: int, rounds: int) -> dict[str, object]:
-    """One evaluation run's config (``generated-iid``: the generated images split iid)."""
-    if data.startswith("generated"):
+    """One evaluation run's config."""
+    if data == "generated":
         source: dict[str, object] = {
             "source": "synthetic",
             "image_size": 16,
             "n_patients": 120 * sites,
         }
-        method = "natural" if data == "generated" else "iid"
-        partition: dict[str, object] = {"method": method, "num_sites": sites}
+        partition: dict[str, object] = {"method": "natural", "num_sites": sites}
     else:
         source = {"source": "medmnist", "path": str(BREASTMNIST)}
         partition = {"method": "iid", "num_sites": sites}
@@ -92,7 +91,7 @@ def main() -> None:
         "--data",
         nargs="+",
         default=["generated"],
-        choices=["generated", "generated-iid", "breastmnist"],
+        choices=["generated", "breastmnist"],
     )
     parser.add_argument("--faults", nargs="+", default=["label_flip", "noise"])
     parser.add_argument("--sites", nargs="+", type=int, default=[5, 10])
