@@ -2,7 +2,7 @@
 
 For every fault (flmi's fault injection: ``label_flip``, ``noise``, ``scale``),
 number of sites and seed, one federation runs with ``[record] updates =
-true`` and one faulty site (``hospital_{2 + seed}``); every recorded round is
+true`` and one faulty site (the second, third, fourth by seed); every recorded round is
 then localised (``flmi debug``: 100 random inputs, no data) and counts as one
 trial. A cell is the share of trials whose first-ranked site is the faulty
 one.
@@ -27,6 +27,11 @@ BREASTMNIST = (
 )
 
 
+def faulty_site(data: str, seed: int) -> str:
+    """The faulty site of a run: a generated hospital, or a site of BreastMNIST's iid split."""
+    return f"{'hospital' if data == 'generated' else 'site'}_{2 + seed}"
+
+
 def tables(*, data: str, fault: str, sites: int, seed: int, rounds: int) -> dict[str, object]:
     """One evaluation run's config."""
     if data == "generated":
@@ -38,7 +43,7 @@ def tables(*, data: str, fault: str, sites: int, seed: int, rounds: int) -> dict
         partition: dict[str, object] = {"method": "natural", "num_sites": sites}
     else:
         source = {"source": "medmnist", "path": str(BREASTMNIST)}
-        partition = {"method": "dirichlet", "num_sites": sites, "alpha": 0.5}
+        partition = {"method": "iid", "num_sites": sites}
     return {
         "data": source,
         "partition": {**partition, "min_examples_per_site": 10},
@@ -56,7 +61,7 @@ def tables(*, data: str, fault: str, sites: int, seed: int, rounds: int) -> dict
         "runtime": {"device": "cpu", "torch_threads": 1},
         "report": {"bootstrap_resamples": 0},
         "record": {"updates": True},
-        "sites": {f"hospital_{2 + seed}": {"fault": fault}},
+        "sites": {faulty_site(data, seed): {"fault": fault}},
     }
 
 
@@ -68,7 +73,7 @@ def run_cell(*, data: str, fault: str, sites: int, seed: int, rounds: int) -> li
     from flmi.simulation import run_experiment
 
     config = config_from_dict(tables(data=data, fault=fault, sites=sites, seed=seed, rounds=rounds))
-    faulty = f"hospital_{2 + seed}"
+    faulty = faulty_site(data, seed)
     hits = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
@@ -83,7 +88,10 @@ def main() -> None:
     """Run every cell and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data", nargs="+", default=["generated"], choices=["generated", "breastmnist"]
+        "--data",
+        nargs="+",
+        default=["generated"],
+        choices=["generated", "breastmnist"],
     )
     parser.add_argument("--faults", nargs="+", default=["label_flip", "noise"])
     parser.add_argument("--sites", nargs="+", type=int, default=[5, 10])

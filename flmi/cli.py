@@ -1,7 +1,9 @@
 """Command line.
 
 ``flmi run | demo | strategies | config keys | report | predict | audit`` for a simulated
-federation, ``flmi certs | server | client | audit-log`` for a real deployment.
+federation, ``flmi certs | server | client | audit-log`` for a real deployment,
+``flmi replay | inspect | contributions | debug`` for a run's record
+(:mod:`flmi.forensics.commands`).
 """
 
 from __future__ import annotations

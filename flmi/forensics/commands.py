@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 from flmi.core.keys import Manifest
-from flmi.tensorio import save_tensors
 
 console = Console()
 
@@ -118,6 +117,7 @@ def _replay(args: argparse.Namespace) -> int:
         recorded_strategy,
         replay_round,
     )
+    from flmi.tensorio import save_tensors
 
     reader = RecordReader(run_dir=args.run_dir)
     if args.without and args.strategy:

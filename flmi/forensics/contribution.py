@@ -67,7 +67,11 @@ AUTO_EXACT_SITES = 4
 
 @dataclass(frozen=True)
 class Contributions:
-    """Per-site values summed over rounds, and what they cost."""
+    """Per-site values summed over rounds, and what they cost.
+
+    ``full_value`` is the score of the last round's model, ``empty_value``
+    that of the model before the first recorded round.
+    """
 
     shapley: Mapping[str, float]
     leave_one_out: Mapping[str, float]

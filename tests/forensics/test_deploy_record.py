@@ -22,7 +22,9 @@ def test_a_deployed_server_records_each_update_and_replays_its_model_bit_for_bit
     write_fed(deployment, fed_tables(site_names=SITES, record={"updates": True}))
     server, address = deployment.start_server(out=tmp_path / "grpc-run")
     clients = [deployment.start_client(site, address) for site in SITES]
-    assert [wait(c) for c in clients] == [0, 0, 0] and wait(server) == 0
+    # Generous deadlines: on a loaded 2-core machine three clients and a server take minutes.
+    assert [wait(c, timeout_s=600) for c in clients] == [0, 0, 0]
+    assert wait(server, timeout_s=600) == 0
 
     reader = RecordReader(run_dir=tmp_path / "grpc-run")
     assert reader.rounds() == [1, 2] and reader.sites == SITES
