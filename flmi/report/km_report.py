@@ -11,16 +11,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from flmi.data.arrays import SiteSplits
-from flmi.report.figure_cache import FIGURES, FigureCache
-from flmi.report.plots import OTHER_SITES, grey_lines
 from flmi.report.site_selection import SITE_LIMIT, select_sites
 from flmi.tasks.km import KMTable, combine_km, km_curve_json, km_table
 from flmi.tensorio import atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:  # matplotlib loads only when a survival run draws its curves
+    from matplotlib.figure import Figure
 
 
 def site_km_message(*, site: str, data: SiteSplits, bin_width: float, min_count: int) -> bytes:
@@ -56,6 +57,10 @@ def km_figure(section: Mapping[str, object], *, limit: int = SITE_LIMIT) -> Figu
     Past the limit, the sites with the lowest and highest survival at their last
     time are named and the others are thin grey steps with one legend entry.
     """
+    from matplotlib.figure import Figure
+
+    from flmi.report.plots import OTHER_SITES, grey_lines
+
     sites = section["sites"]
     federated = section["federated"]
     assert isinstance(sites, dict) and isinstance(federated, dict)
@@ -106,6 +111,8 @@ def write_km(path: Path, section: Mapping[str, object]) -> None:
     The plot is drawn once per distinct ``section`` (kept in ``path/figures``),
     so a resumed run does not draw it again.
     """
+    from flmi.report.figure_cache import FIGURES, FigureCache
+
     atomic_write_json(path / "km.json", section)
     cache = FigureCache(directory=path / FIGURES)
     png = cache.png("km", inputs=section, draw=lambda: km_figure(section))
