@@ -15,14 +15,15 @@ directory, it times:
 - **summarised, re-render**: ``flmi report`` again on the same run (every
   figure reused);
 
-each the median CPU time of ``--repeats`` builds after one warm-up build,
+each the median CPU time of ``--repeats`` builds after one warm-up build
+(the first two interleaved),
 next to the wall time of the run itself
 (``run_experiment``: training, evaluation and 100 bootstrap resamples; the
 report excluded).
 
 Usage::
 
-    .venv/bin/python benchmarks/report_cost.py [--sites 10 50 200] [--repeats 3]
+    .venv/bin/python benchmarks/report_cost.py [--sites 10 50 200] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -81,34 +82,36 @@ def _train(images: Path, sites: int, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def _median_s(build: Callable[[], object], repeats: int) -> float:
-    """Median CPU seconds of ``build`` (the report is one thread; CPU time is less disturbed
-    than wall time by other work on a shared machine)."""
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        build()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
+def _cpu_s(build: Callable[[], object]) -> float:
+    """CPU seconds of ``build`` (the report is one thread; CPU time is less disturbed than wall
+    time by other work on a shared machine)."""
+    start = time.process_time()
+    build()
+    return time.process_time() - start
 
 
 def _report_times(run: Path, sites: int, repeats: int) -> tuple[float, float, float]:
-    """Every site drawn, summarised without stored figures, and summarised again (reused)."""
+    """Median CPU seconds: every site drawn, summarised without stored figures, re-rendered.
+
+    The first two alternate, so a change in the machine's load hits both alike.
+    """
     build_report(run, cache=FigureCache(directory=None))  # warm-up: fonts, first draws
-    every = _median_s(
-        lambda: build_report(run, cache=FigureCache(directory=None), site_limit=sites), repeats
-    )
-    fresh = _median_s(lambda: build_report(run, cache=FigureCache(directory=None)), repeats)
+    every, fresh = [], []
+    for _ in range(repeats):
+        every.append(
+            _cpu_s(lambda: build_report(run, cache=FigureCache(directory=None), site_limit=sites))
+        )
+        fresh.append(_cpu_s(lambda: build_report(run, cache=FigureCache(directory=None))))
     build_report(run)  # fills RUN_DIR/figures
-    again = _median_s(lambda: build_report(run), repeats)
-    return every, fresh, again
+    again = [_cpu_s(lambda: build_report(run)) for _ in range(repeats)]
+    return statistics.median(every), statistics.median(fresh), statistics.median(again)
 
 
 def main() -> None:
     """Train one run per size, time its report three ways, print one table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[10, 50, 200])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,6 +9,7 @@ draw only the rest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -27,6 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _CODE = ("plots.py", "site_plots.py", "site_selection.py", "km_plot.py", "figure_cache.py")
 
 
+@functools.cache
 def _code_hash() -> str:
     """A hash of the modules that draw figures, so a change to them redraws every figure."""
     here = Path(__file__).parent

@@ -128,6 +128,24 @@ def test_summarised_figures_hold_as_many_artists_for_200_sites_as_for_20(
 
 
 @pytest.mark.usefixtures("quick_png")
+def test_summarised_figures_label_their_axes_with_units_and_have_a_legend(
+    small_run: Path, tmp_path: Path
+) -> None:
+    run = widen(small_run, tmp_path / "run", 20)
+    summary = json.loads((run / "summary.json").read_text())
+    selection = site_plots.report_selection(summary)
+
+    for fig in (
+        site_plots.site_distribution(summary, selection),
+        site_plots.label_distribution(summary, selection, positive_label=1),
+    ):
+        assert fig.legends
+        for ax in fig.axes:
+            for label in (ax.get_xlabel(), ax.get_ylabel()):
+                assert re.search(r"\(.+\)", label), f"no unit in axis label {label!r}"
+
+
+@pytest.mark.usefixtures("quick_png")
 def test_up_to_the_limit_every_site_gets_its_own_bar(small_run: Path, tmp_path: Path) -> None:
     cache = FigureCache(directory=None)
     page = build_report(widen(small_run, tmp_path / "run", SITE_LIMIT), cache=cache).read_text()
