@@ -20,12 +20,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from flmi.config import RuntimeConfig
 from flmi.core.errors import ConfigError
 from flmi.core.exchange import StageReply
+from flmi.core.keys import Arm
 from flmi.core.messages import (
     ClientError,
     ErrorCode,
@@ -35,7 +37,10 @@ from flmi.core.messages import (
     TrainReply,
 )
 from flmi.federated_sites import SiteRecipe, sites_from_recipe
+from flmi.report.rundir import RunDir
 from flmi.runtime.inprocess import InProcessRuntime
+from flmi.site.site import Site
+from flmi.site.state import SiteState
 
 INSTALL = "pip install 'flmi[ray]'"
 
@@ -99,7 +104,8 @@ class SiteHost:
     """
 
     def __init__(self, *, recipe: SiteRecipe, site_names: Sequence[str]) -> None:
-        self._sites = InProcessRuntime(sites=sites_from_recipe(recipe, names=site_names))
+        self._endpoints = sites_from_recipe(recipe, names=site_names)
+        self._sites = InProcessRuntime(sites=self._endpoints)
 
     def train(self, instructions: Mapping[str, TrainInstruction]) -> dict[str, TrainReply]:
         """Each owned site's :meth:`Site.train`."""
@@ -114,6 +120,10 @@ class SiteHost:
     ) -> dict[str, StageReply]:
         """One protocol stage for each owned site."""
         return dict(self._sites.exchange(stage=stage, rnd=rnd, payloads=payloads))
+
+    def site_states(self) -> dict[str, SiteState]:
+        """The state each owned site holds now (sites behind a fault or protocol: left out)."""
+        return {e.name: e.state for e in self._endpoints if isinstance(e, Site)}
 
     def info(self) -> tuple[int, str]:
         """This worker's process id and Ray node id."""
@@ -138,8 +148,15 @@ class RayRuntime:
     local Ray instance when :meth:`start` started one.
     """
 
-    def __init__(self, *, hosts: Sequence[Any], groups: Sequence[Sequence[str]], owns_ray: bool):
-        self._hosts, self._owns_ray = list(hosts), owns_ray
+    def __init__(
+        self,
+        *,
+        hosts: Sequence[Any],
+        groups: Sequence[Sequence[str]],
+        owns_ray: bool,
+        recipe: SiteRecipe,
+    ):
+        self._hosts, self._owns_ray, self._recipe = list(hosts), owns_ray, recipe
         self._groups = [tuple(g) for g in groups]
         self._owner = {site: i for i, group in enumerate(groups) for site in group}
         self._closed = False
@@ -168,22 +185,25 @@ class RayRuntime:
                 site_names,
                 workers=worker_count(r, num_sites=len(site_names), resources=_resources()),
             )
-            host_class: Any = ray.remote(SiteHost)
-            for group in groups:
-                hosts.append(
-                    host_class.options(
-                        num_cpus=r.num_cpus_per_site, num_gpus=r.num_gpus_per_site
-                    ).remote(recipe=recipe, site_names=group)
-                )
+            hosts.extend(_start_host(recipe, group) for group in groups)
             ray.get([host.info.remote() for host in hosts])  # the sites are built
         except BaseException:
             _stop(hosts, owns_ray=owns_ray)
             raise
-        return cls(hosts=hosts, groups=groups, owns_ray=owns_ray)
+        return cls(hosts=hosts, groups=groups, owns_ray=owns_ray, recipe=recipe)
 
     def site_names(self) -> Sequence[str]:
         """Names of the reachable sites, sorted."""
         return sorted(self._owner)
+
+    def site_states(self) -> dict[str, SiteState]:
+        """Each site's state as its worker holds it now (see :meth:`SiteHost.site_states`)."""
+        import ray
+
+        states: dict[str, SiteState] = {}
+        for part in ray.get([host.site_states.remote() for host in self._hosts]):
+            states.update(part)
+        return dict(sorted(states.items()))
 
     def workers(self) -> list[WorkerInfo]:
         """Each worker's process id, node id and sites."""
@@ -241,13 +261,50 @@ class RayRuntime:
                         code=ErrorCode.UNAVAILABLE,
                         message=f"the worker hosting site '{name}' stopped",
                     )
+                self._restart(i)
         return dict(sorted(replies.items()))
+
+    def _restart(self, index: int) -> None:
+        """Replace worker ``index``, which stopped, by a new one with the same sites.
+
+        Its sites read their state back as of the run's last checkpointed
+        round (what the federation's strategy state is as of), so a site
+        that had saved the unfinished round's state before its worker died
+        starts from the checkpoint instead. Without a run directory the sites
+        start again from empty state. The new worker builds its sites while
+        the round goes on; a worker that cannot start fails its sites again
+        next time it is asked.
+        """
+        import ray
+
+        ray.kill(self._hosts[index])
+        recipe = replace(self._recipe, resume_round=_last_checkpoint(self._recipe.run_path))
+        self._hosts[index] = _start_host(recipe, self._groups[index])
 
     def close(self) -> None:
         """Stop the workers, and Ray itself when :meth:`start` started it."""
         if not self._closed:
             self._closed = True
             _stop(self._hosts, owns_ray=self._owns_ray)
+
+
+def _start_host(recipe: SiteRecipe, group: Sequence[str]) -> Any:
+    """Start one worker that builds and hosts the sites ``group``."""
+    import ray
+
+    r = recipe.config.runtime
+    host_class: Any = ray.remote(SiteHost)
+    return host_class.options(num_cpus=r.num_cpus_per_site, num_gpus=r.num_gpus_per_site).remote(
+        recipe=recipe, site_names=list(group)
+    )
+
+
+def _last_checkpoint(run_path: Path | None) -> int | None:
+    """The federated arm's last checkpointed round in ``run_path`` (``None``: none yet)."""
+    if run_path is None:
+        return None
+    latest = RunDir(path=run_path).latest_checkpoint(arm=Arm.FEDERATED)
+    return latest[0] if latest is not None else None
 
 
 def _connect(runtime: RuntimeConfig) -> bool:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from flmi.data.arrays import ArraySplit
+from flmi.tasks.base import FitHooks, FitResult, LocalTraining
+from flmi.tasks.classification import ClassificationTask
 from tests.conftest import tiny_tables
 
 
@@ -57,3 +63,42 @@ def running(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie has stopped running)."""
     stat = _stat(pid)
     return stat is not None and stat[1] != "Z"
+
+
+class KillOnceTask(ClassificationTask):
+    """Generated-image classification whose worker kills itself (``SIGKILL``) once, mid-round.
+
+    The first :meth:`fit` that finds ``marker`` removes it and sends ``SIGKILL``
+    to its own process: a real ``kill -9`` of the worker while it trains its
+    sites. Removing the file first makes it happen once, in one worker.
+    """
+
+    def __init__(self, *, marker: Path) -> None:
+        super().__init__(num_classes=2, in_channels=1, spatial_dims=2, positive_label=1, width=4)
+        self.marker = marker
+
+    def fit(
+        self,
+        *,
+        model: torch.nn.Module,
+        data: ArraySplit,
+        training: LocalTraining,
+        generator: torch.Generator,
+        device: torch.device,
+        hooks: FitHooks | None = None,
+    ) -> FitResult:
+        """Die here if the marker was set; else train as the classification task does."""
+        try:
+            self.marker.unlink()
+        except FileNotFoundError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().fit(
+            model=model,
+            data=data,
+            training=training,
+            generator=generator,
+            device=device,
+            hooks=hooks,
+        )

@@ -50,7 +50,7 @@ def test_a_run_that_starts_its_own_ray_leaves_none_of_its_processes_running(
     assert [pid for pid in started if running(pid)] == []
 
 
-def test_a_worker_killed_after_round_one_fails_its_sites_in_round_two_and_the_run_finishes(
+def test_a_worker_killed_after_round_one_fails_its_sites_training_in_round_two_and_restarts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Arrange: two workers over three sites: one owns hospital_1 and hospital_3.
@@ -78,7 +78,8 @@ def test_a_worker_killed_after_round_one_fails_its_sites_in_round_two_and_the_ru
     failed = rounds[1]["sites_failed"]
     assert sorted(failed) in (["hospital_1", "hospital_3"], ["hospital_2"])
     assert set(failed.values()) == {"unavailable"}
-    assert set(rounds[1]["per_site"]) == {"hospital_1", "hospital_2", "hospital_3"} - set(failed)
+    # The worker is restarted at once: its sites are back for the round's evaluation.
+    assert set(rounds[1]["per_site"]) == {"hospital_1", "hospital_2", "hospital_3"}
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert not ray.is_initialized()
 
