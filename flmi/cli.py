@@ -207,12 +207,19 @@ def _add_run_commands(sub: _Commands) -> None:
     )
     demo = sub.add_parser("demo", help="4 generated hospitals, FedAvg vs pooled vs local, offline")
     demo.add_argument("--out", type=Path, help="run directory to create (default: runs/demo-TIME)")
-    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the demo config; `flmi config keys [TABLE]` lists them",
+    )
     sub.add_parser("strategies", help="list the algorithm names [strategy] name accepts")
     config = sub.add_parser("config", help="what a config may hold")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     keys = config_sub.add_parser(
-        "keys", help="every config key with its type and default, as TOML you can copy"
+        "keys", help="every config key with its type, default and range, as TOML you can copy"
     )
     keys.add_argument(
         "table", nargs="?", help="only this table, e.g. federation, strategy, data.transforms"
