@@ -188,3 +188,34 @@ def test_the_deploy_kit_passes_the_config_and_site_checks(tmp_path: Path) -> Non
             )
             is None
         )
+
+
+@pytest.mark.slow
+def test_the_deploy_kit_runs_a_real_round_on_127_0_0_1(tmp_path: Path) -> None:
+    pytest.importorskip("grpc")
+    from flmi.runtime.grpc.provisioning import init_ca
+    from tests.runtime.deploy_support import Deployment, metrics, output, wait
+
+    kit = tmp_path / "kit"
+    init_project(directory=kit, template="deploy")
+    fed = kit / "fed.toml"
+    fed.write_text(fed.read_text().replace("rounds = 5", "rounds = 1"))
+    init_ca(ca_dir=kit / "ca", server_name="127.0.0.1")
+    dep = Deployment(root=kit, ca=kit / "ca", fed=fed)
+    try:
+        server, address = dep.start_server(out=kit / "run")
+        clients = [
+            dep.start_client(site, address, data=kit / f"{site}.toml")
+            for site in ("hospital_1", "hospital_2")
+        ]
+
+        assert [wait(c) for c in clients] == [0, 0], [output(c) for c in clients]
+        assert wait(server) == 0
+    finally:
+        for process in dep.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    (line,) = metrics(kit / "run")
+    assert sorted(line["per_site"]) == ["hospital_1", "hospital_2"]
+    assert (kit / "state" / "hospital_1" / "audit.jsonl").is_file()
