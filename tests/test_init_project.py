@@ -219,3 +219,16 @@ def test_the_deploy_kit_runs_a_real_round_on_127_0_0_1(tmp_path: Path) -> None:
     (line,) = metrics(kit / "run")
     assert sorted(line["per_site"]) == ["hospital_1", "hospital_2"]
     assert (kit / "state" / "hospital_1" / "audit.jsonl").is_file()
+
+
+def test_the_demo_and_deploy_templates_match_the_repository_examples() -> None:
+    from tests.conftest import REPO
+
+    templates = REPO / "flmi" / "templates"
+    assert (templates / "demo" / "config.toml").read_text() == (
+        REPO / "examples" / "demo.toml"
+    ).read_text()
+    for name in ("hospital_1.toml", "hospital_2.toml", "revoked.txt"):
+        assert (templates / "deploy" / name).read_text() == (
+            REPO / "examples" / "deploy" / name
+        ).read_text(), name
