@@ -1,7 +1,8 @@
 """Command line.
 
 ``flmi run | demo | strategies | config keys | report | predict | audit`` for a simulated
-federation, ``flmi certs | server | client | audit-log`` for a real deployment,
+federation, ``flmi init | examples`` to start a project from a template,
+``flmi certs | server | client | audit-log`` for a real deployment, and
 ``flmi replay | inspect | contributions | debug`` for a run's record
 (:mod:`flmi.forensics.commands`).
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -24,8 +24,11 @@ from rich.table import Table
 from flmi.config import Config, load_config
 from flmi.core.errors import FlmiError
 from flmi.core.federation import RoundRecord
-from flmi.core.keys import Metric, SegmentationMetric
+from flmi.core.keys import Metric
 from flmi.forensics import commands as forensics
+from flmi.init_project import add_commands as add_project_commands
+from flmi.progress import RoundProgress, round_line
+from flmi.progress import fmt as _fmt
 from flmi.strategies.registry import STRATEGIES
 
 console = Console()
@@ -51,35 +54,9 @@ REGRESSION_METRICS = (Metric.MAE, Metric.RMSE, Metric.R2)
 SURVIVAL_METRICS = (Metric.C_INDEX, Metric.LOSS)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
-
-
 def show_round(record: RoundRecord, rounds: int) -> None:
     """One progress line per round with the current metrics."""
-    scores = record.global_metrics or record.site_mean
-    parts = [
-        f"{m.value} {_fmt(scores.get(m))}"
-        for m in (
-            Metric.AUC,
-            Metric.ACCURACY,
-            SegmentationMetric.DICE,
-            Metric.MAE,
-            Metric.C_INDEX,
-            Metric.LOSS,
-        )
-        if m in scores
-    ]
-    failed = (
-        f"  [red]failed: {', '.join(sorted(record.sites_failed))}[/red]"
-        if record.sites_failed
-        else ""
-    )
-    console.print(
-        f"[bold]{record.arm:>9}[/bold] round {record.rnd:>3}/{rounds}  "
-        + "  ".join(parts)
-        + f"  ({record.wall_s:.1f} s){failed}"
-    )
+    console.print(round_line(record, rounds), highlight=False)
 
 
 def _table_columns(arms: dict[str, object]) -> list[str]:
@@ -163,13 +140,14 @@ def _run(config: Config, out: Path, *, resume: bool = False, break_after: int | 
         f"{config.federation.rounds} rounds -> {out}" + (" (resuming)" if resume else "")
     )
     try:
-        result = run_experiment(
-            config=config,
-            out=out,
-            progress=show_round,
-            resume=resume,
-            break_after_round=break_after,
-        )
+        with RoundProgress(console=console) as progress:
+            result = run_experiment(
+                config=config,
+                out=out,
+                progress=progress,
+                resume=resume,
+                break_after_round=break_after,
+            )
     except BreakpointReached as stop:
         console.print(f"{stop}: flmi run ... --out {out} --resume")
         return 0
@@ -215,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_certs_command(sub)
     _add_deploy_commands(sub)
     forensics.add_commands(sub)
+    add_project_commands(sub)
     return parser
 
 
@@ -249,12 +228,19 @@ def _add_run_commands(sub: _Commands) -> None:
     )
     demo = sub.add_parser("demo", help="4 generated hospitals, FedAvg vs pooled vs local, offline")
     demo.add_argument("--out", type=Path, help="run directory to create (default: runs/demo-TIME)")
-    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the demo config; `flmi config keys [TABLE]` lists them",
+    )
     sub.add_parser("strategies", help="list the algorithm names [strategy] name accepts")
     config = sub.add_parser("config", help="what a config may hold")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     keys = config_sub.add_parser(
-        "keys", help="every config key with its type and default, as TOML you can copy"
+        "keys", help="every config key with its type, default and range, as TOML you can copy"
     )
     keys.add_argument(
         "table", nargs="?", help="only this table, e.g. federation, strategy, data.transforms"
@@ -378,15 +364,16 @@ def _deploy(args: argparse.Namespace) -> int:
         console.print("[red]error:[/red] --resume needs --out: the run directory to continue")
         return 2
     out = args.out or _default_out(args.config.stem)
-    result = serve(
-        config=config,
-        certs=args.certs,
-        address=args.address,
-        out=out,
-        resume=args.resume,
-        progress=show_round,
-        on_listening=lambda bound: print(f"flmi server listening on {bound}", flush=True),
-    )
+    with RoundProgress(console=console) as progress:
+        result = serve(
+            config=config,
+            certs=args.certs,
+            address=args.address,
+            out=out,
+            resume=args.resume,
+            progress=progress,
+            on_listening=lambda bound: print(f"flmi server listening on {bound}", flush=True),
+        )
     if result.stopped:
         console.print(f"stopped after round {result.completed_round}; resume with --resume")
         return 0
@@ -488,6 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(render(listing(args.table)), end="")
             return 0
+        if args.command in ("init", "examples"):
+            from flmi.init_project import run_command
+
+            return run_command(args)
         if args.command == "certs":
             return _certs(args)
         if args.command == "report":

@@ -82,7 +82,7 @@ def test_a_key_shows_its_type_and_its_declared_or_registered_choices() -> None:
     federation = render(listing("federation"))
     data = render(listing("data"))
 
-    assert re.search(r"^rounds = 10 +# integer$", federation, re.M)
+    assert re.search(r"^rounds = 10 +# integer, >= 1$", federation, re.M)  # and its range
     assert re.search(r"^optimizer = 'sgd' +# one of 'sgd', 'adam'$", federation, re.M)
     assert re.search(r"^source = 'synthetic' +# string, one of 'csv', .*'medmnist'", data, re.M)
     assert "\n[data.transforms]  # " in data  # a table inside the table comes with it

@@ -103,3 +103,34 @@ def test_the_command_line_prints_the_suggestion_on_one_line(tmp_path: Path, caps
         "error: strategy.name: unknown strategy 'fedprx'; did you mean 'fedprox'? Choose one of "
     )
     assert out.count("\n") == 1
+
+
+def test_resolving_a_strategy_s_options_suggests_the_misspelt_one() -> None:
+    from flmi.strategies.registry import STRATEGIES
+
+    with pytest.raises(ConfigError) as caught:
+        STRATEGIES["fedprox"].resolve_options({"mu_": 0.1})
+
+    message = str(caught.value)
+    assert message.startswith(
+        "unknown key 'strategy.mu_'; did you mean 'strategy.mu'? This strategy takes: "
+    )
+    assert "['" not in message
+
+
+def test_a_model_that_does_not_serve_the_task_suggests_one_that_does_without_a_raw_list() -> None:
+    from flmi.tasks.model_registry import network_for
+
+    with pytest.raises(ConfigError) as caught:
+        network_for(model="unet", task="classification", spatial_dims=2)
+
+    message = str(caught.value)
+    assert message.startswith("task.model: 'unet' is not a classification model; choose one of ")
+    assert "'small_cnn'" in message and "[" not in message
+
+
+def test_a_task_that_does_not_fit_the_source_lists_the_sources_without_a_raw_list() -> None:
+    message = _error(tiny_tables(task={"name": "survival"}))
+
+    assert "does not fit data.source = 'synthetic'; use one of '" in message
+    assert "['" not in message

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from flmi.config.derived import site_groups, training_hparams
 from flmi.config.privacy_checks import check_dp, check_privacy
 from flmi.core.errors import ConfigError
+from flmi.core.suggest import one_line
 from flmi.data.source_registry import SOURCES, source_for
 from flmi.runtime.registry import RUNTIMES
 from flmi.strategies.registry import STRATEGIES, BuildContext, build_strategy
@@ -145,7 +146,7 @@ def _check_task(c: Config) -> None:
     _require(
         c.data.source in fitting,
         f"task.name = '{t.name}' does not fit data.source = '{c.data.source}'; "
-        f"use one of {fitting}",
+        f"use one of {one_line(fitting)}",
     )
     if t.name != "classification":
         for name, site in sorted(c.sites.items()):

@@ -2,10 +2,12 @@
 
 Nothing here is written by hand per key: the tables and their keys are the
 fields of :class:`flmi.config.schema.Config` and its table dataclasses, the
-choices of a ``Literal`` key are its annotation's, the choices of a key that
-names a registered part (``strategy.name``, ``task.model``...) are that
-registry's names, and each strategy's own keys come from its spec, help line
-and range included. A key added to the schema is listed without any edit here.
+choices of a ``Literal`` key are its annotation's, a numeric key's range is
+the one :data:`flmi.config.ranges.RANGES` gives (a test checks it against the
+schema's own checks), the choices of a key that names a registered part
+(``strategy.name``, ``task.model``...) are that registry's names, and each
+strategy's own keys come from its spec, help line and range included. A key
+added to the schema is listed without any edit here.
 
 Each table is printed as TOML, ``key = default  # type``, so that a line can
 be copied into a config; a key whose default is "not set" shows ``(unset)``.
@@ -20,6 +22,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from flmi.config.ranges import RANGES
 from flmi.config.schema import Config
 from flmi.core.errors import ConfigError
 from flmi.core.suggest import suggest
@@ -136,6 +139,8 @@ def _table_keys(cls: type, prefix: str, choices: dict[str, list[str]]) -> list[K
             default = f.default_factory()
         names = choices.get(f"{prefix}.{f.name}")
         kind = f"{_kind(tp)}, one of " + ", ".join(map(toml_value, names)) if names else _kind(tp)
+        allowed = RANGES.get(f"{prefix}.{f.name}")
+        kind += f", {allowed.text()}" if allowed is not None else ""
         lines.append(KeyLine(key=f.name, default=toml_value(default), kind=kind))
     return lines
 

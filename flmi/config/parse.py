@@ -19,6 +19,7 @@ from flmi.config.checks import check_config
 from flmi.config.schema import Config, SiteConfig, SiteFieldError, StrategyConfig
 from flmi.core.errors import ConfigError
 from flmi.core.suggest import one_line, suggest
+from flmi.data.natural_sites import fill_site_count
 from flmi.strategies.registry import STRATEGIES
 
 _TABLE_TYPES = typing.get_type_hints(Config)
@@ -121,7 +122,13 @@ def _build_sites(table: Any) -> dict[str, SiteConfig]:
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Validate raw TOML tables into a :class:`Config`."""
+    """Validate raw TOML tables into a :class:`Config`.
+
+    With ``partition.method = "natural"``, a collection with its own sites
+    (Fed-Heart-Disease, Fed-TCGA-BRCA) sets ``partition.num_sites``
+    (:mod:`flmi.data.natural_sites`).
+    """
+    raw = fill_site_count(raw, base=None)
     tables: dict[str, Any] = {}
     for name, table in raw.items():
         if name not in _TABLE_TYPES:
@@ -186,10 +193,12 @@ def load_config(path: Path, *, overrides: list[str] | None = None) -> Config:
 
     A relative ``data.path``, ``data.cache_dir`` or ``task.init_weights`` is resolved against the
     config file's folder (after ``~`` expansion), so a config runs the same
-    from any working directory.
+    from any working directory. With ``partition.method = "natural"``, the
+    sites a CSV's or manifest's ``site_column`` names set ``partition.num_sites``.
     """
     raw = apply_overrides(read_toml(path), overrides or [])
-    config = config_from_dict(raw)
+    # A natural split's site count is the data's: a CSV's site column is counted here.
+    config = config_from_dict(fill_site_count(raw, base=path.parent))
     d = config.data
     data = dataclasses.replace(
         d, path=_from_config_dir(d.path, path), cache_dir=_from_config_dir(d.cache_dir, path)

@@ -9,6 +9,7 @@ from typing import Any
 from flmi.core.errors import ConfigError
 from flmi.core.messages import HParamValue
 from flmi.core.strategy import Strategy
+from flmi.core.suggest import one_line, suggest
 from flmi.strategies.options import Option, OptionValue, check_type
 
 
@@ -92,8 +93,14 @@ class StrategySpec:
         resolved = self.defaults()
         for key, value in sorted(options.items()):
             if key not in self.options:
-                allowed = ", ".join(sorted(["name", *self.options]))
-                raise ConfigError(f"unknown key 'strategy.{key}'; this strategy takes: {allowed}")
+                keys = ["name", *self.options]
+                takes = suggest(
+                    key,
+                    keys,
+                    f"this strategy takes: {one_line(keys, quote='')}",
+                    shown="'strategy.{}'",
+                )
+                raise ConfigError(f"unknown key 'strategy.{key}'; {takes}")
             resolved[key] = check_type(key, value, self.options[key].type)
         return resolved
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flmi.core.errors import ConfigError
+from flmi.core.suggest import one_line, suggest
 from flmi.registry import BUILTIN_ORIGIN, Registry, instance_check
 
 if TYPE_CHECKING:
@@ -118,7 +119,10 @@ def network_for(*, model: str, task: str, spatial_dims: int) -> NetworkSpec:
     spec = MODELS.lookup(model)
     if not spec.serves(task):
         fitting = [n for n in MODELS.names() if MODELS[n].serves(task)]
-        raise ConfigError(f"task.model: '{model}' is not a {task} model; choose one of {fitting}")
+        raise ConfigError(
+            f"task.model: '{model}' is not a {task} model; "
+            + suggest(model, fitting, f"choose one of {one_line(fitting)}")
+        )
     if spatial_dims not in spec.spatial_dims:
         fitting = [
             n

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from flmi.core.errors import ConfigError
+from flmi.core.suggest import one_line
 
 NORMS = ("auto", "batch", "instance", "group")
 SEGMENTATION_MODELS = ("unet", "segresnet")
@@ -36,7 +37,7 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def resolve_norm(*, model: str, norm: str) -> str:
     """The normalisation a network gets: ``norm``, or the network's default for ``"auto"``."""
     if norm not in NORMS:
-        raise ConfigError(f"task.norm must be one of {list(NORMS)}, got '{norm}'")
+        raise ConfigError(f"task.norm must be one of {one_line(NORMS)}, got '{norm}'")
     return DEFAULT_NORM[model] if norm == "auto" else norm
 
 
@@ -154,7 +155,7 @@ def build_segmentation_network(
     if model not in SEGMENTATION_MODELS:
         raise ConfigError(
             f"task.model: '{model}' is not a segmentation network; "
-            f"choose one of {list(SEGMENTATION_MODELS)}"
+            f"choose one of {one_line(SEGMENTATION_MODELS)}"
         )
     chosen = resolve_norm(model=model, norm=norm)
     net: nn.Module

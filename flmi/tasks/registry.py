@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flmi.core.errors import ConfigError
+from flmi.core.suggest import one_line
 from flmi.registry import BUILTIN_ORIGIN, Registry, instance_check
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def _check_segmentation(config: Config) -> None:
     _require(
         MODELS.lookup(t.model).serves("segmentation"),
         f"task.model = '{t.model}' cannot segment; for task.name = 'segmentation' "
-        f"choose one of {segmenting}",
+        f"choose one of {one_line(segmenting)}",
     )
     _require(
         source == "synthetic_lesions",
