@@ -15,7 +15,7 @@ from flmi.report.curves import score_histogram
 from flmi.tasks.augment import random_flip_shift
 from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.common import SupervisedTask
-from flmi.tasks.last_predictions import LastPredictions
+from flmi.tasks.last_predictions import LastPredictions, weights_key
 from flmi.tasks.loop import BatchTransform
 from flmi.tasks.metrics import classification_metrics, resampled_classification_metrics
 from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
@@ -221,12 +221,13 @@ class ClassificationTask(SupervisedTask):
         share one forward pass).
         """
         model.eval()
-        known = self._last.get(model=model, x=x, device=device)
+        weights = weights_key(model)
+        known = self._last.get(model=model, x=x, device=device, weights=weights)
         if known is not None:
             return known
         probs, logits = self._forward(model=model, x=x, device=device)
         probs.setflags(write=False)
-        self._last.put(model=model, x=x, device=device, value=(probs, logits))
+        self._last.put(model=model, x=x, device=device, weights=weights, value=(probs, logits))
         return probs, logits
 
     def _forward(

@@ -11,6 +11,7 @@ weights included).
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from typing import Generic, TypeVar
 
@@ -20,10 +21,14 @@ import torch
 T = TypeVar("T")
 
 
-def _weights_key(model: torch.nn.Module) -> tuple[tuple[str, int, int, int], ...]:
+Key = tuple[tuple[int, int, int], ...]
+
+
+def weights_key(model: torch.nn.Module) -> Key:
+    """Each parameter's and buffer's identity, address and version counter, in order."""
     return tuple(
-        (name, id(t), t.data_ptr(), t._version)
-        for name, t in model.state_dict(keep_vars=True).items()
+        (id(t), t.data_ptr(), t._version)
+        for t in itertools.chain(model.parameters(), model.buffers())
     )
 
 
@@ -34,27 +39,37 @@ class LastPredictions(Generic[T]):
         self._model: weakref.ref[torch.nn.Module] | None = None
         self._x: np.ndarray | None = None
         self._device: torch.device | None = None
-        self._weights: tuple[tuple[str, int, int, int], ...] = ()
+        self._weights: Key = ()
         self._value: T | None = None
 
     def __reduce__(self) -> tuple[type[LastPredictions[T]], tuple[()]]:
         """Pickled or copied empty: what it remembers belongs to this process's model."""
         return (type(self), ())
 
-    def get(self, *, model: torch.nn.Module, x: np.ndarray, device: torch.device) -> T | None:
-        """The remembered prediction if it is of ``model`` as it is now on ``x``; else None."""
+    def get(
+        self, *, model: torch.nn.Module, x: np.ndarray, device: torch.device, weights: Key
+    ) -> T | None:
+        """The remembered prediction if it is of ``model`` with ``weights`` on ``x``; else None."""
         if (
             self._value is None
             or self._model is None
             or self._model() is not model
             or self._x is not x
             or self._device != device
-            or self._weights != _weights_key(model)
+            or self._weights != weights
         ):
             return None
         return self._value
 
-    def put(self, *, model: torch.nn.Module, x: np.ndarray, device: torch.device, value: T) -> None:
-        """Remember ``value`` as the prediction of ``model`` as it is now on ``x``."""
+    def put(
+        self,
+        *,
+        model: torch.nn.Module,
+        x: np.ndarray,
+        device: torch.device,
+        weights: Key,
+        value: T,
+    ) -> None:
+        """Remember ``value`` as the prediction of ``model`` with ``weights`` on ``x``."""
         self._model, self._x, self._device = weakref.ref(model), x, device
-        self._weights, self._value = _weights_key(model), value
+        self._weights, self._value = weights, value
