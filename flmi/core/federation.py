@@ -437,11 +437,9 @@ def run_federation(
         protocol's stages (it must be a :class:`StagedExchange`), and the
         strategy receives one update equivalent to the sum, never a site's own.
     final_scoring
-        Have the last round also return the final model's site intervals and
-        histograms (:attr:`FederationResult.final`), so no site scores it twice.
+        The last round also returns the final scores (:attr:`FederationResult.final`).
     recorder
-        Keeps each aggregated round's updates, starting state and result
-        (``[record] updates``); never given with ``secure``.
+        Keeps each round's updates, state and result (``[record] updates``; not with secure).
     """
     _check_secure_runtime(secure, runtime)
     setting = _ArmSetting(
