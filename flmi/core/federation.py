@@ -429,8 +429,7 @@ def run_federation(
     count_bytes
         Count tensor payload bytes that travel (off for baselines, where nothing does).
     resume
-        Continue after a checkpointed round instead of starting from round 1;
-        ``initial_params`` then only fixes the schema.
+        Continue after a checkpointed round (``initial_params`` then only fixes the schema).
     secure
         Aggregate through a secure protocol (secure sum or homomorphic
         encryption): sites hold their updates back, ``runtime`` carries the
@@ -457,8 +456,7 @@ def run_federation(
     )
     state, params, first = _starting_point(strategy, initial_params, resume)
     history: list[RoundRecord] = []
-    failed_rounds = 0
-    final: FinalScores | None = None  # set by the last round, when it runs here
+    failed_rounds, final = 0, None  # final: set by the last round, when it runs here
     for rnd in range(first, plan.rounds + 1):
         trained, record, final = _play_round(rnd, setting, state, params)
         state, params, stalled = trained.state, trained.params, trained.stalled
