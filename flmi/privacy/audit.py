@@ -56,8 +56,16 @@ from flmi.core.params import Params, add_scaled
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
+from flmi.privacy.rederive import rederive_updates, replay_error
 from flmi.privacy.setup import build_secure, protect_sites
 from flmi.privacy.strategies import with_privacy
+from flmi.privacy.update_membership import (
+    alignment,
+    calibrated_alignment,
+    example_gradients,
+    flat_update,
+    label_matched_auc,
+)
 from flmi.report.rundir import MODEL, RunDir
 from flmi.runtime.inprocess import InProcessRuntime
 from flmi.site.site import Site
@@ -90,6 +98,9 @@ class AttackSettings:
         (see :func:`reference_membership`). On the BreastMNIST example (batch
         32, Adam at lr 0.001) 30 epochs (120 steps) left such a model at the
         class prior, no better on its members than on anyone else; 100 fit them.
+    candidates
+        The update-based membership attack scores at most this many members
+        and as many held-out images per site (0: all of them).
     shadow_models, shadow_epochs
         The calibrated membership attack (:func:`shadow_losses`): that many
         shadow models, each trained for ``shadow_epochs`` epochs on all but
@@ -105,6 +116,7 @@ class AttackSettings:
     reference_epochs: int = 100
     shadow_models: int = 2
     shadow_epochs: int = 30
+    candidates: int = 0
 
     def __post_init__(self) -> None:
         if self.batches < 1 or self.iterations < 1:
@@ -116,6 +128,8 @@ class AttackSettings:
                 "audit: --shadow-models must be 0 (no calibrated attack) or at least 2 "
                 "(each candidate needs a shadow model that did not train on it)"
             )
+        if self.candidates < 0:
+            raise ConfigError("audit: --candidates must be 0 (all) or positive")
         if not self.lr > 0 or self.tv_weight < 0:
             raise ConfigError("audit: the attack's lr must be positive and tv_weight not negative")
 
@@ -603,6 +617,118 @@ def _invert_round(
         )
         _score(found, data.sites[victim].train.take(batches[victim]), images, labels, data, rng)
     return found
+
+
+@dataclass(frozen=True)
+class UpdateMembership:
+    """The update-based membership attack on one round (see :mod:`flmi.privacy.update_membership`).
+
+    ``auc`` and ``calibrated_auc`` map each site to the attack's AUC on its
+    re-derived update (its training images against label-matched held-out
+    images; calibrated: against the other sites' updates too).
+    ``replay_error`` is the largest gap between the re-derived updates,
+    aggregated, and the run's recorded model of the round (0 up to rounding:
+    they are the updates the server held; ``None`` when not recorded).
+    """
+
+    rnd: int
+    auc: dict[str, float]
+    calibrated_auc: dict[str, float]
+    members: dict[str, int]
+    nonmembers: int
+    replay_error: float | None
+
+
+def update_membership(
+    *,
+    config: Config,
+    data: FederatedData,
+    target: AttackedRound,
+    recorded: Params | None,
+    settings: AttackSettings,
+    device: torch.device,
+) -> UpdateMembership:
+    """Membership inference from every site's update of ``target.rnd``, as the server runs it.
+
+    The updates are re-derived through the site code path from the model
+    the server sent (:mod:`flmi.privacy.rederive`); each candidate's
+    gradient at that model is scored against them. Non-members are every
+    held-out image (the central test set and the sites' test splits).
+    """
+    from flmi.tasks.registry import build_task
+
+    strategy = _audit_strategy(config, data)
+    names = sorted(data.sites)
+    state = (
+        strategy.init(target.sent)
+        if target.state is None
+        else strategy.state_from_record(target.state)
+    )
+    instructions = strategy.configure(target.rnd, state, names)
+    run_task = build_task(config, data)
+    updates = rederive_updates(
+        config=config, data=data, task=run_task, instructions=instructions, device=device
+    )
+    replay = (
+        None
+        if recorded is None
+        else replay_error(sent=target.sent, updates=updates, recorded=recorded)
+    )
+    task = audit_task(config, data)
+    model = task.build_model(seed=config.federation.seed).to(device)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    deltas = {s: flat_update(u.delta, trainable) for s, u in updates.items()}
+    rng = np.random.default_rng(settings.seed)
+    held_out = concat_splits(
+        [data.central_test, *(getattr(data.sites[s], Split.TEST.value) for s in names)]
+    )
+    held_out = _subsample(held_out, settings.candidates, rng)
+    held_grads = example_gradients(
+        task=task, model=model, sent=target.sent, data=held_out, names=trainable, device=device
+    )
+    auc: dict[str, float] = {}
+    calibrated: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for s in sorted(updates):
+        members = _subsample(data.sites[s].train, settings.candidates, rng)
+        grads = np.concatenate(
+            [
+                example_gradients(
+                    task=task,
+                    model=model,
+                    sent=target.sent,
+                    data=members,
+                    names=trainable,
+                    device=device,
+                ),
+                held_grads,
+            ]
+        )
+        is_member = np.concatenate([np.ones(len(members)), np.zeros(len(held_out))])
+        labels = np.concatenate([np.asarray(members.y), np.asarray(held_out.y)])
+        plain = label_matched_auc(
+            scores=alignment(grads, deltas[s]), is_member=is_member, labels=labels
+        )
+        cal = label_matched_auc(
+            scores=calibrated_alignment(grads, deltas, s), is_member=is_member, labels=labels
+        )
+        if plain is not None and cal is not None:
+            auc[s], calibrated[s], counts[s] = plain, cal, len(members)
+    return UpdateMembership(
+        rnd=target.rnd,
+        auc=auc,
+        calibrated_auc=calibrated,
+        members=counts,
+        nonmembers=len(held_out),
+        replay_error=replay,
+    )
+
+
+def _subsample(split: ArraySplit, limit: int, rng: np.random.Generator) -> ArraySplit:
+    """At most ``limit`` examples of ``split`` (all of them for 0)."""
+    if limit == 0 or len(split) <= limit:
+        return split
+    return split.take(np.sort(rng.choice(len(split), size=limit, replace=False)))
 
 
 def _score(
