@@ -87,10 +87,8 @@ def rederive_updates(
     return out
 
 
-def replay_error(
-    *, sent: Params, updates: Mapping[str, SiteUpdate], recorded: Params
-) -> float:
-    """Largest gap between the example-weighted mean of the updates applied to ``sent`` and ``recorded``.
+def replay_error(*, sent: Params, updates: Mapping[str, SiteUpdate], recorded: Params) -> float:
+    """Largest gap between ``sent`` plus the updates' weighted mean and ``recorded``.
 
     Zero (up to float rounding) means the re-derived updates are the ones
     the server aggregated into the recorded model (FedAvg's aggregation).
