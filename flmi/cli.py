@@ -280,6 +280,12 @@ def _add_model_commands(sub: _Commands) -> None:
         default=2,
         help="shadow models calibrating the membership attack; 0 leaves it out (default 2)",
     )
+    audit.add_argument(
+        "--candidates",
+        type=int,
+        default=0,
+        help="members and held-out images per site for the update attack (default 0: all)",
+    )
     audit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -402,6 +408,7 @@ def _audit(args: argparse.Namespace) -> int:
         seed=args.seed,
         reference_epochs=args.reference_epochs,
         shadow_models=args.shadow_models,
+        candidates=args.candidates,
     )
     if args.path.is_dir():
         run_dir = args.path
@@ -437,6 +444,12 @@ def _audit(args: argparse.Namespace) -> int:
         f"same attack on a model overfit without DP ({report.reference_members} members)",
         _fmt(report.reference_membership_auc),
     )
+    for site, auc in sorted((report.update_membership_auc or {}).items()):
+        calibrated = (report.update_membership_calibrated_auc or {}).get(site)
+        table.add_row(
+            f"membership AUC from {site}'s round-{report.attacked_round} update (calibrated)",
+            f"{auc:.3f} ({_fmt(calibrated)})",
+        )
     console.print(table)
     if not report.membership_meaningful:
         console.print(

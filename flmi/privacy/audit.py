@@ -301,6 +301,11 @@ class AuditReport:
     ``shadow_models`` shadow models that never saw it (:func:`calibrated_auc`).
     ``member_loss`` and ``nonmember_loss`` are the final model's mean loss on
     every site's training and test examples: the gap the attack feeds on.
+    ``update_membership_auc`` (and its calibrated form) is the attack on each
+    site's re-derived update of ``attacked_round`` (:func:`update_membership`;
+    ``None`` under secure or homomorphic aggregation, where the server holds
+    no site's update); ``replay_error`` how far those updates, aggregated, are
+    from the run's recorded model.
     """
 
     site: str
@@ -323,6 +328,9 @@ class AuditReport:
     shadow_models: int = 0
     member_loss: float | None = None
     nonmember_loss: float | None = None
+    update_membership_auc: dict[str, float] | None = None
+    update_membership_calibrated_auc: dict[str, float] | None = None
+    replay_error: float | None = None
 
     @property
     def membership_meaningful(self) -> bool:
@@ -470,6 +478,19 @@ def run_audit(
     reference, members = reference_membership(
         config=config, task=task, data=data, settings=settings, device=device
     )
+    latest = RunDir(path=run_dir).latest_checkpoint(arm=Arm.FEDERATED)
+    from_updates = (
+        update_membership(
+            config=config,
+            data=data,
+            target=target,
+            recorded=None if latest is None else latest[1],
+            settings=settings,
+            device=device,
+        )
+        if config.privacy.aggregation == "plain"
+        else None
+    )
     report = _audit_report(
         config=config,
         site=name,
@@ -479,6 +500,13 @@ def run_audit(
         reference=(reference, members),
         settings=settings,
     )
+    if from_updates is not None:
+        report = dataclasses.replace(
+            report,
+            update_membership_auc=from_updates.auc,
+            update_membership_calibrated_auc=from_updates.calibrated_auc,
+            replay_error=from_updates.replay_error,
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     save_pictures(found.shown, out / "reconstructions.png", title=_title(report))
