@@ -430,6 +430,7 @@ def _audit(args: argparse.Namespace) -> int:
     table.add_column("value", justify="right")
     table.add_row("PSNR of reconstructions (dB)", f"{summary['psnr_mean']:.2f}")
     table.add_row("PSNR of an unrelated image (dB)", f"{summary['unrelated_psnr_mean']:.2f}")
+    table.add_row("PSNR of the mean test image (dB)", _fmt(summary["mean_image_psnr_mean"]))
     table.add_row("SSIM of reconstructions", f"{summary['ssim_mean']:.3f}")
     table.add_row("SSIM of an unrelated image", f"{summary['unrelated_ssim_mean']:.3f}")
     table.add_row("label recovery rate", f"{report.label_recovery_rate:.3f}")

@@ -301,6 +301,11 @@ class AuditReport:
     ``shadow_models`` shadow models that never saw it (:func:`calibrated_auc`).
     ``member_loss`` and ``nonmember_loss`` are the final model's mean loss on
     every site's training and test examples: the gap the attack feeds on.
+    ``mean_image_psnr`` scores the pixel-wise mean of the central test images
+    (what an attacker holding public images guesses without any update)
+    against each attacked image; ``floor_psnr`` in :meth:`to_json` is the
+    better of that and the matched unrelated images, the figure a
+    reconstruction must beat.
     ``update_membership_auc`` (and its calibrated form) is the attack on each
     site's re-derived update of ``attacked_round`` (:func:`update_membership`;
     ``None`` under secure or homomorphic aggregation, where the server holds
@@ -328,6 +333,8 @@ class AuditReport:
     shadow_models: int = 0
     member_loss: float | None = None
     nonmember_loss: float | None = None
+    mean_image_psnr: list[float] = dataclasses.field(default_factory=list)
+    mean_image_ssim: list[float] = dataclasses.field(default_factory=list)
     update_membership_auc: dict[str, float] | None = None
     update_membership_calibrated_auc: dict[str, float] | None = None
     replay_error: float | None = None
@@ -343,8 +350,20 @@ class AuditReport:
     def to_json(self) -> dict[str, Any]:
         """Every number, plus their means."""
         out = dataclasses.asdict(self)
-        for key in ("psnr", "ssim", "unrelated_psnr", "unrelated_ssim"):
-            out[f"{key}_mean"] = float(np.mean(getattr(self, key)))
+        for key in (
+            "psnr",
+            "ssim",
+            "unrelated_psnr",
+            "unrelated_ssim",
+            "mean_image_psnr",
+            "mean_image_ssim",
+        ):
+            values = getattr(self, key)
+            out[f"{key}_mean"] = float(np.mean(values)) if values else None
+        floor = [
+            out[k] for k in ("unrelated_psnr_mean", "mean_image_psnr_mean") if out[k] is not None
+        ]
+        out["floor_psnr"] = max(floor) if floor else None
         out["membership_meaningful"] = self.membership_meaningful
         return out
 
@@ -533,6 +552,8 @@ def _audit_report(
         ssim=found.ssim,
         unrelated_psnr=found.unrelated_psnr,
         unrelated_ssim=found.unrelated_ssim,
+        mean_image_psnr=found.mean_image_psnr,
+        mean_image_ssim=found.mean_image_ssim,
         label_recovery_rate=found.labels_right / max(found.attacked, 1),
         membership_auc=None if final_members is None else final_members.auc,
         aggregation=config.privacy.aggregation,
@@ -564,6 +585,8 @@ class _Inversions:
     ssim: list[float] = dataclasses.field(default_factory=list)
     unrelated_psnr: list[float] = dataclasses.field(default_factory=list)
     unrelated_ssim: list[float] = dataclasses.field(default_factory=list)
+    mean_image_psnr: list[float] = dataclasses.field(default_factory=list)
+    mean_image_ssim: list[float] = dataclasses.field(default_factory=list)
     shown: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
 
 
@@ -791,6 +814,9 @@ def _score(
         p, s = image_scores(unrelated[u], targets.x[j])
         found.unrelated_psnr.append(p)
         found.unrelated_ssim.append(s)
+        p, s = image_scores(pool.mean(axis=0), targets.x[j])
+        found.mean_image_psnr.append(p)
+        found.mean_image_ssim.append(s)
         found.shown.append((targets.x[j], images[i]))
 
 

@@ -115,6 +115,10 @@ def test_audit_of_an_undefended_batch_of_one_recovers_every_label_and_writes_its
     assert report.replay_error is not None and report.replay_error < 1e-5
     written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
     assert written["psnr_mean"] == pytest.approx(np.mean(report.psnr))
+    assert len(report.mean_image_psnr) == 3
+    assert written["floor_psnr"] == max(
+        written["unrelated_psnr_mean"], written["mean_image_psnr_mean"]
+    )
     assert (tmp_path / "run" / "audit" / "reconstructions.png").stat().st_size > 1000
 
 
