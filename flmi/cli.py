@@ -287,6 +287,12 @@ def _add_model_commands(sub: _Commands) -> None:
         default=2,
         help="shadow models calibrating the membership attack; 0 leaves it out (default 2)",
     )
+    audit.add_argument(
+        "--candidates",
+        type=int,
+        default=0,
+        help="members and held-out images per site for the update attack (default 0: all)",
+    )
     audit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -410,6 +416,7 @@ def _audit(args: argparse.Namespace) -> int:
         seed=args.seed,
         reference_epochs=args.reference_epochs,
         shadow_models=args.shadow_models,
+        candidates=args.candidates,
     )
     if args.path.is_dir():
         run_dir = args.path
@@ -431,6 +438,7 @@ def _audit(args: argparse.Namespace) -> int:
     table.add_column("value", justify="right")
     table.add_row("PSNR of reconstructions (dB)", f"{summary['psnr_mean']:.2f}")
     table.add_row("PSNR of an unrelated image (dB)", f"{summary['unrelated_psnr_mean']:.2f}")
+    table.add_row("PSNR of the mean test image (dB)", _fmt(summary["mean_image_psnr_mean"]))
     table.add_row("SSIM of reconstructions", f"{summary['ssim_mean']:.3f}")
     table.add_row("SSIM of an unrelated image", f"{summary['unrelated_ssim_mean']:.3f}")
     table.add_row("label recovery rate", f"{report.label_recovery_rate:.3f}")
@@ -445,6 +453,12 @@ def _audit(args: argparse.Namespace) -> int:
         f"same attack on a model overfit without DP ({report.reference_members} members)",
         _fmt(report.reference_membership_auc),
     )
+    for site, auc in sorted((report.update_membership_auc or {}).items()):
+        calibrated = (report.update_membership_calibrated_auc or {}).get(site)
+        table.add_row(
+            f"membership AUC from {site}'s round-{report.attacked_round} update (calibrated)",
+            f"{auc:.3f} ({_fmt(calibrated)})",
+        )
     console.print(table)
     if not report.membership_meaningful:
         console.print(

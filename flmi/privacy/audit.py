@@ -56,8 +56,16 @@ from flmi.core.params import Params, add_scaled
 from flmi.core.strategy import StateRecord, Strategy
 from flmi.data.arrays import ArraySplit, FederatedData, SiteSplits, concat_splits
 from flmi.data.sources import load_data
+from flmi.privacy.rederive import rederive_updates, replay_error
 from flmi.privacy.setup import build_secure, protect_sites
 from flmi.privacy.strategies import with_privacy
+from flmi.privacy.update_membership import (
+    alignment,
+    calibrated_alignment,
+    example_gradients,
+    flat_update,
+    label_matched_auc,
+)
 from flmi.report.rundir import MODEL, RunDir
 from flmi.runtime.inprocess import InProcessRuntime
 from flmi.site.site import Site
@@ -90,6 +98,9 @@ class AttackSettings:
         (see :func:`reference_membership`). On the BreastMNIST example (batch
         32, Adam at lr 0.001) 30 epochs (120 steps) left such a model at the
         class prior, no better on its members than on anyone else; 100 fit them.
+    candidates
+        The update-based membership attack scores at most this many members
+        and as many held-out images per site (0: all of them).
     shadow_models, shadow_epochs
         The calibrated membership attack (:func:`shadow_losses`): that many
         shadow models, each trained for ``shadow_epochs`` epochs on all but
@@ -105,6 +116,7 @@ class AttackSettings:
     reference_epochs: int = 100
     shadow_models: int = 2
     shadow_epochs: int = 30
+    candidates: int = 0
 
     def __post_init__(self) -> None:
         if self.batches < 1 or self.iterations < 1:
@@ -116,6 +128,8 @@ class AttackSettings:
                 "audit: --shadow-models must be 0 (no calibrated attack) or at least 2 "
                 "(each candidate needs a shadow model that did not train on it)"
             )
+        if self.candidates < 0:
+            raise ConfigError("audit: --candidates must be 0 (all) or positive")
         if not self.lr > 0 or self.tv_weight < 0:
             raise ConfigError("audit: the attack's lr must be positive and tv_weight not negative")
 
@@ -287,6 +301,16 @@ class AuditReport:
     ``shadow_models`` shadow models that never saw it (:func:`calibrated_auc`).
     ``member_loss`` and ``nonmember_loss`` are the final model's mean loss on
     every site's training and test examples: the gap the attack feeds on.
+    ``mean_image_psnr`` scores the pixel-wise mean of the central test images
+    (what an attacker holding public images guesses without any update)
+    against each attacked image; ``floor_psnr`` in :meth:`to_json` is the
+    better of that and the matched unrelated images, the figure a
+    reconstruction must beat.
+    ``update_membership_auc`` (and its calibrated form) is the attack on each
+    site's re-derived update of ``attacked_round`` (:func:`update_membership`;
+    ``None`` under secure or homomorphic aggregation, where the server holds
+    no site's update); ``replay_error`` how far those updates, aggregated, are
+    from the run's recorded model.
     """
 
     site: str
@@ -309,6 +333,11 @@ class AuditReport:
     shadow_models: int = 0
     member_loss: float | None = None
     nonmember_loss: float | None = None
+    mean_image_psnr: list[float] = dataclasses.field(default_factory=list)
+    mean_image_ssim: list[float] = dataclasses.field(default_factory=list)
+    update_membership_auc: dict[str, float] | None = None
+    update_membership_calibrated_auc: dict[str, float] | None = None
+    replay_error: float | None = None
 
     @property
     def membership_meaningful(self) -> bool:
@@ -321,8 +350,20 @@ class AuditReport:
     def to_json(self) -> dict[str, Any]:
         """Every number, plus their means."""
         out = dataclasses.asdict(self)
-        for key in ("psnr", "ssim", "unrelated_psnr", "unrelated_ssim"):
-            out[f"{key}_mean"] = float(np.mean(getattr(self, key)))
+        for key in (
+            "psnr",
+            "ssim",
+            "unrelated_psnr",
+            "unrelated_ssim",
+            "mean_image_psnr",
+            "mean_image_ssim",
+        ):
+            values = getattr(self, key)
+            out[f"{key}_mean"] = float(np.mean(values)) if values else None
+        floor = [
+            out[k] for k in ("unrelated_psnr_mean", "mean_image_psnr_mean") if out[k] is not None
+        ]
+        out["floor_psnr"] = max(floor) if floor else None
         out["membership_meaningful"] = self.membership_meaningful
         return out
 
@@ -456,6 +497,19 @@ def run_audit(
     reference, members = reference_membership(
         config=config, task=task, data=data, settings=settings, device=device
     )
+    latest = RunDir(path=run_dir).latest_checkpoint(arm=Arm.FEDERATED)
+    from_updates = (
+        update_membership(
+            config=config,
+            data=data,
+            target=target,
+            recorded=None if latest is None else latest[1],
+            settings=settings,
+            device=device,
+        )
+        if config.privacy.aggregation == "plain"
+        else None
+    )
     report = _audit_report(
         config=config,
         site=name,
@@ -465,6 +519,13 @@ def run_audit(
         reference=(reference, members),
         settings=settings,
     )
+    if from_updates is not None:
+        report = dataclasses.replace(
+            report,
+            update_membership_auc=from_updates.auc,
+            update_membership_calibrated_auc=from_updates.calibrated_auc,
+            replay_error=from_updates.replay_error,
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     save_pictures(found.shown, out / "reconstructions.png", title=_title(report))
@@ -491,6 +552,8 @@ def _audit_report(
         ssim=found.ssim,
         unrelated_psnr=found.unrelated_psnr,
         unrelated_ssim=found.unrelated_ssim,
+        mean_image_psnr=found.mean_image_psnr,
+        mean_image_ssim=found.mean_image_ssim,
         label_recovery_rate=found.labels_right / max(found.attacked, 1),
         membership_auc=None if final_members is None else final_members.auc,
         aggregation=config.privacy.aggregation,
@@ -522,6 +585,8 @@ class _Inversions:
     ssim: list[float] = dataclasses.field(default_factory=list)
     unrelated_psnr: list[float] = dataclasses.field(default_factory=list)
     unrelated_ssim: list[float] = dataclasses.field(default_factory=list)
+    mean_image_psnr: list[float] = dataclasses.field(default_factory=list)
+    mean_image_ssim: list[float] = dataclasses.field(default_factory=list)
     shown: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
 
 
@@ -605,6 +670,118 @@ def _invert_round(
     return found
 
 
+@dataclass(frozen=True)
+class UpdateMembership:
+    """The update-based membership attack on one round (see :mod:`flmi.privacy.update_membership`).
+
+    ``auc`` and ``calibrated_auc`` map each site to the attack's AUC on its
+    re-derived update (its training images against label-matched held-out
+    images; calibrated: against the other sites' updates too).
+    ``replay_error`` is the largest gap between the re-derived updates,
+    aggregated, and the run's recorded model of the round (0 up to rounding:
+    they are the updates the server held; ``None`` when not recorded).
+    """
+
+    rnd: int
+    auc: dict[str, float]
+    calibrated_auc: dict[str, float]
+    members: dict[str, int]
+    nonmembers: int
+    replay_error: float | None
+
+
+def update_membership(
+    *,
+    config: Config,
+    data: FederatedData,
+    target: AttackedRound,
+    recorded: Params | None,
+    settings: AttackSettings,
+    device: torch.device,
+) -> UpdateMembership:
+    """Membership inference from every site's update of ``target.rnd``, as the server runs it.
+
+    The updates are re-derived through the site code path from the model
+    the server sent (:mod:`flmi.privacy.rederive`); each candidate's
+    gradient at that model is scored against them. Non-members are every
+    held-out image (the central test set and the sites' test splits).
+    """
+    from flmi.tasks.registry import build_task
+
+    strategy = _audit_strategy(config, data)
+    names = sorted(data.sites)
+    state = (
+        strategy.init(target.sent)
+        if target.state is None
+        else strategy.state_from_record(target.state)
+    )
+    instructions = strategy.configure(target.rnd, state, names)
+    run_task = build_task(config, data)
+    updates = rederive_updates(
+        config=config, data=data, task=run_task, instructions=instructions, device=device
+    )
+    replay = (
+        None
+        if recorded is None
+        else replay_error(sent=target.sent, updates=updates, recorded=recorded)
+    )
+    task = audit_task(config, data)
+    model = task.build_model(seed=config.federation.seed).to(device)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    deltas = {s: flat_update(u.delta, trainable) for s, u in updates.items()}
+    rng = np.random.default_rng(settings.seed)
+    held_out = concat_splits(
+        [data.central_test, *(getattr(data.sites[s], Split.TEST.value) for s in names)]
+    )
+    held_out = _subsample(held_out, settings.candidates, rng)
+    held_grads = example_gradients(
+        task=task, model=model, sent=target.sent, data=held_out, names=trainable, device=device
+    )
+    auc: dict[str, float] = {}
+    calibrated: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for s in sorted(updates):
+        members = _subsample(data.sites[s].train, settings.candidates, rng)
+        grads = np.concatenate(
+            [
+                example_gradients(
+                    task=task,
+                    model=model,
+                    sent=target.sent,
+                    data=members,
+                    names=trainable,
+                    device=device,
+                ),
+                held_grads,
+            ]
+        )
+        is_member = np.concatenate([np.ones(len(members)), np.zeros(len(held_out))])
+        labels = np.concatenate([np.asarray(members.y), np.asarray(held_out.y)])
+        plain = label_matched_auc(
+            scores=alignment(grads, deltas[s]), is_member=is_member, labels=labels
+        )
+        cal = label_matched_auc(
+            scores=calibrated_alignment(grads, deltas, s), is_member=is_member, labels=labels
+        )
+        if plain is not None and cal is not None:
+            auc[s], calibrated[s], counts[s] = plain, cal, len(members)
+    return UpdateMembership(
+        rnd=target.rnd,
+        auc=auc,
+        calibrated_auc=calibrated,
+        members=counts,
+        nonmembers=len(held_out),
+        replay_error=replay,
+    )
+
+
+def _subsample(split: ArraySplit, limit: int, rng: np.random.Generator) -> ArraySplit:
+    """At most ``limit`` examples of ``split`` (all of them for 0)."""
+    if limit == 0 or len(split) <= limit:
+        return split
+    return split.take(np.sort(rng.choice(len(split), size=limit, replace=False)))
+
+
 def _score(
     found: _Inversions,
     targets: ArraySplit,
@@ -637,6 +814,9 @@ def _score(
         p, s = image_scores(unrelated[u], targets.x[j])
         found.unrelated_psnr.append(p)
         found.unrelated_ssim.append(s)
+        p, s = image_scores(pool.mean(axis=0), targets.x[j])
+        found.mean_image_psnr.append(p)
+        found.mean_image_ssim.append(s)
         found.shown.append((targets.x[j], images[i]))
 
 

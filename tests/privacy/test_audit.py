@@ -111,8 +111,14 @@ def test_audit_of_an_undefended_batch_of_one_recovers_every_label_and_writes_its
     assert len(report.psnr) == len(report.unrelated_psnr) == 3
     assert report.membership_auc is not None and 0.0 <= report.membership_auc <= 1.0
     assert report.shadow_models == 2 and report.calibrated_membership_auc is not None
+    assert report.update_membership_auc is not None and len(report.update_membership_auc) == 4
+    assert report.replay_error is not None and report.replay_error < 1e-5
     written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
     assert written["psnr_mean"] == pytest.approx(np.mean(report.psnr))
+    assert len(report.mean_image_psnr) == 3
+    assert written["floor_psnr"] == max(
+        written["unrelated_psnr_mean"], written["mean_image_psnr_mean"]
+    )
     assert (tmp_path / "run" / "audit" / "reconstructions.png").stat().st_size > 1000
 
 
@@ -141,6 +147,8 @@ def test_flmi_audit_on_a_run_directory_attacks_under_dp_and_reports(tmp_path: Pa
     written = json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())
     assert written["privacy"]["dp"] == "sample"
     assert written["batch_size"] == 2
+    assert len(written["update_membership_auc"]) == 4
+    assert written["replay_error"] > 1e-3  # fresh DP noise: not the update the server held
 
 
 def test_flmi_audit_of_an_unknown_site_is_an_error_naming_the_sites(tmp_path: Path) -> None:
