@@ -14,6 +14,9 @@ from flmi.core.params import Params
 #: Prefix of the error-feedback residual tensors in a compressor's state.
 RESIDUAL = "residual/"
 
+#: Metadata key of the JSON list of tensor names a payload encodes, in order.
+NAMES = "names"
+
 
 class Codec(Protocol):
     """One lossy encoding of named tensors (no memory across rounds but ``state``)."""
@@ -117,3 +120,18 @@ def require_parts(payload: Compressed, name: str, parts: tuple[str, ...]) -> lis
             raise SchemaError(f"compressed update lacks '{key}' (tensor '{name}')")
         out.append(payload.arrays[key])
     return out
+
+
+def payload_names(payload: Compressed) -> list[str]:
+    """The tensor names ``payload`` encodes, in order, or a :class:`SchemaError`."""
+    import json
+
+    try:
+        names = json.loads(payload.meta.get(NAMES, ""))
+    except ValueError as err:
+        raise SchemaError("a compressed update does not list its tensor names") from err
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SchemaError("a compressed update's tensor names must be a list of strings")
+    if len(set(names)) != len(names):
+        raise SchemaError("a compressed update names one tensor twice")
+    return names

@@ -9,11 +9,12 @@ no longer than the rank) are sent whole. Biased: use it with error feedback.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import numpy as np
 
-from flmi.compression.base import require_parts
+from flmi.compression.base import NAMES, payload_names, require_parts
 from flmi.compression.payload import Compressed
 from flmi.core.errors import SchemaError
 from flmi.core.params import Params
@@ -65,14 +66,16 @@ class PowerSGD:
             arrays[f"{name}/p"] = p.astype(np.float32)
             arrays[f"{name}/q"] = q_new.astype(np.float32)
             new_state[WARM + name] = q_new.astype(np.float32)
-        return Compressed(
-            method=self.method, arrays=arrays, meta={"rank": str(self.rank)}
-        ), new_state
+        meta = {"rank": str(self.rank), NAMES: json.dumps(sorted(update))}
+        return Compressed(method=self.method, arrays=arrays, meta=meta), new_state
 
     def decode(self, *, payload: Compressed, like: Mapping[str, np.ndarray]) -> Params:
         """``P Q^T`` for each matrix, the tensor itself for the rest."""
         out: Params = {}
-        for name, ref in like.items():
+        for name in payload_names(payload):
+            if name not in like:
+                raise SchemaError(f"PowerSGD update names tensor '{name}', which was not sent")
+            ref = like[name]
             if f"{name}/full" in payload.arrays:
                 (full,) = require_parts(payload, name, ("full",))
                 if full.size != ref.size:

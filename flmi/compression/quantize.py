@@ -10,11 +10,12 @@ in expectation, so secure aggregation may sum dequantised values.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import numpy as np
 
-from flmi.compression.base import require_parts
+from flmi.compression.base import NAMES, payload_names
 from flmi.compression.payload import Compressed
 from flmi.core.errors import SchemaError
 from flmi.core.params import Params
@@ -67,34 +68,47 @@ class Quantize:
     def encode(
         self, *, update: Mapping[str, np.ndarray], state: Params, rng: np.random.Generator
     ) -> tuple[Compressed, Params]:
-        """Quantise every tensor; the codec keeps no state."""
+        """Quantise every tensor into one packed code vector; the codec keeps no state."""
         lv = levels(self.bits)
-        arrays: dict[str, np.ndarray] = {}
-        for name in sorted(update):
+        names = sorted(update)
+        codes, scales = [], []
+        for name in names:
             x = np.asarray(update[name], dtype=np.float64).ravel()
             scale = float(np.max(np.abs(x))) if x.size else 0.0
             if not np.isfinite(scale):
                 raise SchemaError(f"cannot quantise '{name}': it holds non-finite values")
             y = x / scale * lv if scale > 0 else np.zeros_like(x)
             low = np.floor(y)
-            q = low + (rng.random(x.size) < (y - low))
-            q = np.clip(q, -lv, lv)
-            arrays[f"{name}/codes"] = pack((q + lv).astype(np.uint8), self.bits)
-            arrays[f"{name}/scale"] = np.array([scale], dtype=np.float32)
-        return Compressed(method=self.method, arrays=arrays, meta={"bits": str(self.bits)}), {}
+            q = np.clip(low + (rng.random(x.size) < (y - low)), -lv, lv)
+            codes.append(pack((q + lv).astype(np.uint8), self.bits))
+            scales.append(scale)
+        arrays = {
+            "codes": np.concatenate(codes) if codes else np.zeros(0, np.uint8),
+            "scales": np.array(scales, dtype=np.float32),
+        }
+        meta = {"bits": str(self.bits), NAMES: json.dumps(names)}
+        return Compressed(method=self.method, arrays=arrays, meta=meta), {}
 
     def decode(self, *, payload: Compressed, like: Mapping[str, np.ndarray]) -> Params:
         """Dequantise: ``(code - L) * scale / L``."""
         bits = int(payload.meta.get("bits", "0"))
         if bits != self.bits:
             raise SchemaError(f"a {bits}-bit update reached a {self.bits}-bit decoder")
-        lv = levels(bits)
+        lv, per = levels(bits), 8 // bits
+        names = payload_names(payload)
+        codes, scales = payload.arrays.get("codes"), payload.arrays.get("scales")
+        if codes is None or scales is None or scales.shape != (len(names),):
+            raise SchemaError("a quantised update needs 'codes' and one scale per tensor")
         out: Params = {}
-        for name, ref in like.items():
-            codes, scale = require_parts(payload, name, ("codes", "scale"))
-            if codes.size * (8 // bits) < ref.size:
+        offset = 0
+        for i, name in enumerate(names):
+            if name not in like:
+                raise SchemaError(f"quantised update names tensor '{name}', which was not sent")
+            ref = like[name]
+            size = -(-ref.size // per)
+            if offset + size > codes.size:
                 raise SchemaError(f"compressed '{name}' holds too few codes for {ref.shape}")
-            q = unpack(codes, bits, ref.size).astype(np.float64) - lv
-            value = q * (float(scale.ravel()[0]) / lv)
-            out[name] = value.reshape(ref.shape).astype(ref.dtype)
+            q = unpack(codes[offset : offset + size], bits, ref.size).astype(np.float64) - lv
+            offset += size
+            out[name] = (q * (float(scales[i]) / lv)).reshape(ref.shape).astype(ref.dtype)
         return out

@@ -184,7 +184,8 @@ def test_a_payload_of_another_method_is_refused_by_the_decoder() -> None:
 def test_topk_indices_outside_the_tensor_are_refused() -> None:
     bad = Compressed(
         method="topk",
-        arrays={"w/index": np.array([9], np.uint16), "w/value": np.ones(1, np.float32)},
+        arrays={"index": np.array([9], np.uint16), "value": np.ones(1, np.float32)},
+        meta={"names": '["w"]', "counts": "[1]"},
     )
     with pytest.raises(SchemaError, match="outside"):
         TopK(fraction=0.5).decode(payload=bad, like={"w": np.zeros(4, np.float32)})
