@@ -46,7 +46,7 @@ def training_hparams(config: Config) -> dict[str, HParamValue]:
     if config.task.freeze:
         out[HParam.FREEZE] = ",".join(config.task.freeze)
     k = config.compression
-    if k.method != "none" and k.uplink:
+    if k.method != "none":
         out[HParam.COMPRESSION] = k.method
         out[HParam.COMPRESSION_BITS] = k.bits
         out[HParam.COMPRESSION_FRACTION] = k.fraction

@@ -775,8 +775,8 @@ class CompressionConfig:
     with error feedback kept in the site's state) or ``"powersgd"``
     (rank-``rank`` power iteration with error feedback; Vogels et al. 2019),
     or a compressor of a plug-in (entry-point group ``flmi.compressors``).
-    ``uplink`` compresses the sites' updates; ``downlink = true`` also sends
-    the global model as a compressed change from the previous one.
+    The sites' updates (the uplink) are compressed; the global model still
+    goes down in full.
     Compression comes after any DP noise (post-processing: the privacy
     budget holds); secure aggregation allows only linear (unbiased)
     compressors; strategies whose sites send full weights refuse it.
@@ -786,8 +786,6 @@ class CompressionConfig:
     bits: int = 8
     fraction: float = 0.01
     rank: int = 4
-    uplink: bool = True
-    downlink: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -800,11 +798,6 @@ class CompressionConfig:
             f"got {self.fraction}",
         )
         _require(self.rank >= 1, f"compression.rank must be at least 1, got {self.rank}")
-        _require(
-            self.method == "none" or self.uplink or self.downlink,
-            f"compression.method = '{self.method}' with uplink = false and downlink = false "
-            "compresses nothing: set one to true, or method = 'none'",
-        )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from flmi.core.errors import ConfigError
         ({"method": "topk", "fraction": 0.0}, r"compression.fraction must be in \(0, 1\]"),
         ({"method": "topk", "fraction": 1.5}, r"compression.fraction must be in \(0, 1\]"),
         ({"method": "powersgd", "rank": 0}, r"compression.rank must be at least 1, got 0"),
-        ({"method": "topk", "uplink": False}, r"compresses nothing"),
+        ({"method": "topk", "downlink": True}, r"unknown key 'compression.downlink'"),
         ({"method": "zip"}, r"compression.method"),
     ],
 )
