@@ -45,3 +45,25 @@ def test_compressed_updates_count_fewer_bytes_up_and_the_same_bytes_down(
         assert b["bytes_down"] == a["bytes_down"]
         assert a["bytes_up"] / b["bytes_up"] >= least_ratio
         assert b["sites_failed"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("noise_at", ["site", "server"])
+def test_client_dp_runs_with_compressed_updates_and_spends_a_finite_budget(
+    tmp_path: Path, noise_at: str
+) -> None:
+    privacy = {
+        "dp": "client",
+        "noise_at": noise_at,
+        "clip_norm": 0.5,
+        "insecure_reproducible_noise": True,
+    }
+    config = config_from_dict(
+        tiny_tables(compression={"method": "topk", "fraction": 0.1}, privacy=privacy)
+    )
+    run_experiment(config=config, out=tmp_path / "run")
+    rounds = _rounds(tmp_path / "run")
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["sites_failed"] == {} for r in rounds)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 < summary["privacy"]["epsilon"] < float("inf")
