@@ -45,6 +45,7 @@ def check_config(c: Config) -> None:
     RUNTIMES.lookup(c.runtime.name)
     check_dp(c)
     _check_record(c)
+    check_compression(c)
     source_for(c.data.source).check(c)
 
 
@@ -155,3 +156,27 @@ def _check_task(c: Config) -> None:
                 f"sites.{name}.fault = 'label_flip' needs class labels; "
                 f"task.name = '{t.name}' has none: choose another fault",
             )
+
+
+def check_compression(c: Config) -> None:
+    """The compressor exists and fits the privacy setting (see docs/communication.md)."""
+    method = c.compression.method
+    if method == "none":
+        return
+    from flmi.compression.registry import COMPRESSORS
+
+    spec = COMPRESSORS.lookup(method)
+    aggregation = c.privacy.aggregation
+    _require(
+        aggregation == "plain" or spec.linear,
+        f"compression.method = '{method}' is not linear: a secure sum of sparse or "
+        f"low-rank updates is not the sum of the updates, so privacy.aggregation = "
+        f"'{aggregation}' refuses it; use compression.method = 'quantize', or "
+        "privacy.aggregation = 'plain'",
+    )
+    _require(
+        aggregation == "plain",
+        f"privacy.aggregation = '{aggregation}' already sends each value as a fixed-point "
+        "word: lower privacy.secagg_bits to send fewer bytes, and set compression.method = "
+        "'none'",
+    )

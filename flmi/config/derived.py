@@ -45,6 +45,12 @@ def training_hparams(config: Config) -> dict[str, HParamValue]:
             out[HParam.PSEUDO_LABEL_QUOTA] = f.pseudo_label_quota
     if config.task.freeze:
         out[HParam.FREEZE] = ",".join(config.task.freeze)
+    k = config.compression
+    if k.method != "none":
+        out[HParam.COMPRESSION] = k.method
+        out[HParam.COMPRESSION_BITS] = k.bits
+        out[HParam.COMPRESSION_FRACTION] = k.fraction
+        out[HParam.COMPRESSION_RANK] = k.rank
     return out
 
 

@@ -793,6 +793,41 @@ class SiteConfig:
 
 
 @dataclass(frozen=True)
+class CompressionConfig:
+    """``[compression]``: how model updates travel (see docs/communication.md).
+
+    ``method`` is ``"none"`` (float32 in full), ``"quantize"`` (stochastic
+    ``bits``-bit quantisation, 8, 4 or 2, unbiased, one scale per tensor;
+    QSGD), ``"topk"`` (each tensor's largest-magnitude ``fraction`` of values,
+    with error feedback kept in the site's state) or ``"powersgd"``
+    (rank-``rank`` power iteration with error feedback; Vogels et al. 2019),
+    or a compressor of a plug-in (entry-point group ``flmi.compressors``).
+    The sites' updates (the uplink) are compressed; the global model still
+    goes down in full.
+    Compression comes after any DP noise (post-processing: the privacy
+    budget holds); secure aggregation allows only linear (unbiased)
+    compressors; strategies whose sites send full weights refuse it.
+    """
+
+    method: str = "none"
+    bits: int = 8
+    fraction: float = 0.01
+    rank: int = 4
+
+    def __post_init__(self) -> None:
+        _require(
+            self.bits in (8, 4, 2),
+            f"compression.bits must be 8, 4 or 2, got {self.bits}",
+        )
+        _require(
+            0.0 < self.fraction <= 1.0,
+            f"compression.fraction must be in (0, 1] (0.01 keeps 1 % of each tensor), "
+            f"got {self.fraction}",
+        )
+        _require(self.rank >= 1, f"compression.rank must be at least 1, got {self.rank}")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run's configuration."""
 
@@ -808,6 +843,7 @@ class Config:
     sites: dict[str, SiteConfig] = field(default_factory=dict)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain TOML-ready tables (strategy options inlined, unset keys left out)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from flmi.core.errors import ConfigError, FlmiError, RoundFailedError, SchemaError
 from flmi.core.exchange import SecureAggregation, SecureRound, StagedExchange
-from flmi.core.keys import Arm, Record, Split
+from flmi.core.keys import Arm, Extra, Record, Split
 from flmi.core.messages import (
     ClientError,
     ClientUpdate,
@@ -544,6 +544,20 @@ class _Trained:
     params: Params
 
 
+def _decoded(
+    replies: Mapping[str, TrainReply], instructions: Mapping[str, TrainInstruction]
+) -> Mapping[str, TrainReply]:
+    """The replies with compressed updates decoded (see :mod:`flmi.compression.wire`)."""
+    if not any(
+        isinstance(r, ClientUpdate) and Extra.COMPRESSED in r.params for r in replies.values()
+    ):
+        return replies
+    # Imported here: only a compressed round loads the codecs and their config table.
+    from flmi.compression.wire import decompress_replies
+
+    return decompress_replies(replies, instructions)
+
+
 def _train_round(rnd: int, setting: _ArmSetting, state: Any, params: Params) -> _Trained:
     """Sample sites, send their instructions, check the replies and aggregate them."""
     strategy, runtime, plan = setting.strategy, setting.runtime, setting.plan
@@ -557,7 +571,11 @@ def _train_round(rnd: int, setting: _ArmSetting, state: Any, params: Params) -> 
     )
     instructions = strategy.configure(rnd, state, sampled)
     replies = runtime.train(instructions)
-    got = _collect(rnd, replies, params, runtime=runtime, secure=secure, personal=personal)
+    sizes = {s: r.payload_bytes() for s, r in replies.items() if isinstance(r, ClientUpdate)}
+    replies = _decoded(replies, instructions)
+    got = _collect(
+        rnd, replies, params, runtime=runtime, secure=secure, personal=personal, sizes=sizes
+    )
     stalled = _stalled(rnd, got, sampled=sampled, min_sites=plan.min_sites)
     if stalled is None:
         state = _note_secure_round(rnd, strategy, state, replies, got, secure=secure)
@@ -695,15 +713,19 @@ def _collect(
     runtime: Runtime,
     secure: SecureAggregation | None,
     personal: bool,
+    sizes: Mapping[str, int],
 ) -> _Collected:
-    """Valid updates and errors, directly or through the secure protocol's stages."""
+    """Valid updates and errors, directly or through the secure protocol's stages.
+
+    ``sizes`` holds each update's payload bytes as it arrived (compressed).
+    """
     if secure is None:
         updates, errors = split_replies(replies, params, allow_partial=personal)
         return _Collected(
             updates=updates,
             errors=errors,
             contributors=len(updates),
-            bytes_up=sum(u.payload_bytes() for u in updates),
+            bytes_up=sum(sizes.get(u.site, u.payload_bytes()) for u in updates),
         )
     assert isinstance(runtime, StagedExchange)  # checked before round 1
     outcome = secure.aggregate(rnd=rnd, exchange=runtime, replies=replies, reference=params)

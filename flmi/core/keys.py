@@ -119,6 +119,10 @@ class HParam(StrEnum):
     PSEUDO_LABEL_SELECTION = "pseudo_label_selection"
     PSEUDO_LABEL_QUOTA = "pseudo_label_quota"
     FREEZE = "freeze"
+    COMPRESSION = "compression"
+    COMPRESSION_BITS = "compression_bits"
+    COMPRESSION_FRACTION = "compression_fraction"
+    COMPRESSION_RANK = "compression_rank"
     DP = "dp"
     DP_NOISE_MULTIPLIER = "dp_noise_multiplier"
     DP_MAX_GRAD_NORM = "dp_max_grad_norm"
@@ -231,6 +235,7 @@ class Extra(StrEnum):
     DP_UNCLIPPED = "dp.unclipped"
     FEDDYN_GRAD = "feddyn.grad/"
     MOON_PREVIOUS = "moon.previous/"
+    COMPRESSED = "compressed"
 
 
 class Manifest(StrEnum):

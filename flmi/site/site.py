@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from flmi.compression.wire import STATE as COMPRESSION_STATE
+from flmi.compression.wire import compress_delta, compressor_from_hparams
 from flmi.core.errors import NonFiniteError, SchemaError
 from flmi.core.keys import Extra, HParam, SemiSupervised, Split, TrainMetric
 from flmi.core.messages import (
@@ -339,10 +341,27 @@ class Site:
         except NonFiniteError as exc:
             log.error("site %s refuses to send round %d: %s", self.name, instruction.rnd, exc)
             return self._error(ErrorCode.NON_FINITE_UPDATE, str(exc))
+        tensors = dict(update.tensors)
+        try:
+            compressor = compressor_from_hparams(instruction.hparams)
+        except SchemaError as exc:
+            return self._error(ErrorCode.HPARAM_REFUSED, str(exc))
+        if compressor is not None:
+            # After any DP noise: compression is post-processing of what DP released.
+            if kind is UpdateKind.FULL:
+                sent = {k: v for k, v in instruction.params.items() if k in params}
+                params = subtract({k: params[k] for k in sent}, sent)
+                kind = UpdateKind.DELTA
+            rng = self._noise.numpy_generator(
+                party=self.name, rnd=instruction.rnd, purpose="compression"
+            )
+            params, own = compress_delta(
+                compressor=compressor, delta=params, state=self.state.tensors, rng=rng
+            )
+            tensors = {k: v for k, v in tensors.items() if not k.startswith(COMPRESSION_STATE)}
+            tensors.update(own)
         self._int_buffers = integer_buffers(self._model)
-        self.state = SiteState(
-            tensors=dict(update.tensors), meta={**update.meta, "round": instruction.rnd}
-        )
+        self.state = SiteState(tensors=tensors, meta={**update.meta, "round": instruction.rnd})
         # A site with nothing to keep writes nothing (no file to fsync each round);
         # once it has saved a round it saves every one, so no older file outlives it.
         if self._state_dir is not None and (self._saved or not self.state.holds_nothing):

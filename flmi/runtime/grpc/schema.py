@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from flmi.core.keys import Extra
 from flmi.core.params import schema_of
 from flmi.runtime.grpc import flmi_pb2 as pb
 from flmi.runtime.grpc.chunking import spec_of
@@ -46,3 +47,17 @@ def first_difference(
         if e_dtype != a_dtype:
             return f"tensor '{name}' has dtype {a_dtype}, expected {e_dtype}"
     return None
+
+
+def compressed_update(specs: Sequence[pb.TensorSpec]) -> bool:
+    """Whether an update's specs are one compressed payload (one ``uint8`` vector).
+
+    Its tensors are checked against the reference when the server decodes it
+    (:mod:`flmi.compression.wire`); the payload's size is bounded like any reply's.
+    """
+    return (
+        len(specs) == 1
+        and specs[0].name == Extra.COMPRESSED.value
+        and specs[0].dtype == "uint8"
+        and len(specs[0].shape) == 1
+    )

@@ -28,7 +28,7 @@ from flmi.runtime.grpc.codec import audit_label, decode_reply, hparams_to_wire, 
 from flmi.runtime.grpc.codes import PROTOCOL_VERSION, RefusalError, WireError
 from flmi.runtime.grpc.coordinator import Coordinator
 from flmi.runtime.grpc.interceptor import abort, peer_identity
-from flmi.runtime.grpc.schema import first_difference
+from flmi.runtime.grpc.schema import compressed_update, first_difference
 from flmi.runtime.grpc.secure import CAPABILITY_STAGES, AggregationPlan
 
 log = logging.getLogger("flmi.server")
@@ -273,7 +273,11 @@ class FederationService(pb_grpc.FederationServicer):  # type: ignore[misc]
         digest = hashlib.sha256()
         try:
             specs = tensor_specs(header)
-            if posted.reference is not None and header.WhichOneof("body") == "update":
+            if (
+                posted.reference is not None
+                and header.WhichOneof("body") == "update"
+                and not compressed_update(header.update.params)
+            ):
                 difference = first_difference(
                     posted.reference, header.update.params, allow_missing=True
                 )
