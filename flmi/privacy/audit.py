@@ -480,35 +480,25 @@ def run_audit(
         settings=settings,
         device=device,
     )
-    final = load_tensors(path=run_dir / MODEL)[0] if (run_dir / MODEL).is_file() else None
-    found_members = (
-        None
-        if final is None
-        else _final_membership(
-            config=config,
-            task=task,
-            model=model,
-            data=data,
-            final=final,
-            settings=settings,
-            device=device,
-        )
+    found_members = _run_final_membership(
+        config=config,
+        run_dir=run_dir,
+        task=task,
+        model=model,
+        data=data,
+        settings=settings,
+        device=device,
     )
     reference, members = reference_membership(
         config=config, task=task, data=data, settings=settings, device=device
     )
-    latest = RunDir(path=run_dir).latest_checkpoint(arm=Arm.FEDERATED)
-    from_updates = (
-        update_membership(
-            config=config,
-            data=data,
-            target=target,
-            recorded=None if latest is None else latest[1],
-            settings=settings,
-            device=device,
-        )
-        if config.privacy.aggregation == "plain"
-        else None
+    from_updates = _run_update_membership(
+        config=config,
+        run_dir=run_dir,
+        data=data,
+        target=target,
+        settings=settings,
+        device=device,
     )
     report = _audit_report(
         config=config,
@@ -519,17 +509,78 @@ def run_audit(
         reference=(reference, members),
         settings=settings,
     )
-    if from_updates is not None:
-        report = dataclasses.replace(
-            report,
-            update_membership_auc=from_updates.auc,
-            update_membership_calibrated_auc=from_updates.calibrated_auc,
-            replay_error=from_updates.replay_error,
-        )
+    report = _with_update_membership(report, from_updates)
+    _write_audit(report, found, out)
+    return report
+
+
+def _with_update_membership(
+    report: AuditReport, from_updates: UpdateMembership | None
+) -> AuditReport:
+    """``report`` with the update-based attack's figures (unchanged without them)."""
+    if from_updates is None:
+        return report
+    return dataclasses.replace(
+        report,
+        update_membership_auc=from_updates.auc,
+        update_membership_calibrated_auc=from_updates.calibrated_auc,
+        replay_error=from_updates.replay_error,
+    )
+
+
+def _write_audit(report: AuditReport, found: _Inversions, out: Path) -> None:
+    """Write ``audit.json`` and ``reconstructions.png`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     save_pictures(found.shown, out / "reconstructions.png", title=_title(report))
-    return report
+
+
+def _run_final_membership(
+    *,
+    config: Config,
+    run_dir: Path,
+    task: ClassificationTask,
+    model: torch.nn.Module,
+    data: FederatedData,
+    settings: AttackSettings,
+    device: torch.device,
+) -> _Membership | None:
+    """Membership inference on the run's final model (``None`` when the run kept none)."""
+    if not (run_dir / MODEL).is_file():
+        return None
+    final = load_tensors(path=run_dir / MODEL)[0]
+    return _final_membership(
+        config=config,
+        task=task,
+        model=model,
+        data=data,
+        final=final,
+        settings=settings,
+        device=device,
+    )
+
+
+def _run_update_membership(
+    *,
+    config: Config,
+    run_dir: Path,
+    data: FederatedData,
+    target: AttackedRound,
+    settings: AttackSettings,
+    device: torch.device,
+) -> UpdateMembership | None:
+    """The update-based attack on ``target.rnd`` (``None`` unless the server saw plain updates)."""
+    if config.privacy.aggregation != "plain":
+        return None
+    latest = RunDir(path=run_dir).latest_checkpoint(arm=Arm.FEDERATED)
+    return update_membership(
+        config=config,
+        data=data,
+        target=target,
+        recorded=None if latest is None else latest[1],
+        settings=settings,
+        device=device,
+    )
 
 
 def _audit_report(
@@ -612,6 +663,19 @@ def _audit_strategy(config: Config, data: FederatedData) -> Strategy[Any]:
     )
 
 
+def _round_instructions(
+    config: Config, data: FederatedData, target: AttackedRound
+) -> Mapping[str, TrainInstruction]:
+    """What the server sent every site in ``target.rnd``, rebuilt from the run's strategy state."""
+    strategy = _audit_strategy(config, data)
+    state = (
+        strategy.init(target.sent)
+        if target.state is None
+        else strategy.state_from_record(target.state)
+    )
+    return strategy.configure(target.rnd, state, sorted(data.sites))
+
+
 def _invert_round(
     *,
     config: Config,
@@ -624,14 +688,8 @@ def _invert_round(
     device: torch.device,
 ) -> _Inversions:
     """Invert the victim's update of ``target.rnd`` on ``settings.batches`` batches."""
-    strategy = _audit_strategy(config, data)
     names = sorted(data.sites)
-    state = (
-        strategy.init(target.sent)
-        if target.state is None
-        else strategy.state_from_record(target.state)
-    )
-    instructions = strategy.configure(target.rnd, state, names)
+    instructions = _round_instructions(config, data, target)
     lr = float(instructions[victim].hparams["lr"])
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -708,14 +766,8 @@ def update_membership(
     """
     from flmi.tasks.registry import build_task
 
-    strategy = _audit_strategy(config, data)
     names = sorted(data.sites)
-    state = (
-        strategy.init(target.sent)
-        if target.state is None
-        else strategy.state_from_record(target.state)
-    )
-    instructions = strategy.configure(target.rnd, state, names)
+    instructions = _round_instructions(config, data, target)
     run_task = build_task(config, data)
     updates = rederive_updates(
         config=config, data=data, task=run_task, instructions=instructions, device=device
@@ -737,34 +789,18 @@ def update_membership(
     held_grads = example_gradients(
         task=task, model=model, sent=target.sent, data=held_out, names=trainable, device=device
     )
-    auc: dict[str, float] = {}
-    calibrated: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for s in sorted(updates):
-        members = _subsample(data.sites[s].train, settings.candidates, rng)
-        grads = np.concatenate(
-            [
-                example_gradients(
-                    task=task,
-                    model=model,
-                    sent=target.sent,
-                    data=members,
-                    names=trainable,
-                    device=device,
-                ),
-                held_grads,
-            ]
-        )
-        is_member = np.concatenate([np.ones(len(members)), np.zeros(len(held_out))])
-        labels = np.concatenate([np.asarray(members.y), np.asarray(held_out.y)])
-        plain = label_matched_auc(
-            scores=alignment(grads, deltas[s]), is_member=is_member, labels=labels
-        )
-        cal = label_matched_auc(
-            scores=calibrated_alignment(grads, deltas, s), is_member=is_member, labels=labels
-        )
-        if plain is not None and cal is not None:
-            auc[s], calibrated[s], counts[s] = plain, cal, len(members)
+    auc, calibrated, counts = _site_update_aucs(
+        task=task,
+        model=model,
+        data=data,
+        target=target,
+        deltas=deltas,
+        held_out=(held_out, held_grads),
+        names=trainable,
+        settings=settings,
+        rng=rng,
+        device=device,
+    )
     return UpdateMembership(
         rnd=target.rnd,
         auc=auc,
@@ -773,6 +809,56 @@ def update_membership(
         nonmembers=len(held_out),
         replay_error=replay,
     )
+
+
+def _site_update_aucs(
+    *,
+    task: ClassificationTask,
+    model: torch.nn.Module,
+    data: FederatedData,
+    target: AttackedRound,
+    deltas: Mapping[str, np.ndarray],
+    held_out: tuple[ArraySplit, np.ndarray],
+    names: Sequence[str],
+    settings: AttackSettings,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+    """Each site's plain and calibrated AUC, and member count, against the held-out gradients.
+
+    ``held_out`` is the non-member split and its per-example gradients;
+    sites whose AUC is undefined (a label without both kinds) are left out.
+    """
+    split, held_grads = held_out
+    auc: dict[str, float] = {}
+    calibrated: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for s in sorted(deltas):
+        members = _subsample(data.sites[s].train, settings.candidates, rng)
+        grads = np.concatenate(
+            [
+                example_gradients(
+                    task=task,
+                    model=model,
+                    sent=target.sent,
+                    data=members,
+                    names=names,
+                    device=device,
+                ),
+                held_grads,
+            ]
+        )
+        is_member = np.concatenate([np.ones(len(members)), np.zeros(len(split))])
+        labels = np.concatenate([np.asarray(members.y), np.asarray(split.y)])
+        plain = label_matched_auc(
+            scores=alignment(grads, deltas[s]), is_member=is_member, labels=labels
+        )
+        cal = label_matched_auc(
+            scores=calibrated_alignment(grads, deltas, s), is_member=is_member, labels=labels
+        )
+        if plain is not None and cal is not None:
+            auc[s], calibrated[s], counts[s] = plain, cal, len(members)
+    return auc, calibrated, counts
 
 
 def _subsample(split: ArraySplit, limit: int, rng: np.random.Generator) -> ArraySplit:
