@@ -32,6 +32,7 @@ from flmi.core.messages import (
 )
 from flmi.core.params import Params, check_finite, subtract
 from flmi.core.rng import derive_seed
+from flmi.core.rng import generator as seeded_generator
 from flmi.data.arrays import SiteSplits
 from flmi.privacy.dp_sgd import SampleDPSettings
 from flmi.privacy.noise_source import NoiseSource
@@ -352,8 +353,10 @@ class Site:
                 sent = {k: v for k, v in instruction.params.items() if k in params}
                 params = subtract({k: params[k] for k in sent}, sent)
                 kind = UpdateKind.DELTA
-            rng = self._noise.numpy_generator(
-                party=self.name, rnd=instruction.rnd, purpose="compression"
+            # Rounding draws protect nothing (they come after any DP noise): they are
+            # seeded like training, so a compressed run repeats for the same seed.
+            rng = seeded_generator(
+                seed=self._seed, party=self.name, rnd=instruction.rnd, purpose="compression"
             )
             params, own = compress_delta(
                 compressor=compressor, delta=params, state=self.state.tensors, rng=rng

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from flmi.config import config_from_dict
+from flmi.report.rundir import MODEL
 from flmi.simulation import run_experiment
 from tests.conftest import tiny_tables
 
@@ -67,3 +68,13 @@ def test_client_dp_runs_with_compressed_updates_and_spends_a_finite_budget(
     assert all(r["sites_failed"] == {} for r in rounds)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 0 < summary["privacy"]["epsilon"] < float("inf")
+
+
+@pytest.mark.slow
+def test_a_quantised_run_repeats_bit_for_bit_for_the_same_seed(tmp_path: Path) -> None:
+    # Stochastic rounding is seeded per site and round like training: same seed, same model.
+    compression = {"method": "quantize", "bits": 4}
+    first, second = (_run(tmp_path, name, compression) for name in ("a", "b"))
+    assert [r["bytes_up"] for r in first] == [r["bytes_up"] for r in second]
+    models = [(tmp_path / name / MODEL).read_bytes() for name in ("a", "b")]
+    assert models[0] == models[1]
