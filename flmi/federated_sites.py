@@ -99,6 +99,34 @@ def federated_sites(
     return protect_sites(config.privacy, endpoints, federation=config.federation)
 
 
+def configured_sites(
+    *,
+    config: Config,
+    data: FederatedData,
+    task: Task,
+    device: torch.device,
+    run_path: Path | None,
+    resume_round: int | None,
+    names: Collection[str],
+) -> list[SiteEndpoint]:
+    """:func:`federated_sites` with the config's own workspace model, policy and noise source."""
+    seed = config.federation.seed
+    return federated_sites(
+        config=config,
+        data=data,
+        task=task,
+        device=device,
+        workspace=task.build_model(seed=seed).to(device),
+        policy=SitePolicy(min_count=config.report.min_count),
+        noise=NoiseSource.for_run(
+            insecure_reproducible=config.privacy.insecure_reproducible_noise, seed=seed
+        ),
+        run_path=run_path,
+        resume_round=resume_round,
+        names=names,
+    )
+
+
 def sites_from_recipe(recipe: SiteRecipe, *, names: Sequence[str]) -> list[SiteEndpoint]:
     """Load the data and build the sites ``names`` as the simulation does, in this process.
 
@@ -117,17 +145,11 @@ def sites_from_recipe(recipe: SiteRecipe, *, names: Sequence[str]) -> list[SiteE
     else:
         task = recipe.task
         check_task(task, data)
-    seed = config.federation.seed
-    return federated_sites(
+    return configured_sites(
         config=config,
         data=data,
         task=task,
         device=device,
-        workspace=task.build_model(seed=seed).to(device),
-        policy=SitePolicy(min_count=config.report.min_count),
-        noise=NoiseSource.for_run(
-            insecure_reproducible=config.privacy.insecure_reproducible_noise, seed=seed
-        ),
         run_path=recipe.run_path,
         resume_round=recipe.resume_round,
         names=names,

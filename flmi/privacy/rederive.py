@@ -26,9 +26,7 @@ from flmi.core.errors import ConfigError
 from flmi.core.messages import ClientError, TrainInstruction, UpdateKind
 from flmi.core.params import Params
 from flmi.data.arrays import FederatedData
-from flmi.federated_sites import federated_sites
-from flmi.privacy.noise_source import NoiseSource
-from flmi.site.site import SitePolicy
+from flmi.federated_sites import configured_sites
 from flmi.tasks.base import Task
 
 
@@ -55,17 +53,11 @@ def rederive_updates(
     updates are exact for algorithms whose sites keep none (FedAvg, FedProx),
     which :func:`replay_error` confirms.
     """
-    seed = config.federation.seed
-    sites = federated_sites(
+    sites = configured_sites(
         config=config,
         data=data,
         task=task,
         device=device,
-        workspace=task.build_model(seed=seed).to(device),
-        policy=SitePolicy(min_count=config.report.min_count),
-        noise=NoiseSource.for_run(
-            insecure_reproducible=config.privacy.insecure_reproducible_noise, seed=seed
-        ),
         run_path=None,
         resume_round=None,
         names=set(instructions),
