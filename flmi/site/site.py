@@ -41,9 +41,10 @@ from flmi.site.algorithms.base import ClientStep, LocalUpdate, RoundContext
 from flmi.site.algorithms.local_layers import restore_local
 from flmi.site.algorithms.registry import start_round
 from flmi.site.hooks import merge_hooks
-from flmi.site.small_cells import merge_small_cells
+from flmi.site.small_cells import merge_small_cells, withhold_small_rates
 from flmi.site.state import SiteState, has_saved_state
 from flmi.tasks.base import (
+    CountsRateCells,
     FitHooks,
     FitResult,
     HParamError,
@@ -500,6 +501,14 @@ class Site:
                 seed=instruction.ci_seed, party=self.name, rnd=instruction.rnd, purpose="ci"
             ),
         )
+        if isinstance(self._task, CountsRateCells):
+            # No rate whose cells (rate times its denominator) are small counts leaves the site.
+            metrics, ci, _ = withhold_small_rates(
+                metrics=metrics,
+                ci=ci,
+                cells=self._task.rate_cells(model=self._model, data=data, device=self._device),
+                min_count=self._policy.min_count,
+            )
         raw = (
             self._task.score_histogram(
                 model=self._model, data=data, device=self._device, bins=instruction.histogram_bins

@@ -28,6 +28,8 @@ exact AUC. A split whose positives or negatives in all number 1 to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from flmi.core.messages import ScoreHistogram
@@ -93,3 +95,38 @@ def merge_small_cells(histogram: ScoreHistogram, *, min_count: int) -> ScoreHist
     return ScoreHistogram(
         positive_label=histogram.positive_label, positives=out_pos, negatives=out_neg
     )
+
+
+def withhold_small_rates(
+    *,
+    metrics: Mapping[str, float],
+    ci: Mapping[str, tuple[float, float]],
+    cells: Mapping[str, tuple[int, ...]],
+    min_count: int,
+) -> tuple[dict[str, float], dict[str, tuple[float, float]], tuple[str, ...]]:
+    """``metrics`` and ``ci`` with every rate that gives away a small cell set to NaN.
+
+    A rate times its published denominator is a count (sensitivity times the
+    positives is the true positives, the positives less that the false
+    negatives), so a rate is withheld when any count in ``cells[rate]``
+    holds 1 to ``min_count - 1`` patients; its interval goes with it. NaN is
+    what an undefined metric already reads as, written ``None``.
+
+    Returns
+    -------
+    tuple
+        The metrics, the intervals, and the names of the withheld rates.
+    """
+    if min_count < 1:
+        raise ValueError(f"min_count must be at least 1, got {min_count}")
+    withheld = tuple(
+        sorted(
+            m
+            for m, counts in cells.items()
+            if m in metrics and any(not _fits(int(c), min_count) for c in counts)
+        )
+    )
+    nan = float("nan")
+    out = {k: (nan if k in withheld else v) for k, v in metrics.items()}
+    out_ci = {k: ((nan, nan) if k in withheld else v) for k, v in ci.items()}
+    return out, out_ci, withheld

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -386,6 +386,17 @@ class Task(Protocol):
 
     def check_labels(self, *, data: ArraySplit, where: str) -> None:
         """Raise :class:`flmi.core.errors.LabelError` if a label lies outside the task."""
+        ...
+
+
+@runtime_checkable
+class CountsRateCells(Protocol):
+    """A task whose rates (sensitivity, accuracy, ...) are fractions of confusion counts."""
+
+    def rate_cells(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
+    ) -> Mapping[str, tuple[int, ...]]:
+        """``{metric: the counts it determines}`` on ``data``."""
         ...
 
 

@@ -17,7 +17,11 @@ from flmi.tasks.base import FitHooks, FitResult, LocalTraining
 from flmi.tasks.common import SupervisedTask
 from flmi.tasks.last_predictions import LastPredictions, weights_key
 from flmi.tasks.loop import BatchTransform
-from flmi.tasks.metrics import classification_metrics, resampled_classification_metrics
+from flmi.tasks.metrics import (
+    classification_metrics,
+    rate_cells,
+    resampled_classification_metrics,
+)
 from flmi.tasks.model_registry import NetworkRequest, build_network, network_for
 from flmi.tasks.networks import DenseNetSettings
 from flmi.tasks.semisup import train_semi_supervised
@@ -293,6 +297,16 @@ class ClassificationTask(SupervisedTask):
             bins=bins,
             positive_label=self.positive_label,
         )
+
+    def rate_cells(
+        self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device
+    ) -> dict[str, tuple[int, ...]]:
+        """The confusion counts behind each rate :meth:`evaluate` reports (see
+        :func:`flmi.tasks.metrics.rate_cells`); they never leave the site."""
+        if len(data) == 0:
+            return {}
+        probs = self.predict_proba(model=model, x=data.x, device=device)[0]
+        return rate_cells(labels=data.y, probs=probs, positive_label=self.positive_label)
 
     def evaluate(
         self, *, model: torch.nn.Module, data: ArraySplit, device: torch.device

@@ -187,3 +187,37 @@ def resampled_classification_metrics(
             (~said_pos & ~is_pos)[index].sum(axis=1), (~is_pos)[index].sum(axis=1)
         ),
     }
+
+
+def rate_cells(
+    *, labels: np.ndarray, probs: np.ndarray, positive_label: int
+) -> dict[str, tuple[int, ...]]:
+    """The confusion counts each rate of :func:`classification_metrics` determines.
+
+    A rate times its denominator gives back these counts, so a site must not
+    publish a rate one of whose cells is a small count: sensitivity
+    determines true positives and false negatives, specificity true
+    negatives and false positives, accuracy the correct and the wrong
+    predictions, balanced accuracy every class's correct and wrong ones, and
+    the AUC (a fraction of positive-negative pairs) every class's size and
+    the size of the rest.
+    """
+    predicted = probs.argmax(axis=1)
+    is_pos = labels == positive_label
+    said_pos = predicted == positive_label
+    right = predicted == labels
+    per_class = tuple(
+        int(n)
+        for c in range(probs.shape[1])
+        for n in (int((right & (labels == c)).sum()), int((~right & (labels == c)).sum()))
+    )
+    sizes = tuple(
+        int(n) for c in range(probs.shape[1]) for n in ((labels == c).sum(), (labels != c).sum())
+    )
+    return {
+        Metric.SENSITIVITY: (int((said_pos & is_pos).sum()), int((~said_pos & is_pos).sum())),
+        Metric.SPECIFICITY: (int((~said_pos & ~is_pos).sum()), int((said_pos & ~is_pos).sum())),
+        Metric.ACCURACY: (int(right.sum()), int((~right).sum())),
+        Metric.BALANCED_ACCURACY: per_class,
+        Metric.AUC: sizes,
+    }

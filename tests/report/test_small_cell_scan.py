@@ -126,3 +126,65 @@ def test_heart_run_writes_no_count_under_min_count(tmp_path: Path) -> None:
     shown = summary["sites"]
     for site, h in per_site.items():  # merged, never lost: every test patient still counted
         assert sum(h["positives"]) + sum(h["negatives"]) == shown[site]["n_test"]
+
+
+def derived_small_counts(summary: dict[str, Any], *, min_count: int, positive: str) -> list[str]:
+    """Counts a per-site rate and its published denominator give back, 1 to ``min_count - 1``.
+
+    Accuracy times ``n_test`` is the correct predictions (the rest the wrong
+    ones); sensitivity times the test positives the true positives (the rest
+    the false negatives); specificity times the test negatives the true
+    negatives (the rest the false positives). Bootstrap interval ends are
+    resamples' rates, not counts of the split's patients, and are not scanned.
+    """
+    found: list[str] = []
+    sites = summary["sites"]
+    for arm, entry in summary["arms"].items():
+        for part, per_site in [("per_site", entry.get("per_site", {}))]:
+            for site, metrics in per_site.items():
+                shown = sites[site]
+                test = shown["label_counts_by_split"]["test"]
+                pos = test.get(positive)
+                neg = None if pos is None or shown["n_test"] is None else shown["n_test"] - pos
+                for metric, total in (
+                    ("accuracy", shown["n_test"]),
+                    ("sensitivity", pos),
+                    ("specificity", neg),
+                ):
+                    v = metrics.get(metric)
+                    if v is None or total is None:
+                        continue
+                    hit = round(v * total)
+                    if any(0 < c < min_count for c in (hit, total - hit)):
+                        found.append(f"{arm}.{part}.{site}.{metric}")
+    return sorted(set(found))
+
+
+def test_derived_scan_finds_a_rate_that_gives_away_two_false_negatives() -> None:
+    # 10 positives, 8 detected: sensitivity 0.8 x 10 = 8 true positives, 2 false negatives.
+    summary = {
+        "sites": {"s": {"n_test": 20, "label_counts_by_split": {"test": {"0": 10, "1": 10}}}},
+        "arms": {"a": {"per_site": {"s": {"sensitivity": 0.8, "specificity": 0.5}}}},
+    }
+
+    assert derived_small_counts(summary, min_count=5, positive="1") == ["a.per_site.s.sensitivity"]
+
+
+@requires_heart
+@pytest.mark.slow
+def test_heart_run_rates_give_back_no_count_under_min_count(tmp_path: Path) -> None:
+    overrides = ["federation.rounds=2", "federation.local_steps=5", "baselines.pooled_epochs=1"]
+    config = load_config(REPO / "examples" / "heart_disease" / "fedavg.toml", overrides=overrides)
+
+    run_experiment(config=config, out=tmp_path / "run")
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    positive = str(config.task.positive_label)
+    assert derived_small_counts(summary, min_count=config.report.min_count, positive=positive) == []
+    # A rate withheld under min_count reads None, as a suppressed count does.
+    assert any(
+        m is None
+        for arm in summary["arms"].values()
+        for s in arm["per_site"].values()
+        for m in s.values()
+    )

@@ -201,7 +201,8 @@ def test_finetune_evaluation_adapts_a_copy_to_the_site_before_scoring() -> None:
     )
     plain = site.evaluate(EvaluateInstruction(rnd=1, params=params, split="train"))
     assert isinstance(tuned, EvaluateResult) and isinstance(plain, EvaluateResult)
-    assert isinstance(again, EvaluateResult) and again.metrics == tuned.metrics  # seeded
+    assert isinstance(again, EvaluateResult)
+    np.testing.assert_equal(dict(again.metrics), dict(tuned.metrics))  # seeded (NaN: withheld)
     assert tuned.metrics["loss"] < plain.metrics["loss"]  # fitted to the site's own data
     np.testing.assert_array_equal(params["head.bias"], params_copy(model)["head.bias"])
 

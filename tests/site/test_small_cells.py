@@ -138,4 +138,7 @@ def test_a_site_withholds_its_histogram_when_a_class_has_fewer_than_its_min_coun
     assert shown.histogram is not None and int(shown.histogram.positives.sum()) == 3
     assert not shown.histogram_withheld
     assert withheld.histogram is None and withheld.histogram_withheld
-    assert withheld.metrics == shown.metrics  # the metrics themselves are unchanged
+    assert withheld.metrics["loss"] == shown.metrics["loss"]  # not a count: unchanged
+    # 3 positives: every rate they determine is withheld as well (rate x 3 is a small count).
+    for rate in ("sensitivity", "auc", "balanced_accuracy"):
+        assert np.isnan(withheld.metrics[rate]) and not np.isnan(shown.metrics[rate])
